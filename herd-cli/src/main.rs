@@ -1,0 +1,2 @@
+//! herd-cli (work in progress).
+fn main() {}

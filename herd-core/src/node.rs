@@ -1,0 +1,564 @@
+//! The node: one server's whole protocol logic as a sans-IO state machine.
+//!
+//! Inputs are `(now, event)`: a client line, a peer message, a link going up or down, a timer.
+//! Outputs are the client's reply (written into a buffer the caller owns), peer messages (handed
+//! to the [`PeerSink`] port, which never blocks), Places lookups to make ([`ClientAction`]) and
+//! [`NodeEvent`]s for requests that wait on the herd. The node never waits on anything.
+//!
+//! Rules:
+//! - an update is stored and forwarded only if it is newer than what the store holds, and never
+//!   back to the neighbour it came from: the store's monotonic order is the dedup, so no update
+//!   can circulate (each record changes each store at most once);
+//! - when a link comes up both sides send a [`PeerMsg::Digest`] naming how much of the other's
+//!   local log they have seen; each answers with the records changed since then and a
+//!   [`PeerMsg::Synced`]. A reconnect costs what the other side missed, not the whole store;
+//! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
+//!   its spanning tree (an echo wave) and is answered by a deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::peer::{PeerMsg, PeerParseError};
+use crate::ports::{IdSource, PeerId, PeerSink, PlacesQuery};
+use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
+use crate::store::{LocationStore, Offer, Record};
+use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
+
+/// Default time a WHATSAT for an unknown client waits for the herd's answer.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
+/// Default bound on herd queries a node tracks at once.
+pub const DEFAULT_MAX_QUERIES: usize = 4096;
+
+/// What a node needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This server's name.
+    pub name: ServerName,
+    /// Its neighbours; a [`PeerId`] indexes this list.
+    pub neighbours: Vec<ServerName>,
+    /// How long a herd query waits for answers.
+    pub query_timeout: Duration,
+    /// How many herd queries may be tracked at once (each is dropped at its deadline).
+    pub max_queries: usize,
+}
+
+impl NodeConfig {
+    /// A config with default limits.
+    pub fn new(name: ServerName, neighbours: Vec<ServerName>) -> Self {
+        Self {
+            name,
+            neighbours,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+            max_queries: DEFAULT_MAX_QUERIES,
+        }
+    }
+}
+
+/// What the caller must do for a client line after [`Node::handle_client_line`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientAction {
+    /// A blank line: nothing to send.
+    Silent,
+    /// The whole reply has been written into the caller's buffer.
+    Replied,
+    /// A WHATSAT for a known client: look the places up, then write the reply with
+    /// [`crate::protocol::write_whatsat_reply`] using `record.at_line()`.
+    Places {
+        /// The client's stored record.
+        record: Arc<Record>,
+        /// The lookup to make.
+        query: PlacesQuery,
+    },
+    /// A WHATSAT for a client this node does not know: wait for the [`NodeEvent::QueryDone`]
+    /// with this ticket, then call [`Node::resume_whatsat`].
+    Pending {
+        /// Identifies the answer.
+        ticket: u64,
+        /// The radius asked for.
+        radius: RadiusKm,
+        /// The item count asked for.
+        max_items: MaxItems,
+    },
+}
+
+/// Something the node tells its driver outside a direct reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// A herd query started by a client's WHATSAT is finished.
+    QueryDone {
+        /// The ticket given in [`ClientAction::Pending`].
+        ticket: u64,
+        /// The client's newest record, if the herd knows it.
+        record: Option<Arc<Record>>,
+    },
+}
+
+/// Counters, for tests, logs and the benchmark's proof of message cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Valid IAMATs received from clients.
+    pub iamats: u64,
+    /// WHATSATs received from clients.
+    pub whatsats: u64,
+    /// Invalid client lines.
+    pub invalid: u64,
+    /// Records stored (from clients or peers).
+    pub stored: u64,
+    /// Records received that were not new.
+    pub stale: u64,
+    /// `Update` messages sent.
+    pub updates_sent: u64,
+    /// `Update` messages received.
+    pub updates_received: u64,
+    /// Peer messages of any kind sent.
+    pub peer_sent: u64,
+    /// Sends the sink refused.
+    pub send_failures: u64,
+    /// Herd queries started for local clients.
+    pub queries_started: u64,
+    /// Malformed or out-of-order peer messages ignored.
+    pub peer_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Down,
+    /// Up, digest sent, the peer's digest not yet answered: live updates wait for the delta.
+    Syncing,
+    Up,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    state: LinkState,
+    /// The peer's incarnation, as learnt from its last digest.
+    peer_epoch: u64,
+    /// How much of the peer's log (of `peer_epoch`) this node has seen.
+    seen: u64,
+}
+
+type QueryKey = (ServerName, u64);
+
+#[derive(Debug, Clone)]
+struct QueryState {
+    /// Where answers go: a neighbour, or `None` for this node's own client.
+    parent: Option<PeerId>,
+    client: Box<[u8]>,
+    waiting: Vec<PeerId>,
+    done: bool,
+    deadline: Timestamp,
+}
+
+/// One server's protocol state machine.
+#[derive(Debug)]
+pub struct Node<S: PeerSink> {
+    cfg: NodeConfig,
+    epoch: u64,
+    links: Vec<Link>,
+    store: LocationStore,
+    sink: S,
+    queries: HashMap<QueryKey, QueryState, foldhash::fast::FixedState>,
+    query_order: VecDeque<(Timestamp, QueryKey)>,
+    next_qid: u64,
+    events: VecDeque<NodeEvent>,
+    stats: NodeStats,
+}
+
+impl<S: PeerSink> Node<S> {
+    /// A node with an empty store; its epoch, hash seeds and query ids come from `ids`.
+    pub fn new(cfg: NodeConfig, sink: S, ids: &mut impl IdSource) -> Self {
+        let links = vec![
+            Link {
+                state: LinkState::Down,
+                peer_epoch: 0,
+                seen: 0,
+            };
+            cfg.neighbours.len()
+        ];
+        // Epoch 0 means "never seen" in digests, so a real epoch is never 0.
+        let epoch = ids.next_u64().max(1);
+        Self {
+            cfg,
+            epoch,
+            links,
+            store: LocationStore::new(ids.next_u64()),
+            sink,
+            queries: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(ids.next_u64())),
+            query_order: VecDeque::new(),
+            next_qid: ids.next_u64() >> 1,
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+        }
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &ServerName {
+        &self.cfg.name
+    }
+
+    /// This incarnation's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The neighbour list ([`PeerId`] indexes it).
+    pub fn neighbours(&self) -> &[ServerName] {
+        &self.cfg.neighbours
+    }
+
+    /// The [`PeerId`] of a neighbour by name.
+    pub fn peer_id(&self, name: &ServerName) -> Option<PeerId> {
+        self.cfg.neighbours.iter().position(|n| n == name).map(PeerId)
+    }
+
+    /// The location store.
+    pub fn store(&self) -> &LocationStore {
+        &self.store
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The peer sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The peer sink, mutably.
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Whether the link to `peer` is up and synchronised.
+    pub fn is_linked(&self, peer: PeerId) -> bool {
+        self.links.get(peer.0).is_some_and(|l| l.state == LinkState::Up)
+    }
+
+    // === clients ===
+
+    /// Handles one client line (without terminator), received at `now`. Direct replies are
+    /// appended to `out`.
+    pub fn handle_client_line(&mut self, now: Timestamp, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
+        match parse_client_line(line) {
+            ClientLine::Blank => ClientAction::Silent,
+            ClientLine::Invalid(_) => {
+                self.stats.invalid += 1;
+                write_invalid(line, out);
+                ClientAction::Replied
+            }
+            ClientLine::IAmAt(req) => {
+                self.stats.iamats += 1;
+                let record = Arc::new(Record::from_iamat(&self.cfg.name, now, &req));
+                out.reserve(record.at_line().len() + 1);
+                out.extend_from_slice(record.at_line());
+                out.push(b'\n');
+                self.apply_update(None, record);
+                ClientAction::Replied
+            }
+            ClientLine::WhatsAt(req) => {
+                self.stats.whatsats += 1;
+                self.whatsat(now, line, &req, out)
+            }
+        }
+    }
+
+    fn whatsat(&mut self, now: Timestamp, line: &[u8], req: &WhatsAt<'_>, out: &mut Vec<u8>) -> ClientAction {
+        if let Some(record) = self.store.get(req.client) {
+            return places_action(record.clone(), req.radius, req.max_items);
+        }
+        match self.start_query(now, req.client) {
+            Some(ticket) => ClientAction::Pending {
+                ticket,
+                radius: req.radius,
+                max_items: req.max_items,
+            },
+            None => {
+                write_invalid(line, out);
+                ClientAction::Replied
+            }
+        }
+    }
+
+    /// Finishes a WHATSAT that waited on the herd: with the record found it asks for a Places
+    /// lookup; without one it writes `? <line>` into `out`.
+    pub fn resume_whatsat(
+        &self,
+        record: Option<Arc<Record>>,
+        line: &[u8],
+        radius: RadiusKm,
+        max_items: MaxItems,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        match record {
+            Some(r) => places_action(r, radius, max_items),
+            None => {
+                write_invalid(line, out);
+                ClientAction::Replied
+            }
+        }
+    }
+
+    /// Takes the next event for the driver.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    // === updates ===
+
+    /// Stores `record` if new and floods it to every synchronised neighbour but `from`.
+    fn apply_update(&mut self, from: Option<PeerId>, record: Arc<Record>) -> bool {
+        let Offer::Stored(seq) = self.store.offer(record.clone()) else {
+            self.stats.stale += 1;
+            return false;
+        };
+        self.stats.stored += 1;
+        let msg = PeerMsg::Update { seq, record };
+        for i in 0..self.links.len() {
+            if Some(PeerId(i)) != from && self.links[i].state == LinkState::Up {
+                self.stats.updates_sent += 1;
+                self.send(PeerId(i), &msg);
+            }
+        }
+        true
+    }
+
+    fn send(&mut self, to: PeerId, msg: &PeerMsg) {
+        self.stats.peer_sent += 1;
+        if self.sink.send(to, msg).is_err() {
+            // The adapter drops the link; stop using it until it is reported up again.
+            self.stats.send_failures += 1;
+            if let Some(link) = self.links.get_mut(to.0) {
+                link.state = LinkState::Down;
+            }
+        }
+    }
+
+    // === links ===
+
+    /// The link to `peer` is up (handshake done): start reconciliation.
+    pub fn handle_link_up(&mut self, now: Timestamp, peer: PeerId) {
+        let Some(link) = self.links.get_mut(peer.0) else {
+            return;
+        };
+        if link.state != LinkState::Down {
+            // A new session replaces the old one: its pending work is void.
+            self.handle_link_down(now, peer);
+        }
+        let link = &mut self.links[peer.0];
+        link.state = LinkState::Syncing;
+        let digest = PeerMsg::Digest {
+            epoch: self.epoch,
+            your_epoch: link.peer_epoch,
+            seen: link.seen,
+        };
+        self.send(peer, &digest);
+    }
+
+    /// The link to `peer` is down: queries waiting on it count it as a "no".
+    pub fn handle_link_down(&mut self, now: Timestamp, peer: PeerId) {
+        let Some(link) = self.links.get_mut(peer.0) else {
+            return;
+        };
+        link.state = LinkState::Down;
+        let waiting: Vec<QueryKey> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.waiting.contains(&peer))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in waiting {
+            self.on_answer(now, peer, key, None);
+        }
+    }
+
+    // === peer messages ===
+
+    /// Parses and handles one peer line (without `\n`) from an authenticated neighbour.
+    ///
+    /// # Errors
+    /// [`PeerParseError`] when the line is malformed (the caller should drop the link).
+    pub fn handle_peer_line(&mut self, now: Timestamp, from: PeerId, line: &[u8]) -> Result<(), PeerParseError> {
+        let msg = PeerMsg::parse(line).inspect_err(|_| self.stats.peer_errors += 1)?;
+        self.handle_peer_msg(now, from, msg);
+        Ok(())
+    }
+
+    /// Handles one message from neighbour `from`.
+    pub fn handle_peer_msg(&mut self, now: Timestamp, from: PeerId, msg: PeerMsg) {
+        if self.links.get(from.0).is_none_or(|l| l.state == LinkState::Down) {
+            self.stats.peer_errors += 1;
+            return;
+        }
+        match msg {
+            PeerMsg::Digest { epoch, your_epoch, seen } => self.on_digest(from, epoch, your_epoch, seen),
+            PeerMsg::Update { seq, record } => {
+                self.stats.updates_received += 1;
+                self.links[from.0].seen = seq;
+                self.apply_update(Some(from), record);
+            }
+            PeerMsg::Synced { seq } => self.links[from.0].seen = seq,
+            PeerMsg::Query { origin, qid, client } => self.on_query(now, from, (origin, qid), client),
+            PeerMsg::Answer { origin, qid, record } => {
+                if let Some(r) = &record {
+                    self.apply_update(Some(from), r.clone());
+                }
+                self.on_answer(now, from, (origin, qid), record);
+            }
+            PeerMsg::Hello { .. } | PeerMsg::Auth { .. } => self.stats.peer_errors += 1,
+        }
+    }
+
+    fn on_digest(&mut self, from: PeerId, epoch: u64, your_epoch: u64, seen: u64) {
+        let link = &mut self.links[from.0];
+        if link.peer_epoch != epoch {
+            // The peer restarted: its log is new, everything of it is unseen.
+            link.peer_epoch = epoch;
+            link.seen = 0;
+        }
+        let since = if your_epoch == self.epoch { seen } else { 0 };
+        for (seq, record) in self.store.changed_since(since) {
+            self.stats.updates_sent += 1;
+            self.send(from, &PeerMsg::Update { seq, record });
+        }
+        let seq = self.store.seq();
+        self.send(from, &PeerMsg::Synced { seq });
+        if self.links[from.0].state == LinkState::Syncing {
+            self.links[from.0].state = LinkState::Up;
+        }
+    }
+
+    // === herd queries ===
+
+    fn up_links_except(&self, except: Option<PeerId>) -> Vec<PeerId> {
+        (0..self.links.len())
+            .map(PeerId)
+            .filter(|&p| Some(p) != except && self.links[p.0].state == LinkState::Up)
+            .collect()
+    }
+
+    /// Starts a query for a local client; `None` when it can be answered "unknown" at once.
+    fn start_query(&mut self, now: Timestamp, client: &[u8]) -> Option<u64> {
+        let targets = self.up_links_except(None);
+        if targets.is_empty() || self.queries.len() >= self.cfg.max_queries {
+            return None;
+        }
+        self.stats.queries_started += 1;
+        self.next_qid = self.next_qid.wrapping_add(1);
+        let key = (self.cfg.name.clone(), self.next_qid);
+        self.forward_query(now, None, key, client.into(), targets);
+        Some(self.next_qid)
+    }
+
+    fn forward_query(&mut self, now: Timestamp, parent: Option<PeerId>, key: QueryKey, client: Box<[u8]>, targets: Vec<PeerId>) {
+        let msg = PeerMsg::Query {
+            origin: key.0.clone(),
+            qid: key.1,
+            client: client.clone(),
+        };
+        for &t in &targets {
+            self.send(t, &msg);
+        }
+        let deadline = now.plus(self.cfg.query_timeout);
+        let done = targets.is_empty();
+        self.query_order.push_back((deadline, key.clone()));
+        self.queries.insert(key, QueryState { parent, client, waiting: targets, done, deadline });
+    }
+
+    fn on_query(&mut self, now: Timestamp, from: PeerId, key: QueryKey, client: Box<[u8]>) {
+        let (origin, qid) = (key.0.clone(), key.1);
+        let answer = |record| PeerMsg::Answer { origin: origin.clone(), qid, record };
+        if self.queries.contains_key(&key) || key.0 == self.cfg.name || self.queries.len() >= self.cfg.max_queries {
+            // Already part of this wave (or no room): answer "no" so the sender need not wait.
+            self.send(from, &answer(None));
+            return;
+        }
+        if let Some(record) = self.store.get(&client).cloned() {
+            self.send(from, &answer(Some(record)));
+            self.forward_query(now, Some(from), key, client, Vec::new());
+            return;
+        }
+        let targets = self.up_links_except(Some(from));
+        if targets.is_empty() {
+            self.send(from, &answer(None));
+        }
+        self.forward_query(now, Some(from), key, client, targets);
+    }
+
+    fn on_answer(&mut self, _now: Timestamp, from: PeerId, key: QueryKey, record: Option<Arc<Record>>) {
+        let Some(q) = self.queries.get_mut(&key) else {
+            return;
+        };
+        let Some(pos) = q.waiting.iter().position(|&p| p == from) else {
+            return;
+        };
+        q.waiting.swap_remove(pos);
+        if q.done || (record.is_none() && !q.waiting.is_empty()) {
+            return;
+        }
+        q.done = true;
+        let (parent, client) = (q.parent, q.client.clone());
+        self.finish_query(parent, key, &client);
+    }
+
+    /// Reports a query's result: to the parent neighbour, or as an event for a local client.
+    fn finish_query(&mut self, parent: Option<PeerId>, key: QueryKey, client: &[u8]) {
+        let record = self.store.get(client).cloned();
+        match parent {
+            Some(p) => {
+                let msg = PeerMsg::Answer { origin: key.0, qid: key.1, record };
+                self.send(p, &msg);
+            }
+            None => self.events.push_back(NodeEvent::QueryDone { ticket: key.1, record }),
+        }
+    }
+
+    // === timers ===
+
+    /// When [`Node::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.query_order.front().map(|(t, _)| *t)
+    }
+
+    /// Expires queries whose deadline has passed; a local one still unanswered is answered
+    /// from the store (which an update may have filled meanwhile), else "unknown".
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        while let Some((deadline, _)) = self.query_order.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((deadline, key)) = self.query_order.pop_front() else {
+                break;
+            };
+            let Some(q) = self.queries.get(&key) else {
+                continue;
+            };
+            if q.deadline != deadline {
+                continue;
+            }
+            let Some(q) = self.queries.remove(&key) else {
+                continue;
+            };
+            if !q.done && q.parent.is_none() {
+                self.finish_query(None, key, &q.client);
+            }
+        }
+    }
+
+    /// Number of herd queries tracked now.
+    pub fn queries_in_flight(&self) -> usize {
+        self.queries.len()
+    }
+}
+
+fn places_action(record: Arc<Record>, radius: RadiusKm, max_items: MaxItems) -> ClientAction {
+    let query = PlacesQuery {
+        lat: record.lat(),
+        lon: record.lon(),
+        radius,
+        max_items,
+    };
+    ClientAction::Places { record, query }
+}

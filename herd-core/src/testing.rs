@@ -1,0 +1,152 @@
+//! Test doubles for the ports (enabled by the `testing` feature).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::peer::PeerMsg;
+use crate::ports::{Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery};
+use crate::types::Timestamp;
+
+/// A clock that always reads the same time.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(Cell<u64>);
+
+impl ManualClock {
+    /// A clock reading `t`.
+    pub fn new(t: Timestamp) -> Self {
+        Self(Cell::new(t.0))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, d: std::time::Duration) {
+        self.0.set(Timestamp(self.0.get()).plus(d).0);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.get())
+    }
+}
+
+/// Ids from a seeded generator (SplitMix64): deterministic per seed.
+#[derive(Debug, Clone)]
+pub struct SeededIds(u64);
+
+impl SeededIds {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+}
+
+impl IdSource for SeededIds {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A sink that records every message; a peer can be marked as refusing.
+#[derive(Debug, Default, Clone)]
+pub struct RecordingPeerSink {
+    /// Messages sent, in order.
+    pub sent: Vec<(PeerId, PeerMsg)>,
+    /// Peers whose sends fail with [`PeerSendError::Backlogged`].
+    pub refusing: Vec<PeerId>,
+}
+
+impl RecordingPeerSink {
+    /// Takes the recorded messages.
+    pub fn take(&mut self) -> Vec<(PeerId, PeerMsg)> {
+        std::mem::take(&mut self.sent)
+    }
+}
+
+impl PeerSink for RecordingPeerSink {
+    fn send(&mut self, to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError> {
+        if self.refusing.contains(&to) {
+            return Err(PeerSendError::Backlogged);
+        }
+        self.sent.push((to, msg.clone()));
+        Ok(())
+    }
+}
+
+/// Places that answers every query with the same JSON, counting calls.
+#[derive(Debug)]
+pub struct StaticPlaces {
+    answer: Value,
+    calls: AtomicUsize,
+    last: Mutex<Option<PlacesQuery>>,
+}
+
+impl StaticPlaces {
+    /// Answers with `answer`.
+    pub fn new(answer: Value) -> Self {
+        Self { answer, calls: AtomicUsize::new(0), last: Mutex::new(None) }
+    }
+
+    /// How many lookups were made.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The last query made.
+    pub fn last_query(&self) -> Option<PlacesQuery> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl PlacesLookup for StaticPlaces {
+    async fn nearby(&self, q: &PlacesQuery) -> Result<Value, LookupError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(*q);
+        Ok(self.answer.clone())
+    }
+}
+
+/// Places that always fails with the given error.
+#[derive(Debug, Clone)]
+pub struct FailingPlaces(pub LookupError);
+
+#[async_trait]
+impl PlacesLookup for FailingPlaces {
+    async fn nearby(&self, _q: &PlacesQuery) -> Result<Value, LookupError> {
+        Err(self.0.clone())
+    }
+}
+
+/// Drives a future that is ready without waiting (the test doubles' futures) to completion.
+///
+/// # Panics
+/// When the future is not ready on its first poll.
+pub fn block_on_ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("block_on_ready: the future is not ready"),
+    }
+}

@@ -1,0 +1,1 @@
+//! herd-net (work in progress).

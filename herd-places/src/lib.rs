@@ -1,0 +1,1 @@
+//! herd-places (work in progress).

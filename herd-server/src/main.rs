@@ -1,0 +1,2 @@
+//! herd-server (work in progress).
+fn main() {}
