@@ -22,7 +22,12 @@ pub mod testing;
 
 pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats};
 pub use peer::{PeerMsg, PeerParseError};
-pub use ports::{Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery};
+pub use ports::{
+    Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery,
+};
 pub use protocol::{parse_client_line, ClientLine};
 pub use store::{LocationStore, Offer, Record};
-pub use types::{ClientId, ClientTime, FieldError, Location, MaxItems, RadiusKm, ServerName, TimeDiff, TimeValue, Timestamp};
+pub use types::{
+    ClientId, ClientTime, FieldError, Location, MaxItems, RadiusKm, ServerName, TimeDiff,
+    TimeValue, Timestamp,
+};

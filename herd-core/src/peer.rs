@@ -160,7 +160,9 @@ fn name(s: &[u8]) -> Result<ServerName, PeerParseError> {
 }
 
 fn record(s: &[u8]) -> Result<Arc<Record>, PeerParseError> {
-    Record::parse(s).map(Arc::new).map_err(|_| PeerParseError::Field)
+    Record::parse(s)
+        .map(Arc::new)
+        .map_err(|_| PeerParseError::Field)
 }
 
 /// Splits off the first `N` space-separated fields; the rest (possibly with spaces) follows.
@@ -187,7 +189,13 @@ impl PeerMsg {
     /// Appends the message's line, with its `\n`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            PeerMsg::Hello { from, to, epoch, nonce, proof } => {
+            PeerMsg::Hello {
+                from,
+                to,
+                epoch,
+                nonce,
+                proof,
+            } => {
                 out.extend_from_slice(HANDSHAKE_TAG);
                 out.extend_from_slice(b" HELLO ");
                 out.extend_from_slice(from.as_str().as_bytes());
@@ -205,7 +213,11 @@ impl PeerMsg {
                 out.extend_from_slice(b" AUTH ");
                 push_proof(out, proof);
             }
-            PeerMsg::Digest { epoch, your_epoch, seen } => {
+            PeerMsg::Digest {
+                epoch,
+                your_epoch,
+                seen,
+            } => {
                 out.extend_from_slice(b"D ");
                 push_u64(out, *epoch);
                 out.push(b' ');
@@ -223,7 +235,11 @@ impl PeerMsg {
                 out.extend_from_slice(b"S ");
                 push_u64(out, *seq);
             }
-            PeerMsg::Query { origin, qid, client } => {
+            PeerMsg::Query {
+                origin,
+                qid,
+                client,
+            } => {
                 out.extend_from_slice(b"Q ");
                 out.extend_from_slice(origin.as_str().as_bytes());
                 out.push(b' ');
@@ -231,7 +247,11 @@ impl PeerMsg {
                 out.push(b' ');
                 out.extend_from_slice(client);
             }
-            PeerMsg::Answer { origin, qid, record } => {
+            PeerMsg::Answer {
+                origin,
+                qid,
+                record,
+            } => {
                 out.extend_from_slice(b"R ");
                 out.extend_from_slice(origin.as_str().as_bytes());
                 out.push(b' ');
@@ -283,11 +303,14 @@ impl PeerMsg {
             b'S' => {
                 let ([k, seq], rest) = split_n::<2>(line)?;
                 expect(k == b"S" && rest.is_empty())?;
-                Ok(PeerMsg::Synced { seq: parse_u64(seq)? })
+                Ok(PeerMsg::Synced {
+                    seq: parse_u64(seq)?,
+                })
             }
             b'Q' => {
                 let ([k, origin, qid, client], rest) = split_n::<4>(line)?;
-                let client_ok = !client.is_empty() && !client.iter().any(|&b| crate::types::is_space(b));
+                let client_ok =
+                    !client.is_empty() && !client.iter().any(|&b| crate::types::is_space(b));
                 expect(k == b"Q" && rest.is_empty() && client_ok)?;
                 Ok(PeerMsg::Query {
                     origin: name(origin)?,
@@ -378,10 +401,22 @@ pub enum HandshakeError {
 }
 
 /// HMAC-SHA256 over the role label, both names and both nonces.
-fn proof(secret: &[u8], role: &[u8], dialler: &ServerName, acceptor: &ServerName, nd: u128, na: u128) -> Proof {
+fn proof(
+    secret: &[u8],
+    role: &[u8],
+    dialler: &ServerName,
+    acceptor: &ServerName,
+    nd: u128,
+    na: u128,
+) -> Proof {
     // HMAC takes keys of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
-    for part in [role, dialler.as_str().as_bytes(), acceptor.as_str().as_bytes()] {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
+    for part in [
+        role,
+        dialler.as_str().as_bytes(),
+        acceptor.as_str().as_bytes(),
+    ] {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part);
     }
@@ -390,7 +425,11 @@ fn proof(secret: &[u8], role: &[u8], dialler: &ServerName, acceptor: &ServerName
     mac.finalize().into_bytes().into()
 }
 
-fn check(secret: Option<&[u8]>, got: &Option<Proof>, want: impl FnOnce(&[u8]) -> Proof) -> Result<(), HandshakeError> {
+fn check(
+    secret: Option<&[u8]>,
+    got: &Option<Proof>,
+    want: impl FnOnce(&[u8]) -> Proof,
+) -> Result<(), HandshakeError> {
     match (secret, got) {
         (None, None) => Ok(()),
         (None, Some(_)) => Err(HandshakeError::BadProof),
@@ -421,8 +460,20 @@ pub struct Dialler {
 
 impl Dialler {
     /// Starts a handshake from `me` (incarnation `epoch`) to `peer`, with a fresh `nonce`.
-    pub fn new(me: ServerName, peer: ServerName, epoch: u64, nonce: u128, secret: Option<Arc<[u8]>>) -> Self {
-        Self { me, peer, epoch, nonce, secret }
+    pub fn new(
+        me: ServerName,
+        peer: ServerName,
+        epoch: u64,
+        nonce: u128,
+        secret: Option<Arc<[u8]>>,
+    ) -> Self {
+        Self {
+            me,
+            peer,
+            epoch,
+            nonce,
+            secret,
+        }
     }
 
     /// The first line to send.
@@ -442,7 +493,14 @@ impl Dialler {
     /// # Errors
     /// [`HandshakeError`] when the reply is not the expected peer's valid hello.
     pub fn on_reply(&self, reply: &PeerMsg) -> Result<(u64, PeerMsg), HandshakeError> {
-        let PeerMsg::Hello { from, to, epoch, nonce, proof: got } = reply else {
+        let PeerMsg::Hello {
+            from,
+            to,
+            epoch,
+            nonce,
+            proof: got,
+        } = reply
+        else {
             return Err(HandshakeError::Unexpected);
         };
         if *from != self.peer {
@@ -452,8 +510,18 @@ impl Dialler {
             return Err(HandshakeError::WrongAddressee(to.to_string()));
         }
         let secret = self.secret.as_deref();
-        check(secret, got, |s| proof(s, b"herd/1 accept", &self.me, &self.peer, self.nonce, *nonce))?;
-        let mine = secret.map(|s| proof(s, b"herd/1 dial", &self.me, &self.peer, self.nonce, *nonce));
+        check(secret, got, |s| {
+            proof(
+                s,
+                b"herd/1 accept",
+                &self.me,
+                &self.peer,
+                self.nonce,
+                *nonce,
+            )
+        })?;
+        let mine =
+            secret.map(|s| proof(s, b"herd/1 dial", &self.me, &self.peer, self.nonce, *nonce));
         Ok((*epoch, PeerMsg::Auth { proof: mine }))
     }
 }
@@ -471,7 +539,13 @@ pub struct Acceptor {
 impl Acceptor {
     /// Waits for a hello to `me` (incarnation `epoch`), answering with a fresh `nonce`.
     pub fn new(me: ServerName, epoch: u64, nonce: u128, secret: Option<Arc<[u8]>>) -> Self {
-        Self { me, epoch, nonce, secret, dialler: None }
+        Self {
+            me,
+            epoch,
+            nonce,
+            secret,
+            dialler: None,
+        }
     }
 
     /// Checks the dialler's hello against the neighbour list; returns the dialler's name and
@@ -484,7 +558,14 @@ impl Acceptor {
         hello: &PeerMsg,
         neighbours: &[ServerName],
     ) -> Result<(ServerName, u64, PeerMsg), HandshakeError> {
-        let PeerMsg::Hello { from, to, epoch, nonce, proof: None } = hello else {
+        let PeerMsg::Hello {
+            from,
+            to,
+            epoch,
+            nonce,
+            proof: None,
+        } = hello
+        else {
             return Err(HandshakeError::Unexpected);
         };
         if *to != self.me {
@@ -516,7 +597,9 @@ impl Acceptor {
         let (PeerMsg::Auth { proof: got }, Some((dialler, nd))) = (auth, &self.dialler) else {
             return Err(HandshakeError::Unexpected);
         };
-        check(self.secret.as_deref(), got, |s| proof(s, b"herd/1 dial", dialler, &self.me, *nd, self.nonce))
+        check(self.secret.as_deref(), got, |s| {
+            proof(s, b"herd/1 dial", dialler, &self.me, *nd, self.nonce)
+        })
     }
 }
 
@@ -533,7 +616,7 @@ mod tests {
         let acs = acc_secret.map(|s| Arc::from(s.as_bytes()));
         let d = Dialler::new(n("A"), n("B"), 11, 5, ds);
         let mut a = Acceptor::new(n("B"), 22, 9, acs);
-        let hello = PeerMsg::parse(&d.hello().to_line()[..].strip_suffix(b"\n").unwrap()).unwrap();
+        let hello = PeerMsg::parse(d.hello().to_line().strip_suffix(b"\n").unwrap()).unwrap();
         let (who, epoch, reply) = a.on_hello(&hello, &[n("A")])?;
         assert_eq!((who, epoch), (n("A"), 11));
         let reply = PeerMsg::parse(reply.to_line().strip_suffix(b"\n").unwrap()).unwrap();
@@ -559,6 +642,9 @@ mod tests {
     fn handshake_refuses_strangers() {
         let d = Dialler::new(n("X"), n("B"), 1, 1, None);
         let mut a = Acceptor::new(n("B"), 2, 2, None);
-        assert!(matches!(a.on_hello(&d.hello(), &[n("A")]), Err(HandshakeError::NotNeighbour(_))));
+        assert!(matches!(
+            a.on_hello(&d.hello(), &[n("A")]),
+            Err(HandshakeError::NotNeighbour(_))
+        ));
     }
 }

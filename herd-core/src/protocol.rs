@@ -89,8 +89,12 @@ pub fn parse_client_line(line: &[u8]) -> ClientLine<'_> {
         return ClientLine::Blank;
     }
     let parsed = match f[0] {
-        b"IAMAT" => arity(count).and_then(|()| parse_iamat(f)).map(ClientLine::IAmAt),
-        b"WHATSAT" => arity(count).and_then(|()| parse_whatsat(f)).map(ClientLine::WhatsAt),
+        b"IAMAT" => arity(count)
+            .and_then(|()| parse_iamat(f))
+            .map(ClientLine::IAmAt),
+        b"WHATSAT" => arity(count)
+            .and_then(|()| parse_whatsat(f))
+            .map(ClientLine::WhatsAt),
         _ => Err(ParseError::UnknownCommand),
     };
     parsed.unwrap_or_else(ClientLine::Invalid)
@@ -242,7 +246,10 @@ mod tests {
         let ClientLine::IAmAt(r) = parse_client_line(line) else {
             panic!("not an IAMAT")
         };
-        assert_eq!((r.client, r.location, r.time), (&b"kiwi"[..], &b"+1+2"[..], &b"3"[..]));
+        assert_eq!(
+            (r.client, r.location, r.time),
+            (&b"kiwi"[..], &b"+1+2"[..], &b"3"[..])
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::peer::PeerMsg;
-use crate::ports::{Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery};
+use crate::ports::{
+    Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery,
+};
 use crate::types::Timestamp;
 
 /// A clock that always reads the same time.
@@ -104,7 +106,11 @@ pub struct StaticPlaces {
 impl StaticPlaces {
     /// Answers with `answer`.
     pub fn new(answer: Value) -> Self {
-        Self { answer, calls: AtomicUsize::new(0), last: Mutex::new(None) }
+        Self {
+            answer,
+            calls: AtomicUsize::new(0),
+            last: Mutex::new(None),
+        }
     }
 
     /// How many lookups were made.

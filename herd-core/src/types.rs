@@ -119,7 +119,8 @@ impl ServerName {
     /// # Errors
     /// As [`ServerName::new`].
     pub fn from_bytes(b: &[u8]) -> Result<Self, FieldError> {
-        let ok = !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
+        let ok =
+            !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
         if !ok {
             return Err(FieldError::ServerName);
         }
@@ -271,7 +272,13 @@ impl FromStr for Location {
 
 impl fmt::Debug for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Location({}: {}, {})", String::from_utf8_lossy(&self.text), self.lat, self.lon)
+        write!(
+            f,
+            "Location({}: {}, {})",
+            String::from_utf8_lossy(&self.text),
+            self.lat,
+            self.lon
+        )
     }
 }
 
@@ -370,7 +377,10 @@ pub struct Timestamp(pub u64);
 impl Timestamp {
     /// A timestamp from whole seconds and nanoseconds.
     pub fn from_parts(secs: u64, nanos: u32) -> Self {
-        Self(secs.saturating_mul(1_000_000_000).saturating_add(u64::from(nanos)))
+        Self(
+            secs.saturating_mul(1_000_000_000)
+                .saturating_add(u64::from(nanos)),
+        )
     }
 
     /// Nanoseconds since the epoch.
@@ -414,7 +424,9 @@ impl TimeDiff {
         }
         let secs = int
             .iter()
-            .try_fold(0i128, |acc, &d| acc.checked_mul(10)?.checked_add(i128::from(d - b'0')))
+            .try_fold(0i128, |acc, &d| {
+                acc.checked_mul(10)?.checked_add(i128::from(d - b'0'))
+            })
             .ok_or(FieldError::TimeDiff)?;
         let nanos = secs
             .checked_mul(1_000_000_000)
@@ -538,7 +550,11 @@ impl MaxItems {
             return Err(FieldError::MaxItems);
         }
         let digits = strip_leading_zeros(s);
-        let v = if digits.len() > 2 { None } else { parse_u64(digits) };
+        let v = if digits.len() > 2 {
+            None
+        } else {
+            parse_u64(digits)
+        };
         match v {
             Some(n @ 1..=20) => Ok(Self(u8::try_from(n).map_err(|_| FieldError::MaxItems)?)),
             _ => Err(FieldError::MaxItems),
@@ -576,10 +592,30 @@ mod tests {
 
     #[test]
     fn locations_follow_the_iso_6709_subset() {
-        for ok in ["+34.068930-118.445127", "+34.06893-118.445127", "+34-118", "-90+180", "+90.000-180.0", "+0-0"] {
+        for ok in [
+            "+34.068930-118.445127",
+            "+34.06893-118.445127",
+            "+34-118",
+            "-90+180",
+            "+90.000-180.0",
+            "+0-0",
+        ] {
             assert!(Location::parse(ok.as_bytes()).is_ok(), "{ok}");
         }
-        for bad in ["34.0-118.0", "+.5-118", "+34.-118", "+34", "+90.0001+0", "+0+180.00001", "+34-118-1", "++34-118", "+34-118 ", "+0x1-118", "+1e5-118", "+34.5.5-118"] {
+        for bad in [
+            "34.0-118.0",
+            "+.5-118",
+            "+34.-118",
+            "+34",
+            "+90.0001+0",
+            "+0+180.00001",
+            "+34-118-1",
+            "++34-118",
+            "+34-118 ",
+            "+0x1-118",
+            "+1e5-118",
+            "+34.5.5-118",
+        ] {
             assert!(Location::parse(bad.as_bytes()).is_err(), "{bad}");
         }
         let l = Location::parse(b"-33.5+151.25").unwrap();
@@ -595,7 +631,16 @@ mod tests {
         let t = ClientTime::parse(b"1.1234567899999").unwrap().value();
         assert_eq!(t.nanos, 123456789);
         assert!(ClientTime::parse(b"99999999999999999999").is_ok());
-        for bad in ["", "-1", "+1", "1e9", "1.", ".5", "123456789012345678901", "1.2.3"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1e9",
+            "1.",
+            ".5",
+            "123456789012345678901",
+            "1.2.3",
+        ] {
             assert!(ClientTime::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
@@ -607,9 +652,13 @@ mod tests {
         assert_eq!(TimeDiff::between(now, t).to_string(), "+0.263873386");
         let t = ClientTime::parse(b"1520023936.682837383").unwrap().value();
         assert_eq!(TimeDiff::between(now, t).to_string(), "-1.500000000");
-        let t = ClientTime::parse(b"1520023935.182837383999").unwrap().value();
+        let t = ClientTime::parse(b"1520023935.182837383999")
+            .unwrap()
+            .value();
         assert_eq!(TimeDiff::between(now, t).to_string(), "+0.000000000");
-        let far = ClientTime::parse(b"99999999999999999999.5").unwrap().value();
+        let far = ClientTime::parse(b"99999999999999999999.5")
+            .unwrap()
+            .value();
         assert_eq!(
             TimeDiff::between(Timestamp(0), far).to_string(),
             "-99999999999999999999.500000000"
@@ -624,7 +673,17 @@ mod tests {
         for ok in ["50", "50.000", "0.001", "10", "007"] {
             assert!(RadiusKm::parse(ok.as_bytes()).is_ok(), "{ok}");
         }
-        for bad in ["0", "0.0", "50.0000000000000000001", "51", "-1", "1.", ".5", "1e1", ""] {
+        for bad in [
+            "0",
+            "0.0",
+            "50.0000000000000000001",
+            "51",
+            "-1",
+            "1.",
+            ".5",
+            "1e1",
+            "",
+        ] {
             assert!(RadiusKm::parse(bad.as_bytes()).is_err(), "{bad}");
         }
         for ok in ["1", "20", "05"] {
