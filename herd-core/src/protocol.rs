@@ -109,13 +109,13 @@ fn arity(got: usize) -> Result<(), ParseError> {
 }
 
 fn parse_iamat(f: [&[u8]; 4]) -> Result<IAmAt<'_>, ParseError> {
-    let loc = Location::parse(f[2])?;
+    let (lat, lon) = Location::degrees(f[2])?;
     let time_value = TimeValue::parse(f[3])?;
     Ok(IAmAt {
         client: f[1],
         location: f[2],
-        lat: loc.lat(),
-        lon: loc.lon(),
+        lat,
+        lon,
         time: f[3],
         time_value,
     })

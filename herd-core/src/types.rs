@@ -235,16 +235,26 @@ impl Location {
     /// # Errors
     /// [`FieldError::Location`] when it does not follow the grammar or is out of range.
     pub fn parse(s: &[u8]) -> Result<Self, FieldError> {
-        let (lat, n) = coordinate(s, 90).ok_or(FieldError::Location)?;
-        let (lon, m) = coordinate(&s[n..], 180).ok_or(FieldError::Location)?;
-        if n + m != s.len() {
-            return Err(FieldError::Location);
-        }
+        let (lat, lon) = Self::degrees(s)?;
         Ok(Self {
             text: s.into(),
             lat,
             lon,
         })
+    }
+
+    /// Validates an ISO 6709 location and returns its (latitude, longitude) without keeping
+    /// the text (no allocation).
+    ///
+    /// # Errors
+    /// As [`Location::parse`].
+    pub fn degrees(s: &[u8]) -> Result<(f64, f64), FieldError> {
+        let (lat, n) = coordinate(s, 90).ok_or(FieldError::Location)?;
+        let (lon, m) = coordinate(&s[n..], 180).ok_or(FieldError::Location)?;
+        if n + m != s.len() {
+            return Err(FieldError::Location);
+        }
+        Ok((lat, lon))
     }
 
     /// Latitude in degrees, within [-90, 90].

@@ -1,0 +1,164 @@
+//! Micro-benchmarks of the hot path: parse/format, the store, the flood decision.
+//!
+//! Run: `cargo bench -p herd-core --bench core`
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use herd_core::peer::PeerMsg;
+use herd_core::protocol::{write_whatsat_reply, ClientLine};
+use herd_core::testing::SeededIds;
+use herd_core::{
+    parse_client_line, LocationStore, MaxItems, Node, NodeConfig, PeerId, PeerSendError, PeerSink,
+    Record, ServerName, Timestamp,
+};
+
+const IAMAT: &[u8] = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997";
+const NOW: Timestamp = Timestamp(1_520_023_935_182_837_383);
+
+/// Encodes every message like the real sink does, into a reused buffer.
+#[derive(Default)]
+struct EncodingSink(Vec<u8>);
+
+impl PeerSink for EncodingSink {
+    fn send(&mut self, _to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError> {
+        if self.0.len() > 1 << 20 {
+            self.0.clear();
+        }
+        msg.encode(&mut self.0);
+        Ok(())
+    }
+}
+
+fn record(client: &str, t: u64) -> Arc<Record> {
+    let line = format!("IAMAT {client} +34.068930-118.445127 {t}.918963997");
+    let ClientLine::IAmAt(req) = parse_client_line(line.as_bytes()) else {
+        unreachable!("valid bench line")
+    };
+    Arc::new(Record::from_iamat(
+        &ServerName::new("Goloman").expect("name"),
+        NOW,
+        &req,
+    ))
+}
+
+fn grammar(c: &mut Criterion) {
+    let mut g = c.benchmark_group("grammar");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_iamat", |b| {
+        b.iter(|| black_box(parse_client_line(black_box(IAMAT))))
+    });
+    let r = record("kiwi.cs.ucla.edu", 1_520_023_934);
+    let line = PeerMsg::Update {
+        seq: 42,
+        record: r.clone(),
+    }
+    .to_line();
+    let body = &line[..line.len() - 1];
+    g.bench_function("parse_peer_update", |b| {
+        b.iter(|| black_box(PeerMsg::parse(black_box(body))))
+    });
+    let mut out = Vec::with_capacity(256);
+    g.bench_function("encode_peer_update", |b| {
+        b.iter(|| {
+            out.clear();
+            PeerMsg::Update {
+                seq: 42,
+                record: r.clone(),
+            }
+            .encode(&mut out);
+            black_box(out.len())
+        })
+    });
+    let sample: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../shared/places/nearbysearch-legacy.json"
+    ))
+    .unwrap_or_else(|_| serde_json::json!({"results": [], "status": "OK"}));
+    let max = MaxItems::new(20).expect("20 is valid");
+    g.bench_function("format_whatsat_reply", |b| {
+        b.iter(|| {
+            out.clear();
+            write_whatsat_reply(r.at_line(), Ok(sample.clone()), max, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+fn store(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let records: Vec<Arc<Record>> = (0..100_000)
+        .map(|i| record(&format!("client{i}"), 1_000 + i))
+        .collect();
+    g.bench_function("offer_new_client_of_100k", |b| {
+        b.iter_batched(
+            || LocationStore::new(7),
+            |mut s| {
+                for r in &records[..1000] {
+                    black_box(s.offer(r.clone()));
+                }
+                s
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let mut full = LocationStore::new(7);
+    for r in &records {
+        full.offer(r.clone());
+    }
+    let stale = record("client500", 1);
+    g.bench_function("offer_stale_in_100k", |b| {
+        b.iter(|| black_box(full.offer(stale.clone())))
+    });
+    g.bench_function("get_in_100k", |b| {
+        b.iter(|| black_box(full.get(black_box(b"client777"))))
+    });
+    g.finish();
+}
+
+fn flood(c: &mut Criterion) {
+    let mut g = c.benchmark_group("node");
+    g.throughput(Throughput::Elements(1));
+    let names =
+        ["Goloman", "Hands", "Holiday", "Wilkes"].map(|n| ServerName::new(n).expect("name"));
+    let cfg = NodeConfig::new(names[0].clone(), names[1..].to_vec());
+    let mut node = Node::new(cfg, EncodingSink::default(), &mut SeededIds::new(1));
+    for p in 0..3 {
+        node.handle_link_up(NOW, PeerId(p));
+        let digest = PeerMsg::Digest {
+            epoch: 9,
+            your_epoch: 0,
+            seen: 0,
+        };
+        node.handle_peer_msg(NOW, PeerId(p), digest);
+    }
+    let mut out = Vec::with_capacity(256);
+    let mut t: u64 = 1_000_000_000;
+    // A new record each time: parse, build the AT line, store, flood to three neighbours.
+    g.bench_function("iamat_new_record_flooded_to_3", |b| {
+        b.iter(|| {
+            t += 1;
+            let line = format!("IAMAT kiwi +34.068930-118.445127 {t}");
+            out.clear();
+            black_box(node.handle_client_line(NOW, line.as_bytes(), &mut out))
+        })
+    });
+    // The flood decision for a duplicate arriving from a peer: parse, compare, drop.
+    let dup = PeerMsg::Update {
+        seq: 1,
+        record: record("kiwi", 5),
+    }
+    .to_line();
+    let dup = &dup[..dup.len() - 1];
+    g.bench_function("peer_update_duplicate_dropped", |b| {
+        b.iter(|| black_box(node.handle_peer_line(NOW, PeerId(0), black_box(dup))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, grammar, store, flood);
+criterion_main!(benches);
