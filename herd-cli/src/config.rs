@@ -1,0 +1,217 @@
+//! The herd config, read leniently for what a client needs: server names and dial addresses.
+//!
+//! The format is the server's (`{"servers": {"Goloman": "127.0.0.1:12000", ...}, "links": ...}`),
+//! where a server entry is either the address string or an object with `addr` (or `listen`).
+//! Other keys (`links`, `secret`, `limits`, ...) are ignored here. Server order is the file's.
+
+use std::path::Path;
+
+use herd_core::ServerName;
+use serde_json::Value;
+
+use crate::error::Failure;
+
+/// The built-in default herd: five servers on 127.0.0.1:12000–12004.
+pub(crate) const DEFAULT_HERD: &str = include_str!("default_herd.json");
+
+/// One server of a herd: its name and the address to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Server {
+    /// The server's name.
+    pub(crate) name: ServerName,
+    /// HOST:PORT to connect to.
+    pub(crate) addr: String,
+}
+
+/// The servers of a herd, in config order.
+#[derive(Debug, Clone)]
+pub(crate) struct Herd {
+    /// Servers in the order the config lists them.
+    pub(crate) servers: Vec<Server>,
+}
+
+impl Herd {
+    /// Reads `path`, or the built-in default herd when `None`.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self, Failure> {
+        match path {
+            None => Self::parse(DEFAULT_HERD),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Failure::usage(format!("cannot read config {}: {e}", p.display()))
+                })?;
+                Self::parse(&text)
+                    .map_err(|f| Failure::usage(format!("config {}: {}", p.display(), f.message)))
+            }
+        }
+    }
+
+    /// Parses a config's text.
+    pub(crate) fn parse(text: &str) -> Result<Self, Failure> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Failure::usage(format!("not JSON: {e}")))?;
+        let Some(map) = v.get("servers").and_then(Value::as_object) else {
+            return Err(Failure::usage("no \"servers\" object"));
+        };
+        let mut servers = Vec::with_capacity(map.len());
+        for (name, entry) in map {
+            let name = ServerName::new(name)
+                .map_err(|_| Failure::usage(format!("bad server name {name:?}")))?;
+            let addr = dial_addr(entry).ok_or_else(|| {
+                Failure::usage(format!(
+                    "server {name}: expected \"HOST:PORT\" or an object with \"addr\""
+                ))
+            })?;
+            servers.push(Server { name, addr });
+        }
+        if servers.is_empty() {
+            return Err(Failure::usage("the config names no server"));
+        }
+        Ok(Self { servers })
+    }
+
+    /// The server called `name`.
+    pub(crate) fn get(&self, name: &str) -> Result<&Server, Failure> {
+        self.servers
+            .iter()
+            .find(|s| s.name.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+                Failure::usage(format!(
+                    "no server {name:?} in the config (it has {})",
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+/// The address to dial for one server entry; a wildcard listen address dials loopback.
+fn dial_addr(entry: &Value) -> Option<String> {
+    let addr = match entry {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o
+            .get("addr")
+            .or_else(|| o.get("listen"))
+            .and_then(Value::as_str)?,
+        _ => return None,
+    };
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "[::]" => "[::1]",
+        h => h,
+    };
+    Some(format!("{host}:{port}"))
+}
+
+/// A resolved target: a label for messages and the address to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The server's name, or the address when given with `--server`.
+    pub(crate) label: String,
+    /// HOST:PORT to connect to.
+    pub(crate) addr: String,
+}
+
+/// Resolves `--server`/`--to`/`--config` into targets; the first server of the herd by default.
+pub(crate) fn targets(
+    servers: &[String],
+    names: &[String],
+    config: Option<&Path>,
+) -> Result<Vec<Target>, Failure> {
+    if !servers.is_empty() {
+        return Ok(servers
+            .iter()
+            .map(|a| Target {
+                label: a.clone(),
+                addr: a.clone(),
+            })
+            .collect());
+    }
+    let herd = Herd::load(config)?;
+    if names.is_empty() {
+        let first = &herd.servers[0];
+        return Ok(vec![Target {
+            label: first.name.to_string(),
+            addr: first.addr.clone(),
+        }]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            herd.get(n).map(|s| Target {
+                label: s.name.to_string(),
+                addr: s.addr.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Resolves exactly one target (for the commands that talk to one server).
+pub(crate) fn single_target(
+    servers: &[String],
+    names: &[String],
+    config: Option<&Path>,
+) -> Result<Target, Failure> {
+    let mut all = targets(servers, names, config)?;
+    if all.len() != 1 {
+        return Err(Failure::usage(
+            "this command talks to one server: give one --server or --to",
+        ));
+    }
+    Ok(all.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_herd_starts_with_goloman_on_12000() {
+        let herd = Herd::load(None).unwrap();
+        let names: Vec<&str> = herd.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Goloman", "Hands", "Holiday", "Welsh", "Wilkes"]);
+        assert_eq!(herd.servers[0].addr, "127.0.0.1:12000");
+        assert_eq!(herd.get("Wilkes").unwrap().addr, "127.0.0.1:12004");
+    }
+
+    #[test]
+    fn object_entries_with_addr_or_listen_are_accepted() {
+        let herd = Herd::parse(
+            r#"{"servers": {"A": {"addr": "10.0.0.1:1", "listen": "0.0.0.0:1"},
+                            "B": {"listen": "0.0.0.0:2"}}, "secret": "x", "limits": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(herd.get("A").unwrap().addr, "10.0.0.1:1");
+        assert_eq!(herd.get("B").unwrap().addr, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn bad_configs_are_usage_errors() {
+        for text in [
+            "nope",
+            "{}",
+            r#"{"servers": {}}"#,
+            r#"{"servers": {"A": 12}}"#,
+            r#"{"servers": {"A": "no-port"}}"#,
+            r#"{"servers": {"A B": "h:1"}}"#,
+        ] {
+            assert_eq!(Herd::parse(text).unwrap_err().code, 64, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_the_known_ones() {
+        let err = targets(&[], &["Nowhere".into()], None).unwrap_err();
+        assert!(err.message.contains("Goloman"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_deploy_config_if_present_parses_and_agrees_on_the_first_server() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/herd.json");
+        if path.exists() {
+            let herd = Herd::load(Some(&path)).unwrap();
+            assert_eq!(herd.servers[0].name.as_str(), "Goloman");
+        }
+    }
+}
