@@ -1,2 +1,174 @@
-//! herd-server (work in progress).
-fn main() {}
+//! The `herd-server` command: start servers of a herd config in this process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::Context as _;
+use clap::Parser;
+use herd_places::{BackendKind, PlacesConfig};
+use herd_server::{config::HerdConfig, logging, Herd};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+/// Exit status for an invalid command line or config.
+const EXIT_CONFIG: u8 = 64;
+/// Exit status for a failure to start (port in use, log file, ...).
+const EXIT_START: u8 = 1;
+
+/// Run servers of a herd (the proxy herd of PROTOCOL.md).
+#[derive(Debug, Parser)]
+#[command(name = "herd-server", version)]
+struct Cli {
+    /// Servers of the config to start in this process.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    names: Vec<String>,
+    /// Start every server of the config.
+    #[arg(long)]
+    all: bool,
+    /// Herd config (JSON); default: the built-in default herd.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Places backend: offline | google | google-legacy; default: google when PLACES_API_KEY
+    /// is set, else offline.
+    #[arg(long, value_name = "BACKEND")]
+    places: Option<String>,
+    /// Base URL for the google backends (default: Google's own).
+    #[arg(long, value_name = "URL")]
+    places_url: Option<String>,
+    /// Log directory; server NAME appends to DIR/NAME.log.
+    #[arg(long, value_name = "DIR", default_value = "logs")]
+    log_dir: PathBuf,
+}
+
+struct Failure(u8, anyhow::Error);
+
+fn config_err(e: impl Into<anyhow::Error>) -> Failure {
+    Failure(EXIT_CONFIG, e.into())
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<HerdConfig, Failure> {
+    let Some(path) = path else {
+        return Ok(HerdConfig::default_herd());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))
+        .map_err(config_err)?;
+    HerdConfig::parse(&text)
+        .with_context(|| format!("config {}", path.display()))
+        .map_err(config_err)
+}
+
+fn places_config(cli: &Cli, config: &HerdConfig) -> Result<PlacesConfig, Failure> {
+    let api_key = std::env::var("PLACES_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let kind = match &cli.places {
+        Some(p) => BackendKind::from_str(p).map_err(config_err)?,
+        None if api_key.is_some() => BackendKind::Google,
+        None => BackendKind::Offline,
+    };
+    Ok(PlacesConfig {
+        kind,
+        base_url: cli.places_url.clone(),
+        api_key,
+        timeout: config.limits.places_timeout,
+        ..PlacesConfig::default()
+    })
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+async fn serve(herd: Herd) -> anyhow::Result<bool> {
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => { r?; break; }
+            _ = usr1.recv() => herd.log_stats(),
+        }
+    }
+    Ok(herd.shutdown().await)
+}
+
+async fn main_async(cli: Cli) -> Result<(), Failure> {
+    let config = load_config(cli.config.as_ref())?;
+    let names: Vec<String> = if cli.all {
+        config.servers.iter().map(|s| s.name.to_string()).collect()
+    } else {
+        cli.names.clone()
+    };
+    let names = herd_server::select(&config, &names).map_err(config_err)?;
+    let pc = places_config(&cli, &config)?;
+    let backend = pc.kind.name();
+    let places = herd_places::build(pc)
+        .context("cannot set up the places backend")
+        .map_err(config_err)?;
+    let _guards = logging::init(&cli.log_dir, &names).map_err(|e| Failure(EXIT_START, e))?;
+    let herd = herd_server::start(&config, &names, places)
+        .await
+        .map_err(|e| Failure(EXIT_START, e.into()))?;
+    for (i, s) in herd.servers().iter().enumerate() {
+        let sc = config.server(s.name().as_str());
+        let dial = sc.map(|c| c.addr.as_str()).unwrap_or("?");
+        eprintln!(
+            "herd-server: {} listening on {} (peers dial {}), places backend {}",
+            s.name(),
+            s.local_addr(),
+            dial,
+            backend
+        );
+        let neighbours: Vec<String> = config
+            .neighbours(s.name())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        herd_net::scope::enter(i, || {
+            info!(server = %s.name(), listen = %s.local_addr(), places = backend, neighbours = %neighbours.join(","), secret = config.effective_secret().is_some(), "server started");
+        });
+    }
+    let in_time = serve(herd).await.map_err(|e| Failure(EXIT_START, e))?;
+    eprintln!(
+        "herd-server: stopped{}",
+        if in_time {
+            ""
+        } else {
+            " (grace period exceeded)"
+        }
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herd-server: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, e)) => {
+            eprintln!("herd-server: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! One client connection: lines in, replies out, in order.
+//!
+//! The task reads whatever the socket has, hands every complete line to the node under one
+//! lock, and writes all the replies that are ready with one write. A WHATSAT's Places lookup
+//! runs in its own task, outside any lock; replies that follow it wait in order behind it.
+//! After the client's end-of-stream every pending reply is finished and flushed, then the
+//! connection is closed. The first line decides whether the connection is a peer's.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use herd_core::protocol::{write_invalid, write_whatsat_reply};
+use herd_core::{ClientAction, LookupError, MaxItems, PlacesQuery, RadiusKm, Record, Timestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::codec::Decoder;
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::codec::{LineCodec, LineError};
+use crate::escape::Escaped;
+use crate::server::{Core, Shared};
+
+/// Replies are flushed once this many bytes are ready, even mid-batch.
+const FLUSH_AT: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// After closing for an over-long line, how long unread input is drained so that the
+/// replies already sent are not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes drained while lingering.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
+const QUERY_GUARD: Duration = Duration::from_secs(2);
+
+enum Slot {
+    Ready(Vec<u8>),
+    Waiting(oneshot::Receiver<Vec<u8>>),
+}
+
+/// Why the connection stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Still reading.
+    No,
+    /// The client ended its stream (half-close or close).
+    Eof,
+    /// The server is shutting down.
+    Shutdown,
+    /// A line over the limit: close without reading further.
+    TooLong,
+    /// No input for the idle timeout.
+    Idle,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    codec: LineCodec,
+    buf: BytesMut,
+    out: Vec<u8>,
+    queue: VecDeque<Slot>,
+    stop: Stop,
+    first: bool,
+    now: Timestamp,
+}
+
+/// Serves a client connection (or hands it to the peer handshake if it opens with one).
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let max = shared.spec.limits.max_line_bytes;
+    let mut conn = Conn {
+        shared,
+        addr,
+        codec: LineCodec::new(max),
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(4096),
+        queue: VecDeque::new(),
+        stop: Stop::No,
+        first: true,
+        now: clock::now(),
+    };
+    debug!(%addr, "connection opened");
+    match conn.run(&mut stream).await {
+        Ok(Some(first_line)) => {
+            // A peer: it does not count against the client limit.
+            drop(permit);
+            let Conn { shared, buf, .. } = conn;
+            crate::link::accept(shared, stream, addr, first_line, buf).await;
+        }
+        Ok(None) => conn.close(stream).await,
+        Err(e) => debug!(%addr, error = %e, "connection failed"),
+    }
+}
+
+impl Conn {
+    /// Runs until the connection is done; returns the first line if it is a peer handshake.
+    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
+        let idle_limit = self.shared.spec.limits.idle_timeout;
+        let idle = sleep(idle_limit);
+        tokio::pin!(idle);
+        let token = self.shared.token.clone();
+        loop {
+            let more = match self.process_lines() {
+                Ok(more) => more,
+                Err(handshake) => return Ok(Some(handshake)),
+            };
+            self.collect_ready();
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                self.out.clear();
+            }
+            if more {
+                continue;
+            }
+            if self.stop != Stop::No && self.queue.is_empty() {
+                return Ok(None);
+            }
+            let waiting_front = matches!(self.queue.front(), Some(Slot::Waiting(_)));
+            tokio::select! {
+                biased;
+                reply = front_reply(&mut self.queue), if waiting_front => {
+                    self.queue.pop_front();
+                    self.out.extend_from_slice(&reply);
+                }
+                () = token.cancelled(), if self.stop == Stop::No => self.stop = Stop::Shutdown,
+                r = stream.read_buf(&mut self.buf), if self.stop == Stop::No => {
+                    if r? == 0 {
+                        self.stop = Stop::Eof;
+                    }
+                    self.now = clock::now();
+                    idle.as_mut().reset(Instant::now() + idle_limit);
+                    if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                        self.buf.reserve(READ_CHUNK);
+                    }
+                }
+                () = &mut idle, if self.stop == Stop::No && self.queue.is_empty() => {
+                    info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
+                    self.stop = Stop::Idle;
+                }
+            }
+        }
+    }
+
+    /// Handles the complete lines buffered; `Ok(true)` when it stopped early to flush.
+    /// `Err(line)` when the first line opens a peer handshake.
+    fn process_lines(&mut self) -> Result<bool, BytesMut> {
+        let shared = self.shared.clone();
+        let mut core = shared.lock();
+        let result = self.process_locked(&mut core);
+        core.drain_events();
+        result
+    }
+
+    fn process_locked(&mut self, core: &mut Core) -> Result<bool, BytesMut> {
+        loop {
+            let decoded = match self.stop {
+                Stop::Eof => self.codec.decode_eof(&mut self.buf),
+                Stop::No => self.codec.decode(&mut self.buf),
+                Stop::Shutdown | Stop::TooLong | Stop::Idle => return Ok(false),
+            };
+            let line = match decoded {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(false),
+                Err(LineError::TooLong { max }) => {
+                    warn!(addr = %self.addr, max, "client line over the length limit; closing connection");
+                    self.stop = Stop::TooLong;
+                    return Ok(false);
+                }
+                Err(LineError::Io(e)) => {
+                    warn!(addr = %self.addr, error = %e, "client read failed");
+                    self.stop = Stop::TooLong;
+                    return Ok(false);
+                }
+            };
+            if std::mem::take(&mut self.first) && herd_core::peer::is_handshake(&line) {
+                return Err(line);
+            }
+            self.handle_line(core, &line);
+            if self.out.len() >= FLUSH_AT {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn handle_line(&mut self, core: &mut Core, line: &[u8]) {
+        let direct = self.queue.is_empty();
+        let mut side = Vec::new();
+        let target = if direct { &mut self.out } else { &mut side };
+        let start = target.len();
+        let action = core.node.handle_client_line(self.now, line, target);
+        match action {
+            ClientAction::Silent => debug!(addr = %self.addr, msg = %Escaped(line), "blank line"),
+            ClientAction::Replied => {
+                info!(addr = %self.addr, msg = %Escaped(line), reply = %Escaped(&target[start..]), "client message");
+                if !direct {
+                    self.queue.push_back(Slot::Ready(side));
+                }
+            }
+            ClientAction::Places { record, query } => {
+                info!(addr = %self.addr, msg = %Escaped(line), "client message; looking up places");
+                let (tx, rx) = oneshot::channel();
+                let shared = self.shared.clone();
+                let addr = self.addr;
+                self.shared.spawn(async move {
+                    let _ = tx.send(places_reply(&shared, addr, record, query).await);
+                });
+                self.queue.push_back(Slot::Waiting(rx));
+            }
+            ClientAction::Pending {
+                ticket,
+                radius,
+                max_items,
+            } => {
+                info!(addr = %self.addr, msg = %Escaped(line), "client message; asking the herd");
+                let (tx, rx) = oneshot::channel();
+                core.waiters.insert(ticket, tx);
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let shared = self.shared.clone();
+                let (addr, line) = (self.addr, line.to_vec());
+                self.shared.spawn(async move {
+                    let reply = herd_reply(&shared, addr, rx, line, radius, max_items).await;
+                    let _ = reply_tx.send(reply);
+                });
+                self.queue.push_back(Slot::Waiting(reply_rx));
+            }
+        }
+    }
+
+    /// Moves replies at the front of the queue that are finished into the output buffer.
+    fn collect_ready(&mut self) {
+        while let Some(front) = self.queue.front_mut() {
+            match front {
+                Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
+                Slot::Waiting(rx) => match rx.try_recv() {
+                    Ok(bytes) => self.out.extend_from_slice(&bytes),
+                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    // The task died without answering (it cannot, but never hang on it).
+                    Err(oneshot::error::TryRecvError::Closed) => {}
+                },
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    async fn close(self, mut stream: TcpStream) {
+        let _ = stream.shutdown().await;
+        if self.stop == Stop::TooLong {
+            // Closing with unread input would reset the connection and could destroy replies
+            // the client has not read yet: drain (bounded) until the client closes.
+            let mut sink = vec![0u8; READ_CHUNK];
+            let mut drained = 0usize;
+            let deadline = Instant::now() + LINGER;
+            while drained < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+        }
+        debug!(addr = %self.addr, reason = ?self.stop, "connection closed");
+    }
+}
+
+/// Waits for the reply at the front of the queue (which is `Waiting`).
+async fn front_reply(queue: &mut VecDeque<Slot>) -> Vec<u8> {
+    match queue.front_mut() {
+        Some(Slot::Waiting(rx)) => rx.await.unwrap_or_default(),
+        Some(Slot::Ready(bytes)) => std::mem::take(bytes),
+        None => std::future::pending().await,
+    }
+}
+
+/// Looks up places for a known client and formats the WHATSAT reply.
+async fn places_reply(
+    shared: &Shared,
+    addr: SocketAddr,
+    record: Arc<Record>,
+    query: PlacesQuery,
+) -> Vec<u8> {
+    let limit = shared.spec.limits.places_timeout;
+    let result = match timeout(limit, shared.spec.places.nearby(&query)).await {
+        Ok(r) => r,
+        Err(_) => Err(LookupError::Timeout),
+    };
+    if let Err(e) = &result {
+        warn!(%addr, error = %e, "places lookup failed");
+    }
+    let mut out = Vec::with_capacity(4096);
+    write_whatsat_reply(record.at_line(), result, query.max_items, &mut out);
+    info!(%addr, reply = %Escaped(&out), "client reply");
+    out
+}
+
+/// Finishes a WHATSAT that waited for the herd's answer about an unknown client.
+async fn herd_reply(
+    shared: &Shared,
+    addr: SocketAddr,
+    answer: oneshot::Receiver<Option<Arc<Record>>>,
+    line: Vec<u8>,
+    radius: RadiusKm,
+    max_items: MaxItems,
+) -> Vec<u8> {
+    // The node answers by its own deadline; the guard only protects against a lost answer.
+    let record = timeout(QUERY_GUARD, answer)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let mut out = Vec::new();
+    let action = shared
+        .lock()
+        .node
+        .resume_whatsat(record, &line, radius, max_items, &mut out);
+    match action {
+        ClientAction::Places { record, query } => places_reply(shared, addr, record, query).await,
+        ClientAction::Replied | ClientAction::Silent | ClientAction::Pending { .. } => {
+            if out.is_empty() {
+                write_invalid(&line, &mut out);
+            }
+            info!(%addr, reply = %Escaped(&out), "client reply");
+            out
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The configurable limits of one server, with their documented defaults.
+
+use std::time::Duration;
+
+/// Default maximum client line length: 64 KiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = crate::codec::DEFAULT_MAX_LINE;
+/// Default maximum number of simultaneous client connections.
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default idle time after which a silent client connection is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default bound on bytes queued for one peer before its link is dropped: 64 MiB.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default time a Places lookup may take before the WHATSAT gets the `UNKNOWN_ERROR` JSON.
+pub const DEFAULT_PLACES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time shutdown waits for replies in flight before giving up.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest peer line accepted: a peer line carries an AT line built from a client line.
+pub const PEER_LINE_SLACK: usize = 1024;
+
+/// Limits of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest client line (terminator excluded); a longer line closes the connection.
+    pub max_line_bytes: usize,
+    /// Most client connections at once; a connection over it is closed at once.
+    pub max_clients: usize,
+    /// A client connection with no input and no reply pending for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most bytes queued for one peer; on overflow the link is dropped and later reconciled.
+    pub peer_queue_bytes: usize,
+    /// Longest wait for a Places answer.
+    pub places_timeout: Duration,
+    /// Longest wait, at shutdown, for replies in flight and links to flush.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            places_timeout: DEFAULT_PLACES_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+impl Limits {
+    /// The longest peer line accepted under these limits.
+    pub fn max_peer_line(&self) -> usize {
+        self.max_line_bytes.saturating_add(PEER_LINE_SLACK)
+    }
+}

@@ -1,0 +1,406 @@
+//! Peer links: dialling with back-off, the handshake, and one session's reader and writer.
+//!
+//! Both ends of a link dial each other, so a returning server is relinked at once. When both
+//! dials succeed, each side keeps the same one: a newer session replaces the current one when
+//! the peer restarted (another epoch) or when it comes from the same direction (its dialler
+//! gave the old one up); of two sessions dialled in opposite directions, the one dialled by the
+//! lexicographically smaller name is kept.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use herd_core::peer::{Acceptor, Dialler, HandshakeError};
+use herd_core::{PeerId, PeerMsg, PeerParseError};
+use rand::Rng;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::codec::{LineCodec, LineError};
+use crate::escape::Escaped;
+use crate::server::{ActiveSession, Core, Shared};
+use crate::sink::{PeerQueue, Take};
+
+/// First redial delay after a link goes down.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// Longest redial delay (before jitter), so a returning neighbour is found within about a second.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+/// Longest time a dial plus handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a link could not be set up or went down.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// A line over the peer line limit.
+    #[error("peer line too long")]
+    TooLong,
+    /// A malformed peer message.
+    #[error("bad peer message: {0}")]
+    Parse(#[from] PeerParseError),
+    /// The handshake failed (wrong secret, stranger, ...).
+    #[error("handshake refused: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The handshake took too long.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer is not one of this server's neighbours.
+    #[error("not a neighbour")]
+    NotNeighbour,
+}
+
+impl From<LineError> for LinkError {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::TooLong { .. } => LinkError::TooLong,
+            LineError::Io(e) => LinkError::Io(e),
+        }
+    }
+}
+
+/// Reads one line of the handshake.
+async fn read_line(
+    stream: &mut TcpStream,
+    codec: &mut LineCodec,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, LinkError> {
+    loop {
+        if let Some(line) = codec.decode(buf)? {
+            return Ok(line);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(LinkError::Closed);
+        }
+    }
+}
+
+async fn write_msg(stream: &mut TcpStream, msg: &PeerMsg) -> Result<(), LinkError> {
+    stream.write_all(&msg.to_line()).await?;
+    Ok(())
+}
+
+/// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
+pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_INITIAL;
+    let mut failures = 0u32;
+    let mut first = true;
+    loop {
+        while *up.borrow_and_update() {
+            tokio::select! {
+                () = shared.token.cancelled() => return,
+                r = up.changed() => if r.is_err() { return },
+            }
+        }
+        if !std::mem::take(&mut first) {
+            let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+            tokio::select! {
+                () = shared.token.cancelled() => return,
+                () = sleep(jittered) => {}
+            }
+        }
+        if *up.borrow() {
+            backoff = BACKOFF_INITIAL;
+            continue;
+        }
+        let result = match timeout(HANDSHAKE_TIMEOUT, dial(&shared, peer)).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Timeout),
+        };
+        match result {
+            Ok(()) => {
+                backoff = BACKOFF_INITIAL;
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                let name = shared.peer_name(peer);
+                if failures == 1 || matches!(e, LinkError::Handshake(_)) {
+                    info!(peer = %name, error = %e, "cannot link to peer; retrying with back-off");
+                } else {
+                    debug!(peer = %name, error = %e, failures, "dial failed");
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Dials `peer`, runs the dialler's side of the handshake and starts the session.
+async fn dial(shared: &Arc<Shared>, peer: PeerId) -> Result<(), LinkError> {
+    let addr = &shared.spec.neighbours[peer.0].addr;
+    let mut stream = TcpStream::connect(addr.as_str()).await?;
+    stream.set_nodelay(true)?;
+    let remote = stream.peer_addr()?;
+    let epoch = shared.lock().node.epoch();
+    let me = shared.name().clone();
+    let dialler = Dialler::new(
+        me,
+        shared.peer_name(peer).clone(),
+        epoch,
+        rand::random(),
+        shared.spec.secret.clone(),
+    );
+    write_msg(&mut stream, &dialler.hello()).await?;
+    let mut codec = LineCodec::new(shared.spec.limits.max_peer_line());
+    let mut buf = BytesMut::with_capacity(4096);
+    let line = read_line(&mut stream, &mut codec, &mut buf).await?;
+    let reply = PeerMsg::parse(&line)?;
+    let (peer_epoch, auth) = dialler.on_reply(&reply).inspect_err(|e| {
+        warn!(peer = %shared.peer_name(peer), %remote, error = %e, "peer handshake refused");
+    })?;
+    write_msg(&mut stream, &auth).await?;
+    start_session(shared.clone(), peer, stream, codec, buf, peer_epoch, true);
+    Ok(())
+}
+
+/// Runs the acceptor's side of the handshake on a connection whose first line is a hello.
+pub(crate) async fn accept(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    first: BytesMut,
+    mut buf: BytesMut,
+) {
+    let result = timeout(
+        HANDSHAKE_TIMEOUT,
+        accept_handshake(&shared, &mut stream, &first, &mut buf),
+    )
+    .await;
+    let result = result.unwrap_or(Err(LinkError::Timeout));
+    match result {
+        Ok((peer, peer_epoch, codec)) => {
+            start_session(shared, peer, stream, codec, buf, peer_epoch, false)
+        }
+        Err(e) => {
+            warn!(%addr, hello = %Escaped(&first), error = %e, "peer handshake refused");
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+async fn accept_handshake(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    first: &[u8],
+    buf: &mut BytesMut,
+) -> Result<(PeerId, u64, LineCodec), LinkError> {
+    let hello = PeerMsg::parse(first)?;
+    let (epoch, neighbours) = {
+        let core = shared.lock();
+        (core.node.epoch(), core.node.neighbours().to_vec())
+    };
+    let mut acceptor = Acceptor::new(
+        shared.name().clone(),
+        epoch,
+        rand::random(),
+        shared.spec.secret.clone(),
+    );
+    let (name, peer_epoch, reply) = acceptor.on_hello(&hello, &neighbours)?;
+    let peer = neighbours
+        .iter()
+        .position(|n| *n == name)
+        .map(PeerId)
+        .ok_or(LinkError::NotNeighbour)?;
+    write_msg(stream, &reply).await?;
+    let mut codec = LineCodec::new(shared.spec.limits.max_peer_line());
+    let line = read_line(stream, &mut codec, buf).await?;
+    acceptor.on_auth(&PeerMsg::parse(&line)?)?;
+    Ok((peer, peer_epoch, codec))
+}
+
+/// Whether a session dialled in this direction is the one kept among simultaneous dials.
+fn preferred(shared: &Shared, peer: PeerId, dialled_by_me: bool) -> bool {
+    dialled_by_me == (shared.name() < shared.peer_name(peer))
+}
+
+/// Installs a new session as the link's current one, or refuses it (a duplicate).
+fn install(shared: &Shared, core: &mut Core, peer: PeerId, new: ActiveSession) -> bool {
+    let slot = &mut core.links[peer.0];
+    if let Some(cur) = &slot.session {
+        let replace = new.peer_epoch != cur.peer_epoch
+            || new.dialled_by_me == cur.dialled_by_me
+            || (preferred(shared, peer, new.dialled_by_me)
+                && !preferred(shared, peer, cur.dialled_by_me));
+        if !replace {
+            return false;
+        }
+        if let Some(old) = slot.session.take() {
+            old.kill.cancel();
+            core.node.sink_mut().detach(peer, &old.queue);
+        }
+    }
+    core.node.sink_mut().attach(peer, new.queue.clone());
+    core.links[peer.0].session = Some(new);
+    core.links[peer.0].up.send_replace(true);
+    // A link already up in the node is taken down and up again: the new session reconciles.
+    core.node.handle_link_up(clock::now(), peer);
+    core.drain_events();
+    true
+}
+
+fn start_session(
+    shared: Arc<Shared>,
+    peer: PeerId,
+    stream: TcpStream,
+    codec: LineCodec,
+    buf: BytesMut,
+    peer_epoch: u64,
+    dialled_by_me: bool,
+) {
+    let id = shared.session_id();
+    let queue = PeerQueue::new(shared.spec.limits.peer_queue_bytes);
+    let kill = CancellationToken::new();
+    let session = ActiveSession {
+        id,
+        peer_epoch,
+        dialled_by_me,
+        queue: queue.clone(),
+        kill: kill.clone(),
+    };
+    let installed = {
+        let mut core = shared.lock();
+        install(&shared, &mut core, peer, session)
+    };
+    let name = shared.peer_name(peer).clone();
+    if !installed {
+        debug!(peer = %name, "duplicate link session; keeping the current one");
+        return;
+    }
+    info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up");
+    let (read, write) = stream.into_split();
+    let writer = Session {
+        shared: shared.clone(),
+        peer,
+        id,
+        kill: kill.clone(),
+    };
+    shared.spawn(async move { writer.write_loop(write, queue).await });
+    let reader = Session {
+        shared: shared.clone(),
+        peer,
+        id,
+        kill,
+    };
+    shared.spawn(async move { reader.read_loop(read, codec, buf).await });
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    peer: PeerId,
+    id: u64,
+    kill: CancellationToken,
+}
+
+impl Session {
+    async fn read_loop(self, mut read: OwnedReadHalf, mut codec: LineCodec, mut buf: BytesMut) {
+        let reason = loop {
+            if let Err(e) = self.feed(&mut codec, &mut buf) {
+                break e;
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                () = self.kill.cancelled() => return,
+                // At shutdown the writer flushes and ends the session.
+                () = self.shared.token.cancelled() => return,
+                r = read.read_buf(&mut buf) => match r {
+                    Ok(0) => break LinkError::Closed,
+                    Ok(_) => {}
+                    Err(e) => break LinkError::Io(e),
+                },
+            }
+        };
+        self.end(&reason);
+    }
+
+    /// Feeds every complete buffered line to the node under one lock.
+    fn feed(&self, codec: &mut LineCodec, buf: &mut BytesMut) -> Result<(), LinkError> {
+        let now = clock::now();
+        let mut core = self.shared.lock();
+        if core.links[self.peer.0]
+            .session
+            .as_ref()
+            .is_none_or(|s| s.id != self.id)
+        {
+            return Err(LinkError::Closed);
+        }
+        let mut result = Ok(());
+        while let Some(line) = codec.decode(buf).transpose() {
+            let handled = line.map_err(LinkError::from).and_then(|line| {
+                core.node.handle_peer_line(now, self.peer, &line).map_err(|e| {
+                    warn!(peer = %self.shared.peer_name(self.peer), line = %Escaped(&line), error = %e, "malformed peer message; dropping link");
+                    LinkError::Parse(e)
+                })
+            });
+            if let Err(e) = handled {
+                result = Err(e);
+                break;
+            }
+        }
+        core.drain_events();
+        result
+    }
+
+    async fn write_loop(self, mut write: OwnedWriteHalf, queue: Arc<PeerQueue>) {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        let reason = loop {
+            match queue.take(&mut chunk) {
+                Take::Data => {
+                    tokio::select! {
+                        () = self.kill.cancelled() => return,
+                        r = write.write_all(&chunk) => if let Err(e) = r { break LinkError::Io(e) },
+                    }
+                    chunk.clear();
+                }
+                Take::Empty if self.shared.token.is_cancelled() => {
+                    let _ = write.shutdown().await;
+                    break LinkError::Closed;
+                }
+                Take::Empty => tokio::select! {
+                    () = self.kill.cancelled() => return,
+                    () = self.shared.token.cancelled() => {}
+                    () = queue.wait() => {}
+                },
+                Take::Closed { overflowed: true } => {
+                    warn!(peer = %self.shared.peer_name(self.peer), "peer queue overflowed; dropping link");
+                    break LinkError::Closed;
+                }
+                Take::Closed { overflowed: false } => return,
+            }
+        };
+        self.end(&reason);
+    }
+
+    /// Ends this session if it is still the link's current one.
+    fn end(&self, reason: &LinkError) {
+        self.kill.cancel();
+        let mut core = self.shared.lock();
+        let slot = &mut core.links[self.peer.0];
+        if slot.session.as_ref().is_none_or(|s| s.id != self.id) {
+            return;
+        }
+        if let Some(s) = slot.session.take() {
+            core.node.sink_mut().detach(self.peer, &s.queue);
+        }
+        core.links[self.peer.0].up.send_replace(false);
+        core.node.handle_link_down(clock::now(), self.peer);
+        core.drain_events();
+        drop(core);
+        info!(peer = %self.shared.peer_name(self.peer), reason = %reason, "peer link down");
+    }
+}

@@ -1,0 +1,407 @@
+//! The herd config file (JSON): servers, links, secret and limits; parsed and validated.
+//!
+//! ```json
+//! {"servers": {"A": "127.0.0.1:12000",
+//!              "B": {"addr": "10.0.0.2:12001", "listen": "0.0.0.0:12001", "stats": "127.0.0.1:13001"}},
+//!  "links": [["A", "B"]],
+//!  "secret": "optional shared secret",
+//!  "limits": {"max_line_bytes": 65536, "max_clients": 10000, "idle_timeout_ms": 300000,
+//!             "peer_queue_bytes": 67108864, "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
+//! ```
+//! Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
+//! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
+//! every connection with one JSON line of counters.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herd_core::ServerName;
+use herd_net::limits::{self, Limits};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The default herd, `deploy/herd.json`, compiled in.
+pub const DEFAULT_HERD: &str = include_str!("../../deploy/herd.json");
+
+/// The environment variable that, when set, overrides the config's `"secret"`.
+pub const SECRET_ENV: &str = "HERD_SECRET";
+
+/// Why a config is not usable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Not valid JSON or not the expected shape (unknown key, wrong type).
+    #[error("invalid config: {0}")]
+    Syntax(String),
+    /// A server name is not a valid name.
+    #[error("invalid server name {0:?}")]
+    BadName(String),
+    /// An address does not parse.
+    #[error("server {server}: invalid {what} address {addr:?} (expected IP:PORT)")]
+    BadAddr {
+        /// The server.
+        server: String,
+        /// Which address.
+        what: &'static str,
+        /// The text given.
+        addr: String,
+    },
+    /// A link names a server that does not exist.
+    #[error("link {0}-{1} names a server that is not in \"servers\"")]
+    UnknownServer(String, String),
+    /// A link from a server to itself.
+    #[error("link {0}-{0} links a server to itself")]
+    SelfLink(String),
+    /// A link listed twice.
+    #[error("link {0}-{1} is listed twice")]
+    DuplicateLink(String, String),
+    /// A limit is out of range.
+    #[error("limit {0} must be greater than 0")]
+    BadLimit(&'static str),
+    /// No servers.
+    #[error("config has no servers")]
+    Empty,
+    /// The secret is empty.
+    #[error("secret must not be empty")]
+    EmptySecret,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    servers: BTreeMap<String, RawServer>,
+    #[serde(default)]
+    links: Vec<(String, String)>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Addr(String),
+    Full(RawServerFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerFull {
+    addr: String,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    stats: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_line_bytes: Option<usize>,
+    max_clients: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    peer_queue_bytes: Option<usize>,
+    places_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+/// One server of the herd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Its name.
+    pub name: ServerName,
+    /// Where its peers dial it (`host:port`).
+    pub addr: String,
+    /// Where it binds.
+    pub listen: SocketAddr,
+    /// Optional stats (admin) address.
+    pub stats: Option<SocketAddr>,
+}
+
+/// A validated herd config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HerdConfig {
+    /// The servers, sorted by name.
+    pub servers: Vec<ServerConfig>,
+    /// The links, each once.
+    pub links: Vec<(ServerName, ServerName)>,
+    /// The shared peer secret, if any.
+    pub secret: Option<String>,
+    /// The limits, for every server.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for HerdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HerdConfig")
+            .field("servers", &self.servers)
+            .field("links", &self.links)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+fn sock(server: &str, what: &'static str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    addr.parse().map_err(|_| ConfigError::BadAddr {
+        server: server.to_owned(),
+        what,
+        addr: addr.to_owned(),
+    })
+}
+
+fn positive<T: Default + PartialEq>(
+    v: Option<T>,
+    default: T,
+    name: &'static str,
+) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) if v == T::default() => Err(ConfigError::BadLimit(name)),
+        Some(v) => Ok(v),
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let ms = |v: Option<u64>, d: Duration, n| {
+            positive(v, u64::try_from(d.as_millis()).unwrap_or(u64::MAX), n)
+                .map(Duration::from_millis)
+        };
+        Ok(Limits {
+            max_line_bytes: positive(
+                self.max_line_bytes,
+                limits::DEFAULT_MAX_LINE_BYTES,
+                "max_line_bytes",
+            )?,
+            max_clients: positive(self.max_clients, limits::DEFAULT_MAX_CLIENTS, "max_clients")?,
+            idle_timeout: ms(
+                self.idle_timeout_ms,
+                limits::DEFAULT_IDLE_TIMEOUT,
+                "idle_timeout_ms",
+            )?,
+            peer_queue_bytes: positive(
+                self.peer_queue_bytes,
+                limits::DEFAULT_PEER_QUEUE_BYTES,
+                "peer_queue_bytes",
+            )?,
+            places_timeout: ms(
+                self.places_timeout_ms,
+                limits::DEFAULT_PLACES_TIMEOUT,
+                "places_timeout_ms",
+            )?,
+            shutdown_grace: ms(
+                self.shutdown_grace_ms,
+                limits::DEFAULT_SHUTDOWN_GRACE,
+                "shutdown_grace_ms",
+            )?,
+        })
+    }
+}
+
+impl HerdConfig {
+    /// Parses and validates a config's JSON text.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first problem found.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        if raw.servers.is_empty() {
+            return Err(ConfigError::Empty);
+        }
+        let mut servers = Vec::with_capacity(raw.servers.len());
+        for (name, server) in raw.servers {
+            let valid = ServerName::new(&name).map_err(|_| ConfigError::BadName(name.clone()))?;
+            let (addr, listen, stats) = match server {
+                RawServer::Addr(a) => (a, None, None),
+                RawServer::Full(f) => (f.addr, f.listen, f.stats),
+            };
+            let listen = match listen {
+                Some(l) => sock(&name, "listen", &l)?,
+                None => sock(&name, "addr", &addr)?,
+            };
+            let stats = stats.map(|s| sock(&name, "stats", &s)).transpose()?;
+            servers.push(ServerConfig {
+                name: valid,
+                addr,
+                listen,
+                stats,
+            });
+        }
+        let links = validate_links(&servers, raw.links)?;
+        if raw.secret.as_deref() == Some("") {
+            return Err(ConfigError::EmptySecret);
+        }
+        Ok(Self {
+            servers,
+            links,
+            secret: raw.secret,
+            limits: raw.limits.validate()?,
+        })
+    }
+
+    /// The built-in default herd.
+    ///
+    /// # Panics
+    /// Never: the default herd is tested to be valid.
+    pub fn default_herd() -> Self {
+        Self::parse(DEFAULT_HERD).expect("the built-in herd config is valid")
+    }
+
+    /// A server by name.
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// The neighbours of `name`, in config order.
+    pub fn neighbours(&self, name: &ServerName) -> Vec<ServerName> {
+        self.links
+            .iter()
+            .filter_map(|(a, b)| {
+                if a == name {
+                    Some(b.clone())
+                } else if b == name {
+                    Some(a.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The effective secret: the environment variable [`SECRET_ENV`] if set, else the config's.
+    pub fn effective_secret(&self) -> Option<String> {
+        std::env::var(SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.secret.clone())
+    }
+}
+
+fn validate_links(
+    servers: &[ServerConfig],
+    raw: Vec<(String, String)>,
+) -> Result<Vec<(ServerName, ServerName)>, ConfigError> {
+    let find = |n: &str| {
+        servers
+            .iter()
+            .find(|s| s.name.as_str() == n)
+            .map(|s| s.name.clone())
+    };
+    let mut seen = HashSet::new();
+    let mut links = Vec::with_capacity(raw.len());
+    for (a, b) in raw {
+        let (Some(na), Some(nb)) = (find(&a), find(&b)) else {
+            return Err(ConfigError::UnknownServer(a, b));
+        };
+        if na == nb {
+            return Err(ConfigError::SelfLink(a));
+        }
+        let key = if na < nb {
+            (na.clone(), nb.clone())
+        } else {
+            (nb.clone(), na.clone())
+        };
+        if !seen.insert(key) {
+            return Err(ConfigError::DuplicateLink(a, b));
+        }
+        links.push((na, nb));
+    }
+    Ok(links)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_herd_is_the_assignments_topology() {
+        let c = HerdConfig::default_herd();
+        let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Goloman", "Hands", "Holiday", "Welsh", "Wilkes"]);
+        assert_eq!(c.links.len(), 6);
+        assert_eq!(
+            c.server("Welsh").unwrap().listen,
+            "127.0.0.1:12003".parse().unwrap()
+        );
+        let g = ServerName::new("Goloman").unwrap();
+        assert_eq!(c.neighbours(&g).len(), 3);
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn listen_override_and_limits_are_read() {
+        let c = HerdConfig::parse(
+            r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
+                "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
+                           "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7}}"#,
+        )
+        .unwrap();
+        let a = &c.servers[0];
+        assert_eq!(
+            (a.addr.as_str(), a.listen.to_string().as_str()),
+            ("a.example:1", "0.0.0.0:1")
+        );
+        assert_eq!(a.stats, Some("127.0.0.1:2".parse().unwrap()));
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_line_bytes, l.max_clients, l.peer_queue_bytes),
+            (10, 3, 5)
+        );
+        assert_eq!(l.idle_timeout, Duration::from_millis(4));
+        assert_eq!(l.places_timeout, Duration::from_millis(6));
+        assert_eq!(l.shutdown_grace, Duration::from_millis(7));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let cases = [
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "extra": 1}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"servers": {"A": {"addr": "127.0.0.1:1", "lisen": "x"}}}"#,
+                "invalid config",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "links": [["A","B"]]}"#,
+                "not in \"servers\"",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "links": [["A","A"]]}"#,
+                "to itself",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1", "B": "127.0.0.1:2"}, "links": [["A","B"],["B","A"]]}"#,
+                "twice",
+            ),
+            (r#"{"servers": {"A": "nowhere"}}"#, "invalid addr address"),
+            (
+                r#"{"servers": {"A B": "127.0.0.1:1"}}"#,
+                "invalid server name",
+            ),
+            (r#"{"servers": {}}"#, "no servers"),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"max_clients": 0}}"#,
+                "max_clients",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"max_client": 3}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "secret": ""}"#,
+                "secret",
+            ),
+            ("not json", "invalid config"),
+        ];
+        for (text, want) in cases {
+            let err = HerdConfig::parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! herd-server: runs servers of a herd config in one process.
+//!
+//! Layout: [`config`] parses and validates the herd config; [`logging`] installs per-server
+//! log files; this module binds every listener, starts the servers ([`herd_net::start`]) and
+//! shuts them down within the grace period. `main.rs` is the command line around [`run`].
+//! There is no protocol logic here: lines mean what herd-core says they mean.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+pub mod logging;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herd_core::{PlacesLookup, ServerName};
+use herd_net::{Neighbour, ServerHandle, ServerSpec, ServerStats};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{ConfigError, HerdConfig};
+
+/// Why the herd could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A name given is not a server of the config.
+    #[error("unknown server {0:?} (not in the config)")]
+    UnknownServer(String),
+    /// The same name given twice.
+    #[error("server {0} given twice")]
+    Duplicate(String),
+    /// A listener could not be bound (port in use, ...).
+    #[error("server {server}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The server.
+        server: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Servers of one herd running in this process.
+#[derive(Debug)]
+pub struct Herd {
+    servers: Vec<ServerHandle>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    grace: std::time::Duration,
+}
+
+async fn bind(server: &ServerName, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            server: server.to_string(),
+            addr,
+            source,
+        })
+}
+
+/// Resolves the given names against the config (in order, each once).
+///
+/// # Errors
+/// [`StartError::UnknownServer`] or [`StartError::Duplicate`].
+pub fn select(config: &HerdConfig, names: &[String]) -> Result<Vec<ServerName>, StartError> {
+    let mut out: Vec<ServerName> = Vec::with_capacity(names.len());
+    for n in names {
+        let s = config
+            .server(n)
+            .ok_or_else(|| StartError::UnknownServer(n.clone()))?;
+        if out.contains(&s.name) {
+            return Err(StartError::Duplicate(n.clone()));
+        }
+        out.push(s.name.clone());
+    }
+    Ok(out)
+}
+
+/// Binds and starts the servers `names` of `config` (each name's position is its log index).
+///
+/// A neighbour that runs in this process and is configured on port 0 is dialled at the
+/// address it actually got, so tests can run a whole herd on ephemeral ports.
+///
+/// # Errors
+/// [`StartError`] when a name is unknown or a listener cannot be bound; nothing keeps running.
+pub async fn start(
+    config: &HerdConfig,
+    names: &[ServerName],
+    places: Arc<dyn PlacesLookup>,
+) -> Result<Herd, StartError> {
+    let mut bound = Vec::with_capacity(names.len());
+    for name in names {
+        let sc = config
+            .server(name.as_str())
+            .ok_or_else(|| StartError::UnknownServer(name.to_string()))?;
+        let listener = bind(name, sc.listen).await?;
+        let stats = match sc.stats {
+            Some(a) => Some(bind(name, a).await?),
+            None => None,
+        };
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            server: name.to_string(),
+            addr: sc.listen,
+            source,
+        })?;
+        bound.push((name.clone(), listener, stats, local));
+    }
+    let secret: Option<Arc<[u8]>> = config.effective_secret().map(|s| Arc::from(s.into_bytes()));
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut servers = Vec::with_capacity(bound.len());
+    let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.3)).collect();
+    for (index, (name, listener, stats, local)) in bound.into_iter().enumerate() {
+        let neighbours = config
+            .neighbours(&name)
+            .into_iter()
+            .map(|n| Neighbour {
+                addr: dial_addr(config, &locals, &n),
+                name: n,
+            })
+            .collect();
+        let spec = ServerSpec {
+            name: name.clone(),
+            neighbours,
+            limits: config.limits.clone(),
+            secret: secret.clone(),
+            places: places.clone(),
+            log_index: index,
+        };
+        let handle =
+            herd_net::start(spec, listener, token.clone(), tracker.clone()).map_err(|source| {
+                StartError::Bind {
+                    server: name.to_string(),
+                    addr: local,
+                    source,
+                }
+            })?;
+        if let Some(s) = stats {
+            handle.serve_stats(s);
+        }
+        servers.push(handle);
+    }
+    Ok(Herd {
+        servers,
+        token,
+        tracker,
+        grace: config.limits.shutdown_grace,
+    })
+}
+
+fn dial_addr(config: &HerdConfig, locals: &[(ServerName, SocketAddr)], n: &ServerName) -> String {
+    let Some(sc) = config.server(n.as_str()) else {
+        return String::new();
+    };
+    let configured_port_zero = sc.addr.rsplit(':').next() == Some("0");
+    match locals.iter().find(|(name, _)| name == n) {
+        Some((_, local)) if configured_port_zero => local.to_string(),
+        _ => sc.addr.clone(),
+    }
+}
+
+impl Herd {
+    /// The running servers, in start order.
+    pub fn servers(&self) -> &[ServerHandle] {
+        &self.servers
+    }
+
+    /// A running server by name.
+    pub fn server(&self, name: &str) -> Option<&ServerHandle> {
+        self.servers.iter().find(|s| s.name().as_str() == name)
+    }
+
+    /// Logs every server's counters in its own log.
+    pub fn log_stats(&self) {
+        for (i, s) in self.servers.iter().enumerate() {
+            let stats = s.stats();
+            herd_net::scope::enter(i, || log_stats(&stats));
+        }
+    }
+
+    /// Stops accepting, finishes replies in flight, closes links; waits at most the grace
+    /// period. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        info!("shutting down");
+        self.token.cancel();
+        self.tracker.close();
+        let in_time = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if !in_time {
+            warn!(
+                grace_ms = self.grace.as_millis(),
+                "shutdown grace period over; tasks still running are abandoned"
+            );
+        }
+        self.log_stats();
+        in_time
+    }
+}
+
+fn log_stats(stats: &ServerStats) {
+    info!(stats = %stats.to_json_line().trim_end(), "counters");
+}
+
+/// Starts the servers, runs until `shutdown` completes, then shuts down gracefully.
+///
+/// # Errors
+/// [`StartError`] when the servers cannot start.
+pub async fn run(
+    config: &HerdConfig,
+    names: &[ServerName],
+    places: Arc<dyn PlacesLookup>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<bool, StartError> {
+    let herd = start(config, names, places).await?;
+    shutdown.await;
+    Ok(herd.shutdown().await)
+}
