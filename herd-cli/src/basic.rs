@@ -116,7 +116,11 @@ async fn one_request(g: &Global, line: Vec<u8>) -> Result<u8, Failure> {
     let request = line.strip_suffix(b"\n").unwrap_or(&line);
     let reply = conn.reader.reply(Expect::of(request)).await?;
     print_reply(&reply, request, g.json)?;
-    Ok(exit_code(&reply))
+    let code = exit_code(&reply);
+    if code == EXIT_INVALID {
+        eprintln!("herd-cli: the server answered `? `: it found the request invalid");
+    }
+    Ok(code)
 }
 
 fn exit_code(reply: &Reply) -> u8 {
@@ -221,12 +225,17 @@ async fn print_replies(
     mut rx: mpsc::UnboundedReceiver<(Expect, Vec<u8>)>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let mut code = 0;
+    let (mut replies, mut invalid) = (0u64, 0u64);
     while let Some((expect, request)) = rx.recv().await {
         let reply = reader.reply(expect).await?;
         print_reply(&reply, &request, json)?;
-        code = code.max(exit_code(&reply));
+        replies += 1;
+        invalid += u64::from(exit_code(&reply) == EXIT_INVALID);
     }
     reader.expect_end().await?;
-    Ok(code)
+    if invalid > 0 {
+        eprintln!("herd-cli: the server answered `? ` to {invalid} of {replies} requests");
+        return Ok(EXIT_INVALID);
+    }
+    Ok(0)
 }

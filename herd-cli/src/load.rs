@@ -326,21 +326,17 @@ struct Worker {
 }
 
 impl Worker {
-    async fn connect(&self, stats: &mut Stats) -> Option<TcpStream> {
+    async fn connect(&self) -> Result<TcpStream, ErrorKind> {
         match tokio::time::timeout(self.timeout, TcpStream::connect(&*self.addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Some(s)
+                Ok(s)
             }
             Ok(Err(_)) => {
-                stats.error(ErrorKind::Connect, 1);
                 tokio::time::sleep(CONNECT_BACKOFF).await;
-                None
+                Err(ErrorKind::Connect)
             }
-            Err(_) => {
-                stats.error(ErrorKind::Timeout, 1);
-                None
-            }
+            Err(_) => Err(ErrorKind::Timeout),
         }
     }
 
@@ -351,8 +347,16 @@ impl Worker {
         let mut input = Vec::with_capacity(64 * 1024);
         let mut inflight: VecDeque<(Expect, Instant)> = VecDeque::with_capacity(self.depth);
         while self.shared.more() {
-            let Some(mut stream) = self.connect(&mut stats).await else {
-                continue;
+            let mut stream = match self.connect().await {
+                Ok(s) => s,
+                // A failed connect uses up one request, so a count-bounded run against a
+                // server that is down ends.
+                Err(kind) => {
+                    if self.shared.take(1) == 1 {
+                        stats.error(kind, 1);
+                    }
+                    continue;
+                }
             };
             input.clear();
             let lost = self
@@ -448,9 +452,9 @@ impl Worker {
             let started = Instant::now();
             out.clear();
             let expect = gen.write(&mut out);
-            let result = match self.connect(&mut stats).await {
-                Some(stream) => self.one_shot(stream, &out, &mut input).await,
-                None => continue,
+            let result = match self.connect().await {
+                Ok(stream) => self.one_shot(stream, &out, &mut input).await,
+                Err(kind) => Err(kind),
             };
             self.shared.done.fetch_add(1, Ordering::Relaxed);
             let error = match result {
