@@ -136,6 +136,8 @@ struct Link {
     peer_epoch: u64,
     /// How much of the peer's log (of `peer_epoch`) this node has seen.
     seen: u64,
+    /// The store's source tag for records from this peer's incarnation (0 before its digest).
+    source: u64,
 }
 
 type QueryKey = (ServerName, u64);
@@ -161,6 +163,8 @@ pub struct Node<S: PeerSink> {
     queries: HashMap<QueryKey, QueryState, foldhash::fast::FixedState>,
     query_order: VecDeque<(Timestamp, QueryKey)>,
     next_qid: u64,
+    /// The last source tag handed to a peer incarnation.
+    last_source: u64,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
 }
@@ -173,6 +177,7 @@ impl<S: PeerSink> Node<S> {
                 state: LinkState::Down,
                 peer_epoch: 0,
                 seen: 0,
+                source: 0,
             };
             cfg.neighbours.len()
         ];
@@ -187,6 +192,7 @@ impl<S: PeerSink> Node<S> {
             queries: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(ids.next_u64())),
             query_order: VecDeque::new(),
             next_qid: ids.next_u64() >> 1,
+            last_source: 0,
             events: VecDeque::new(),
             stats: NodeStats::default(),
         }
@@ -209,7 +215,11 @@ impl<S: PeerSink> Node<S> {
 
     /// The [`PeerId`] of a neighbour by name.
     pub fn peer_id(&self, name: &ServerName) -> Option<PeerId> {
-        self.cfg.neighbours.iter().position(|n| n == name).map(PeerId)
+        self.cfg
+            .neighbours
+            .iter()
+            .position(|n| n == name)
+            .map(PeerId)
     }
 
     /// The location store.
@@ -234,14 +244,21 @@ impl<S: PeerSink> Node<S> {
 
     /// Whether the link to `peer` is up and synchronised.
     pub fn is_linked(&self, peer: PeerId) -> bool {
-        self.links.get(peer.0).is_some_and(|l| l.state == LinkState::Up)
+        self.links
+            .get(peer.0)
+            .is_some_and(|l| l.state == LinkState::Up)
     }
 
     // === clients ===
 
     /// Handles one client line (without terminator), received at `now`. Direct replies are
     /// appended to `out`.
-    pub fn handle_client_line(&mut self, now: Timestamp, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
+    pub fn handle_client_line(
+        &mut self,
+        now: Timestamp,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         match parse_client_line(line) {
             ClientLine::Blank => ClientAction::Silent,
             ClientLine::Invalid(_) => {
@@ -265,7 +282,13 @@ impl<S: PeerSink> Node<S> {
         }
     }
 
-    fn whatsat(&mut self, now: Timestamp, line: &[u8], req: &WhatsAt<'_>, out: &mut Vec<u8>) -> ClientAction {
+    fn whatsat(
+        &mut self,
+        now: Timestamp,
+        line: &[u8],
+        req: &WhatsAt<'_>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
         if let Some(record) = self.store.get(req.client) {
             return places_action(record.clone(), req.radius, req.max_items);
         }
@@ -310,7 +333,10 @@ impl<S: PeerSink> Node<S> {
 
     /// Stores `record` if new and floods it to every synchronised neighbour but `from`.
     fn apply_update(&mut self, from: Option<PeerId>, record: Arc<Record>) -> bool {
-        let Offer::Stored(seq) = self.store.offer(record.clone()) else {
+        let source = from
+            .and_then(|p| self.links.get(p.0))
+            .map_or(0, |l| l.source);
+        let Offer::Stored(seq) = self.store.offer_from(record.clone(), source) else {
             self.stats.stale += 1;
             return false;
         };
@@ -380,7 +406,12 @@ impl<S: PeerSink> Node<S> {
     ///
     /// # Errors
     /// [`PeerParseError`] when the line is malformed (the caller should drop the link).
-    pub fn handle_peer_line(&mut self, now: Timestamp, from: PeerId, line: &[u8]) -> Result<(), PeerParseError> {
+    pub fn handle_peer_line(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        line: &[u8],
+    ) -> Result<(), PeerParseError> {
         let msg = PeerMsg::parse(line).inspect_err(|_| self.stats.peer_errors += 1)?;
         self.handle_peer_msg(now, from, msg);
         Ok(())
@@ -388,20 +419,36 @@ impl<S: PeerSink> Node<S> {
 
     /// Handles one message from neighbour `from`.
     pub fn handle_peer_msg(&mut self, now: Timestamp, from: PeerId, msg: PeerMsg) {
-        if self.links.get(from.0).is_none_or(|l| l.state == LinkState::Down) {
+        if self
+            .links
+            .get(from.0)
+            .is_none_or(|l| l.state == LinkState::Down)
+        {
             self.stats.peer_errors += 1;
             return;
         }
         match msg {
-            PeerMsg::Digest { epoch, your_epoch, seen } => self.on_digest(from, epoch, your_epoch, seen),
+            PeerMsg::Digest {
+                epoch,
+                your_epoch,
+                seen,
+            } => self.on_digest(from, epoch, your_epoch, seen),
             PeerMsg::Update { seq, record } => {
                 self.stats.updates_received += 1;
                 self.links[from.0].seen = seq;
                 self.apply_update(Some(from), record);
             }
             PeerMsg::Synced { seq } => self.links[from.0].seen = seq,
-            PeerMsg::Query { origin, qid, client } => self.on_query(now, from, (origin, qid), client),
-            PeerMsg::Answer { origin, qid, record } => {
+            PeerMsg::Query {
+                origin,
+                qid,
+                client,
+            } => self.on_query(now, from, (origin, qid), client),
+            PeerMsg::Answer {
+                origin,
+                qid,
+                record,
+            } => {
                 if let Some(r) = &record {
                     self.apply_update(Some(from), r.clone());
                 }
@@ -417,9 +464,13 @@ impl<S: PeerSink> Node<S> {
             // The peer restarted: its log is new, everything of it is unseen.
             link.peer_epoch = epoch;
             link.seen = 0;
+            self.last_source += 1;
+            link.source = self.last_source;
         }
         let since = if your_epoch == self.epoch { seen } else { 0 };
-        for (seq, record) in self.store.changed_since(since) {
+        // What this incarnation of the peer sent us, it holds (or something newer): no echo.
+        let source = link.source;
+        for (seq, record) in self.store.changed_since_except(since, source) {
             self.stats.updates_sent += 1;
             self.send(from, &PeerMsg::Update { seq, record });
         }
@@ -452,7 +503,14 @@ impl<S: PeerSink> Node<S> {
         Some(self.next_qid)
     }
 
-    fn forward_query(&mut self, now: Timestamp, parent: Option<PeerId>, key: QueryKey, client: Box<[u8]>, targets: Vec<PeerId>) {
+    fn forward_query(
+        &mut self,
+        now: Timestamp,
+        parent: Option<PeerId>,
+        key: QueryKey,
+        client: Box<[u8]>,
+        targets: Vec<PeerId>,
+    ) {
         let msg = PeerMsg::Query {
             origin: key.0.clone(),
             qid: key.1,
@@ -464,13 +522,29 @@ impl<S: PeerSink> Node<S> {
         let deadline = now.plus(self.cfg.query_timeout);
         let done = targets.is_empty();
         self.query_order.push_back((deadline, key.clone()));
-        self.queries.insert(key, QueryState { parent, client, waiting: targets, done, deadline });
+        self.queries.insert(
+            key,
+            QueryState {
+                parent,
+                client,
+                waiting: targets,
+                done,
+                deadline,
+            },
+        );
     }
 
     fn on_query(&mut self, now: Timestamp, from: PeerId, key: QueryKey, client: Box<[u8]>) {
         let (origin, qid) = (key.0.clone(), key.1);
-        let answer = |record| PeerMsg::Answer { origin: origin.clone(), qid, record };
-        if self.queries.contains_key(&key) || key.0 == self.cfg.name || self.queries.len() >= self.cfg.max_queries {
+        let answer = |record| PeerMsg::Answer {
+            origin: origin.clone(),
+            qid,
+            record,
+        };
+        if self.queries.contains_key(&key)
+            || key.0 == self.cfg.name
+            || self.queries.len() >= self.cfg.max_queries
+        {
             // Already part of this wave (or no room): answer "no" so the sender need not wait.
             self.send(from, &answer(None));
             return;
@@ -487,7 +561,13 @@ impl<S: PeerSink> Node<S> {
         self.forward_query(now, Some(from), key, client, targets);
     }
 
-    fn on_answer(&mut self, _now: Timestamp, from: PeerId, key: QueryKey, record: Option<Arc<Record>>) {
+    fn on_answer(
+        &mut self,
+        _now: Timestamp,
+        from: PeerId,
+        key: QueryKey,
+        record: Option<Arc<Record>>,
+    ) {
         let Some(q) = self.queries.get_mut(&key) else {
             return;
         };
@@ -508,10 +588,17 @@ impl<S: PeerSink> Node<S> {
         let record = self.store.get(client).cloned();
         match parent {
             Some(p) => {
-                let msg = PeerMsg::Answer { origin: key.0, qid: key.1, record };
+                let msg = PeerMsg::Answer {
+                    origin: key.0,
+                    qid: key.1,
+                    record,
+                };
                 self.send(p, &msg);
             }
-            None => self.events.push_back(NodeEvent::QueryDone { ticket: key.1, record }),
+            None => self.events.push_back(NodeEvent::QueryDone {
+                ticket: key.1,
+                record,
+            }),
         }
     }
 

@@ -13,9 +13,7 @@ use foldhash::fast::FixedState;
 use hashbrown::hash_table::{Entry, HashTable};
 
 use crate::protocol::IAmAt;
-use crate::types::{
-    is_space, FieldError, Location, ServerName, TimeDiff, TimeValue, Timestamp,
-};
+use crate::types::{is_space, FieldError, Location, ServerName, TimeDiff, TimeValue, Timestamp};
 
 /// One client's location report as the herd keeps it: the origin's whole AT line.
 #[derive(Clone, PartialEq)]
@@ -143,6 +141,8 @@ impl Record {
 struct Slot {
     record: Arc<Record>,
     seq: u64,
+    /// Who gave the store this record (the caller's tag, see [`LocationStore::offer_from`]).
+    source: u64,
 }
 
 /// What offering a record to the store did.
@@ -189,6 +189,13 @@ impl LocationStore {
 
     /// Stores `record` if it is newer than the client's current record.
     pub fn offer(&mut self, record: Arc<Record>) -> Offer {
+        self.offer_from(record, 0)
+    }
+
+    /// Stores `record` if it is newer than the client's current record, noting `source` (an
+    /// opaque non-zero tag, or 0 for none) as where it came from, so that
+    /// [`LocationStore::changed_since_except`] need not send it back there.
+    pub fn offer_from(&mut self, record: Arc<Record>, source: u64) -> Offer {
         let hash = self.hash(record.client());
         let hasher = self.hasher;
         let entry = self.table.entry(
@@ -205,6 +212,7 @@ impl LocationStore {
                 *o.get_mut() = Slot {
                     record,
                     seq: self.seq,
+                    source,
                 };
             }
             Entry::Vacant(v) => {
@@ -212,6 +220,7 @@ impl LocationStore {
                 v.insert(Slot {
                     record,
                     seq: self.seq,
+                    source,
                 });
             }
         }
@@ -249,10 +258,16 @@ impl LocationStore {
 
     /// Records whose latest change is numbered above `seq`, in log order.
     pub fn changed_since(&self, seq: u64) -> Vec<(u64, Arc<Record>)> {
+        self.changed_since_except(seq, 0)
+    }
+
+    /// Records whose latest change is numbered above `seq`, in log order, leaving out those
+    /// that came from `source` (when non-zero): that source holds them, or newer ones.
+    pub fn changed_since_except(&self, seq: u64, source: u64) -> Vec<(u64, Arc<Record>)> {
         let mut out: Vec<(u64, Arc<Record>)> = self
             .table
             .iter()
-            .filter(|s| s.seq > seq)
+            .filter(|s| s.seq > seq && (source == 0 || s.source != source))
             .map(|s| (s.seq, s.record.clone()))
             .collect();
         out.sort_unstable_by_key(|(seq, _)| *seq);
@@ -268,9 +283,9 @@ impl LocationStore {
     /// have the same digest (for convergence checks).
     pub fn digest(&self) -> u64 {
         let h = FixedState::with_seed(0x6865_7264);
-        self.table
-            .iter()
-            .fold(0u64, |acc, s| acc.wrapping_add(h.hash_one(s.record.at_line())))
+        self.table.iter().fold(0u64, |acc, s| {
+            acc.wrapping_add(h.hash_one(s.record.at_line()))
+        })
     }
 }
 
@@ -283,7 +298,11 @@ mod tests {
         let ClientLine::IAmAt(req) = parse_client_line(line.as_bytes()) else {
             panic!("bad test line")
         };
-        Arc::new(Record::from_iamat(&ServerName::new(server).unwrap(), Timestamp(now), &req))
+        Arc::new(Record::from_iamat(
+            &ServerName::new(server).unwrap(),
+            Timestamp(now),
+            &req,
+        ))
     }
 
     #[test]
@@ -301,7 +320,11 @@ mod tests {
 
     #[test]
     fn at_lines_parse_back_to_the_same_record() {
-        let r = rec("Goloman", "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997", 1_520_023_935_182_837_383);
+        let r = rec(
+            "Goloman",
+            "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",
+            1_520_023_935_182_837_383,
+        );
         assert_eq!(
             r.at_line(),
             b"AT Goloman +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997"
@@ -309,7 +332,13 @@ mod tests {
         let back = Record::parse(r.at_line()).unwrap();
         assert_eq!(&back, &*r);
         assert_eq!(back.client(), b"kiwi.cs.ucla.edu");
-        for bad in ["AT A +0.000000000 c +1+1", "AT A 0.0 c +1+1 1", "XX A +0.000000000 c +1+1 1", "AT A +0.000000000 c +1+1 1 extra", "AT A  +0.000000000 c +1+1 1"] {
+        for bad in [
+            "AT A +0.000000000 c +1+1",
+            "AT A 0.0 c +1+1 1",
+            "XX A +0.000000000 c +1+1 1",
+            "AT A +0.000000000 c +1+1 1 extra",
+            "AT A  +0.000000000 c +1+1 1",
+        ] {
             assert!(Record::parse(bad.as_bytes()).is_err(), "{bad}");
         }
     }
@@ -323,5 +352,19 @@ mod tests {
         s.offer(rec("A", "IAMAT c2 +1+1 100", 0));
         let since: Vec<u64> = s.changed_since(8).iter().map(|(q, _)| *q).collect();
         assert_eq!(since, vec![9, 10, 11]);
+    }
+
+    #[test]
+    fn changed_since_except_leaves_out_what_came_from_that_source() {
+        let mut s = LocationStore::new(7);
+        s.offer_from(rec("A", "IAMAT a +1+1 1", 0), 5);
+        s.offer_from(rec("A", "IAMAT b +1+1 1", 0), 6);
+        s.offer(rec("A", "IAMAT c +1+1 1", 0));
+        // A newer record from elsewhere replaces the one from source 5: it must be sent again.
+        s.offer_from(rec("A", "IAMAT a +1+1 2", 0), 6);
+        let seqs = |v: Vec<(u64, Arc<Record>)>| v.iter().map(|(q, _)| *q).collect::<Vec<_>>();
+        assert_eq!(seqs(s.changed_since_except(0, 6)), vec![3]);
+        assert_eq!(seqs(s.changed_since_except(0, 5)), vec![2, 3, 4]);
+        assert_eq!(seqs(s.changed_since_except(0, 0)), vec![2, 3, 4]);
     }
 }

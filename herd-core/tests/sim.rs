@@ -1,0 +1,530 @@
+//! The deterministic herd simulation: real `Node`s on a simulated network driven by a seed.
+//!
+//! Replay one seed: `HERD_SIM_SEED=1234 cargo nextest run -p herd-core sim --no-capture`.
+//! Run more seeds: `HERD_SIM_SEEDS=2000 cargo nextest run -p herd-core sim`.
+//! See `sim/net.rs` for what the network, the faults and the model do.
+
+#[path = "sim/net.rs"]
+mod net;
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use net::{Kind, Rng, Sim, SimConfig, Topology, Whatsat, MS};
+
+/// Seeds to run: `HERD_SIM_SEED` replays one, `HERD_SIM_SEEDS` sets how many (else `default`).
+fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("HERD_SIM_SEED") {
+        return vec![s.trim().parse().expect("HERD_SIM_SEED is a number")];
+    }
+    let n = std::env::var("HERD_SIM_SEEDS")
+        .map(|s| s.trim().parse().expect("HERD_SIM_SEEDS is a number"))
+        .unwrap_or(default);
+    (1..=n).collect()
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Runs `one` for every seed; a failure names its seed and how to replay it.
+fn for_each_seed(test: &str, default: u64, one: impl Fn(u64) -> String) {
+    let list = seeds(default);
+    for &seed in &list {
+        match catch_unwind(AssertUnwindSafe(|| one(seed))) {
+            Ok(summary) => println!("seed {seed}: {summary}"),
+            Err(e) => panic!(
+                "{test}: seed {seed} failed: {}\nreplay: HERD_SIM_SEED={seed} cargo nextest run -p herd-core {test} --no-capture",
+                panic_text(&*e)
+            ),
+        }
+    }
+    println!("{test}: {} seeds passed", list.len());
+}
+
+/// One chaotic run: faults and clients for `actions` steps, then settle and check everything.
+fn chaotic_run(topo: Topology, seed: u64, actions: u64, cfg: SimConfig) -> String {
+    let links = topo.edges.len() as u64;
+    let crashes = cfg.crashes;
+    let mut sim = Sim::new(topo, seed, cfg);
+    sim.chaos(actions);
+    sim.settle(2_000_000 + 20_000 * links);
+    sim.check_settled();
+    if !crashes {
+        assert_eq!(
+            sim.lost(),
+            0,
+            "without crashes no acknowledged record may be lost"
+        );
+    }
+    sim.check_queries_after_settling();
+    sim.summary()
+}
+
+/// A random herd: usually small, sometimes up to 200 servers.
+fn random_topology(rng: &mut Rng) -> Topology {
+    let n = match rng.below(10) {
+        0 => rng.range(100, 200),
+        1..=2 => rng.range(21, 99),
+        _ => rng.range(2, 20),
+    } as usize;
+    Topology::random(rng, n)
+}
+
+/// A random configuration: delays, sometimes bounded queues, sometimes few query slots.
+fn random_config(rng: &mut Rng) -> SimConfig {
+    let mut cfg = SimConfig {
+        delay: (MS, rng.range(2, 20) * MS),
+        ..SimConfig::default()
+    };
+    if rng.percent(30) {
+        // Few clients and short queues, with room for one whole reconciliation (every client,
+        // a Digest and a Synced), so that a link that overflows can still make progress.
+        cfg.max_clients = rng.range(1, 12);
+        cfg.queue_cap = Some((cfg.max_clients + 2 + rng.range(0, 8)) as usize);
+    }
+    if rng.percent(20) {
+        cfg.max_queries = rng.range(1, 4) as usize;
+    }
+    cfg
+}
+
+#[test]
+fn the_default_herd_ends_with_the_newest_surviving_record_of_every_client_whatever_the_faults() {
+    for_each_seed("the_default_herd_ends_with", 150, |seed| {
+        let mut rng = Rng::new(seed ^ 0xdef);
+        let cfg = random_config(&mut rng);
+        chaotic_run(Topology::default_herd(), seed, 300, cfg)
+    });
+}
+
+#[test]
+fn random_herds_of_up_to_200_servers_end_with_the_newest_surviving_record_of_every_client() {
+    for_each_seed("random_herds_of_up_to_200", 60, |seed| {
+        let mut rng = Rng::new(seed ^ 0x5eed);
+        let topo = random_topology(&mut rng);
+        let cfg = random_config(&mut rng);
+        let actions = 200 + topo.len() as u64;
+        chaotic_run(topo, seed, actions, cfg)
+    });
+}
+
+#[test]
+fn links_that_drop_and_partitions_that_heal_never_lose_an_acknowledged_record() {
+    for_each_seed("links_that_drop_and_partitions", 60, |seed| {
+        let mut rng = Rng::new(seed ^ 0x10cc);
+        let topo = if seed % 2 == 0 {
+            Topology::default_herd()
+        } else {
+            random_topology(&mut rng)
+        };
+        let cfg = SimConfig {
+            crashes: false,
+            ..random_config(&mut rng)
+        };
+        let actions = 200 + topo.len() as u64;
+        chaotic_run(topo, seed, actions, cfg)
+    });
+}
+
+fn quiet_default_herd(seed: u64, cfg: SimConfig) -> Sim {
+    let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    sim
+}
+
+fn at(sim: &Sim, name: &str) -> usize {
+    sim.topo.index(name)
+}
+
+#[test]
+fn a_new_iamat_on_the_quiet_default_herd_costs_eight_update_messages_where_an_echoing_flood_costs_twelve(
+) {
+    let mut sim = quiet_default_herd(7, SimConfig::default());
+    let (servers, links) = (5u64, 6u64);
+    let bound = 2 * links - (servers - 1);
+    assert_eq!(bound, 8);
+    let mut updates = 0;
+    let mut messages = 0;
+    let rounds = 25u64;
+    for k in 0..rounds {
+        // Clients are reused with later times, so every IAMAT is new to every store.
+        let line = format!(
+            "IAMAT c{}.example +34.068930-118.445127 {}",
+            k % 7,
+            1_700_000_000 + k
+        );
+        let before = (sim.total_stats(), sim.sent());
+        sim.iamat((k % servers) as usize, &line);
+        sim.run_until_quiet(100_000);
+        let after = (sim.total_stats(), sim.sent());
+        let u = after.0.updates_sent - before.0.updates_sent;
+        let m = after.0.peer_sent - before.0.peer_sent;
+        assert_eq!(u, bound, "update messages for IAMAT {k}");
+        assert_eq!(m, bound, "no other peer message is needed");
+        assert_eq!(
+            after.1.get(&Kind::Update),
+            Some(&(before.1.get(&Kind::Update).unwrap_or(&0) + bound))
+        );
+        assert_eq!(
+            after.0.stored - before.0.stored,
+            servers,
+            "every store takes it once"
+        );
+        updates += u;
+        messages += m;
+    }
+    // Concurrent IAMATs (distinct clients, in flight together) cost the same.
+    let before = sim.total_stats().updates_sent;
+    for k in 0..10u64 {
+        let line = format!("IAMAT busy{k} -33.8688+151.2093 1700000000.{k}");
+        sim.iamat((k * 3 % servers) as usize, &line);
+        sim.run_for(Duration::from_millis(2));
+    }
+    sim.run_until_quiet(100_000);
+    assert_eq!(sim.total_stats().updates_sent - before, 10 * bound);
+    println!(
+        "default herd ({servers} servers, {links} links): {:.2} update messages and {:.2} peer messages per new IAMAT \
+         (echoing flood: {}; bound 2 × links − (servers − 1) = {bound})",
+        updates as f64 / rounds as f64,
+        messages as f64 / rounds as f64,
+        2 * links
+    );
+}
+
+#[test]
+fn a_new_iamat_on_any_quiet_connected_herd_costs_twice_the_links_minus_the_servers_plus_one() {
+    let mut rng = Rng::new(99);
+    for round in 0..20u64 {
+        let n = rng.range(2, 60) as usize;
+        let topo = Topology::random(&mut rng, n);
+        let (servers, links) = (n as u64, topo.edges.len() as u64);
+        let mut sim = Sim::new(topo, round, SimConfig::default());
+        sim.connect_all();
+        sim.run_until_quiet(1_000_000);
+        for k in 0..3u64 {
+            let before = sim.total_stats().updates_sent;
+            let i = rng.index(n);
+            sim.iamat(i, &format!("IAMAT c{k} +1+1 {}", 1_700_000_000 + k));
+            sim.run_until_quiet(1_000_000);
+            assert_eq!(
+                sim.total_stats().updates_sent - before,
+                2 * links - (servers - 1),
+                "{servers} servers, {links} links"
+            );
+        }
+    }
+}
+
+/// Brings the Holiday–Welsh link down for the last `k` of `n` IAMATs (at `origin`), then back up;
+/// returns what each side was sent on the new session.
+fn reconnect_after_missing(
+    n: u64,
+    k: u64,
+    origin: &str,
+) -> (BTreeMap<Kind, u64>, BTreeMap<Kind, u64>, Sim) {
+    let mut sim = quiet_default_herd(11, SimConfig::default());
+    let link = sim.topo.link("Holiday", "Welsh");
+    let o = at(&sim, origin);
+    for j in 0..n {
+        if j == n - k {
+            sim.hold_link(link);
+        }
+        sim.iamat(o, &format!("IAMAT r{j} +10+20 {}", 1_700_000_000 + j));
+        sim.run_until_quiet(100_000);
+    }
+    if k == 0 {
+        sim.hold_link(link);
+    }
+    sim.run_for(Duration::from_millis(50));
+    sim.release_link(link);
+    sim.run_until_quiet(100_000);
+    sim.check_settled();
+    let to_welsh = sim.delivered_on(link, at(&sim, "Welsh"));
+    let to_holiday = sim.delivered_on(link, at(&sim, "Holiday"));
+    (to_welsh, to_holiday, sim)
+}
+
+fn kinds(digest: u64, updates: u64, synced: u64) -> BTreeMap<Kind, u64> {
+    [
+        (Kind::Digest, digest),
+        (Kind::Update, updates),
+        (Kind::Synced, synced),
+    ]
+    .into_iter()
+    .filter(|&(_, c)| c > 0)
+    .collect()
+}
+
+#[test]
+fn a_neighbour_that_missed_k_of_n_updates_is_sent_exactly_k_when_its_link_returns() {
+    for (n, k) in [(10, 0), (10, 1), (10, 4), (10, 10), (60, 3), (60, 59)] {
+        // Updates made at Goloman, two hops from Welsh: Welsh missed k of them.
+        let (to_welsh, to_holiday, _) = reconnect_after_missing(n, k, "Goloman");
+        assert_eq!(
+            to_welsh,
+            kinds(1, k, 1),
+            "n={n} k={k}: Welsh gets the k it missed"
+        );
+        assert_eq!(
+            to_holiday,
+            kinds(1, 0, 1),
+            "n={n} k={k}: Holiday missed nothing and gets nothing"
+        );
+        println!("n={n} k={k}: reconnect sent {k} updates to Welsh and 0 to Holiday, plus one Digest and one Synced each way");
+        // Updates made at Welsh itself while cut off: Holiday missed them.
+        let (to_welsh, to_holiday, _) = reconnect_after_missing(n, k, "Welsh");
+        assert_eq!(
+            to_holiday,
+            kinds(1, k, 1),
+            "n={n} k={k}: Holiday gets the k it missed"
+        );
+        assert_eq!(
+            to_welsh,
+            kinds(1, 0, 1),
+            "n={n} k={k}: Welsh missed nothing and gets nothing"
+        );
+    }
+}
+
+#[test]
+fn a_neighbour_that_crashed_gets_the_whole_store_back_when_it_returns() {
+    let mut sim = quiet_default_herd(12, SimConfig::default());
+    let goloman = at(&sim, "Goloman");
+    for j in 0..20u64 {
+        sim.iamat(goloman, &format!("IAMAT r{j} +10+20 {}", 1_700_000_000 + j));
+    }
+    sim.run_until_quiet(100_000);
+    let welsh = at(&sim, "Welsh");
+    sim.crash(welsh);
+    sim.restart(welsh);
+    sim.run_until_quiet(100_000);
+    sim.check_settled();
+    let link = sim.topo.link("Holiday", "Welsh");
+    assert_eq!(sim.delivered_on(link, welsh), kinds(1, 20, 1));
+    assert_eq!(sim.delivered_on(link, at(&sim, "Holiday")), kinds(1, 0, 1));
+    assert_eq!(sim.lost(), 0);
+}
+
+fn fixed_delay(ms: u64) -> SimConfig {
+    SimConfig {
+        delay: (ms * MS, ms * MS),
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn a_whatsat_for_a_client_acknowledged_three_hops_away_waits_for_the_herd_and_gets_the_record() {
+    let mut sim = quiet_default_herd(3, fixed_delay(10));
+    let (welsh, hands) = (at(&sim, "Welsh"), at(&sim, "Hands"));
+    let link = sim.topo.link("Holiday", "Welsh");
+
+    // The flood from Welsh is cut: only Welsh knows the client, and the herd cannot reach it.
+    sim.hold_link(link);
+    let record = sim.iamat(welsh, "IAMAT far.client +34.068930-118.445127 1700000000.5");
+    let start = sim.now();
+    let Whatsat::Pending(ticket) = sim.whatsat(hands, b"far.client") else {
+        panic!("Hands does not know the client and asks the herd");
+    };
+    sim.run_until_quiet(100_000);
+    let done = sim.query_result(hands, ticket).expect("answered").clone();
+    assert_eq!(done.record, None, "nobody reachable knows it");
+    assert!(done.done.since(start) < sim.cfg.query_timeout);
+    println!(
+        "unreachable client: answered unknown after {:?} of virtual time",
+        done.done.since(start)
+    );
+
+    // The link returns; a WHATSAT at Hands at that very moment waits for the herd.
+    sim.release_link(link);
+    let start = sim.now();
+    let Whatsat::Pending(ticket) = sim.whatsat(hands, b"far.client") else {
+        panic!("Hands still does not know the client");
+    };
+    sim.run_until_quiet(100_000);
+    let done = sim.query_result(hands, ticket).expect("answered").clone();
+    assert_eq!(done.client, b"far.client");
+    assert_eq!(
+        done.record.as_ref().map(|r| r.at_line()),
+        Some(record.at_line())
+    );
+    let waited = done.done.since(start);
+    assert!(
+        waited < sim.cfg.query_timeout,
+        "answered by the herd, not by the deadline"
+    );
+    println!(
+        "client three hops away: found after {waited:?} of virtual time (deadline {:?})",
+        sim.cfg.query_timeout
+    );
+
+    // With every link up, a WHATSAT that overtakes the IAMAT's flood also waits and finds it.
+    let record = sim.iamat(welsh, "IAMAT fresh.client -10+10 1700000001");
+    sim.run_for(Duration::from_millis(1));
+    let start = sim.now();
+    let Whatsat::Pending(ticket) = sim.whatsat(hands, b"fresh.client") else {
+        panic!("the flood has not reached Hands yet");
+    };
+    sim.run_until_quiet(100_000);
+    let done = sim.query_result(hands, ticket).expect("answered").clone();
+    assert_eq!(
+        done.record.as_ref().map(|r| r.at_line()),
+        Some(record.at_line())
+    );
+    assert!(done.done.since(start) < sim.cfg.query_timeout);
+    sim.check_settled();
+}
+
+#[test]
+fn a_whatsat_for_a_client_nobody_knows_is_answered_unknown_by_the_echo_wave_well_before_the_deadline(
+) {
+    // The default herd with 10 ms links: Hands is three hops from Welsh, so the wave takes
+    // three hops out and three back.
+    let mut sim = quiet_default_herd(5, fixed_delay(10));
+    let hands = at(&sim, "Hands");
+    let start = sim.now();
+    let Whatsat::Pending(ticket) = sim.whatsat(hands, b"nobody") else {
+        panic!("an unknown client is asked of the herd");
+    };
+    sim.run_until_quiet(100_000);
+    let done = sim.query_result(hands, ticket).expect("answered").clone();
+    assert_eq!(done.record, None);
+    assert_eq!(done.done.since(start), Duration::from_millis(60));
+    println!(
+        "default herd: unknown client answered after {:?} (deadline {:?})",
+        done.done.since(start),
+        sim.cfg.query_timeout
+    );
+    sim.check_settled();
+
+    // Random graphs with fixed delays d: the wave is done within 2 × (eccentricity + 1) × d.
+    let mut rng = Rng::new(17);
+    for round in 0..10u64 {
+        let n = rng.range(5, 200) as usize;
+        let topo = Topology::random(&mut rng, n);
+        let mut sim = Sim::new(topo, round, fixed_delay(2));
+        sim.connect_all();
+        sim.run_until_quiet(10_000_000);
+        let origin = rng.index(n);
+        let ecc = eccentricity(&sim.topo, origin) as u64;
+        let start = sim.now();
+        let Whatsat::Pending(ticket) = sim.whatsat(origin, b"nobody") else {
+            panic!("an unknown client is asked of the herd");
+        };
+        sim.run_until_quiet(10_000_000);
+        let done = sim.query_result(origin, ticket).expect("answered").clone();
+        assert_eq!(done.record, None);
+        let took = done.done.since(start);
+        assert!(
+            took <= Duration::from_millis(2 * (ecc + 1) * 2),
+            "{n} servers, eccentricity {ecc}: {took:?}"
+        );
+        println!(
+            "{n} servers, eccentricity {ecc}, 2 ms links: unknown client answered after {took:?}"
+        );
+        sim.check_settled();
+    }
+}
+
+fn eccentricity(topo: &Topology, from: usize) -> usize {
+    let mut dist = vec![usize::MAX; topo.len()];
+    dist[from] = 0;
+    let mut queue = std::collections::VecDeque::from([from]);
+    while let Some(v) = queue.pop_front() {
+        for &(a, b) in &topo.edges {
+            let w = if a == v {
+                b
+            } else if b == v {
+                a
+            } else {
+                continue;
+            };
+            if dist[w] == usize::MAX {
+                dist[w] = dist[v] + 1;
+                queue.push_back(w);
+            }
+        }
+    }
+    dist.into_iter().max().unwrap_or(0)
+}
+
+#[test]
+fn herd_queries_are_bounded_by_max_queries_and_forgotten_at_their_deadline() {
+    // Links so slow (300 ms a hop) that the wave cannot finish before the 800 ms deadline.
+    let cfg = SimConfig {
+        max_queries: 2,
+        ..fixed_delay(300)
+    };
+    let mut sim = quiet_default_herd(9, cfg);
+    let hands = at(&sim, "Hands");
+    let start = sim.now();
+    let Whatsat::Pending(t1) = sim.whatsat(hands, b"nobody1") else {
+        panic!("first query")
+    };
+    let Whatsat::Pending(t2) = sim.whatsat(hands, b"nobody2") else {
+        panic!("second query")
+    };
+    assert_eq!(
+        sim.whatsat(hands, b"nobody3"),
+        Whatsat::Unknown,
+        "no room for a third: `? ` at once"
+    );
+    assert_eq!(sim.node(hands).queries_in_flight(), 2);
+
+    sim.run_for(Duration::from_millis(799));
+    assert!(sim.query_result(hands, t1).is_none() && sim.query_result(hands, t2).is_none());
+    assert_eq!(sim.pending_queries(), 2);
+    sim.run_for(Duration::from_millis(1));
+    for t in [t1, t2] {
+        let done = sim
+            .query_result(hands, t)
+            .expect("answered at the deadline");
+        assert_eq!(done.record, None);
+        assert_eq!(
+            (done.issued, done.done.since(start)),
+            (start, sim.cfg.query_timeout)
+        );
+    }
+    // Room again for a new query once the old ones expired.
+    assert_eq!(sim.node(hands).queries_in_flight(), 0);
+    assert!(matches!(
+        sim.whatsat(hands, b"nobody4"),
+        Whatsat::Pending(_)
+    ));
+    sim.run_until_quiet(100_000);
+    for i in 0..5 {
+        assert_eq!(
+            sim.node(i).queries_in_flight(),
+            0,
+            "every node forgot every query"
+        );
+        assert_eq!(sim.node(i).poll_timeout(), None);
+    }
+    assert_eq!(sim.pending_queries(), 0);
+    sim.check_settled();
+}
+
+#[test]
+fn bounded_peer_queues_that_overflow_drop_the_link_and_the_herd_still_converges() {
+    let mut backlogged = 0;
+    for seed in 1..=10u64 {
+        let cfg = SimConfig {
+            queue_cap: Some(8),
+            max_clients: 5,
+            delay: (20 * MS, 200 * MS),
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
+        sim.chaos(400);
+        sim.settle(10_000_000);
+        sim.check_settled();
+        backlogged += sim.backlogged();
+    }
+    assert!(backlogged > 0, "the queues overflowed at least once");
+    println!("{backlogged} links dropped for a full queue over 10 seeds");
+}
