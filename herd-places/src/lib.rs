@@ -194,7 +194,7 @@ impl From<PlacesError> for LookupError {
 /// be initialised, or the embedded gazetteer cannot be decoded.
 pub fn build(cfg: PlacesConfig) -> Result<Arc<dyn PlacesLookup>, PlacesError> {
     match cfg.kind {
-        BackendKind::Offline => Ok(Arc::new(OfflinePlaces::load()?)),
+        BackendKind::Offline => Ok(OfflinePlaces::shared()?),
         BackendKind::Google | BackendKind::GoogleLegacy => {
             let client = HyperPlaces::new(&cfg)?;
             if cfg.cache_entries == 0 {

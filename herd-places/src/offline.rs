@@ -3,7 +3,7 @@
 //! `data/cities500.bin.gz` (made by `data/convert.py`; data CC BY 4.0, GeoNames) is one zlib
 //! stream of column arrays. At start it is inflated and indexed on a 0.5° latitude/longitude
 //! grid: a query visits only the cells its circle can touch (every longitude near a pole,
-//! wrapping around at ±180°), measures great-circle (haversine) distances, and answers the
+//! wrapping around at ±180°), measures great-circle distances (by chord length on the unit sphere), and answers the
 //! places within the radius, nearest first, in Google's legacy Nearby Search shape.
 
 use std::io::Read;
@@ -37,9 +37,10 @@ const COORD_SCALE: f64 = 1e5;
 /// One indexed place, in grid-cell order.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// Unit vector of the place on the sphere: chord lengths need no trigonometry.
+    xyz: [f64; 3],
     lat: f64,
     lon: f64,
-    cos_lat: f64,
     place: u32,
 }
 
@@ -174,7 +175,7 @@ impl OfflinePlaces {
             return Vec::new();
         }
         let lat = lat.clamp(-90.0, 90.0);
-        let cos_lat = lat.to_radians().cos();
+        let probe = Probe::new(lat, lon, radius_km);
         // (distance, index into `entries`)
         let mut found: Vec<(f64, usize)> = Vec::new();
         for cell in cells(lat, lon, radius_km) {
@@ -183,12 +184,29 @@ impl OfflinePlaces {
                 self.cell_start[cell + 1] as usize,
             );
             for (i, e) in self.entries[start..end].iter().enumerate() {
-                let d = haversine_km(lat, lon, cos_lat, e.lat, e.lon, e.cos_lat);
-                if d <= radius_km {
+                if let Some(d) = probe.distance_within(e) {
                     found.push((d, start + i));
                 }
             }
         }
+        self.finish(found, max)
+    }
+
+    /// The same answer as [`OfflinePlaces::search`] by scanning every place, without the
+    /// grid: the reference the index is tested against.
+    pub fn search_exhaustive(&self, lat: f64, lon: f64, radius_km: f64, max: usize) -> Vec<Hit> {
+        if !(lat.is_finite() && lon.is_finite() && radius_km.is_finite()) || radius_km < 0.0 {
+            return Vec::new();
+        }
+        let probe = Probe::new(lat.clamp(-90.0, 90.0), lon, radius_km);
+        let found = (self.entries.iter().enumerate())
+            .filter_map(|(i, e)| probe.distance_within(e).map(|d| (d, i)))
+            .collect();
+        self.finish(found, max)
+    }
+
+    /// Sorts candidates nearest first (ties by id) and keeps `max` of them.
+    fn finish(&self, mut found: Vec<(f64, usize)>, max: usize) -> Vec<Hit> {
         let id_of = |i: usize| self.ids[self.entries[i].place as usize];
         found.sort_by(|a, b| {
             a.0.total_cmp(&b.0)
@@ -253,12 +271,50 @@ fn hit_json(h: &Hit) -> Value {
     Value::Object(out)
 }
 
-/// Great-circle distance by the haversine formula; cosines of the latitudes precomputed.
-fn haversine_km(lat1: f64, lon1: f64, cos1: f64, lat2: f64, lon2: f64, cos2: f64) -> f64 {
-    let dlat = (lat2 - lat1).to_radians();
-    let dlon = (lon2 - lon1).to_radians();
-    let a = (dlat / 2.0).sin().powi(2) + cos1 * cos2 * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
+fn unit_vector(lat: f64, lon: f64) -> [f64; 3] {
+    let (phi, lambda) = (lat.to_radians(), lon.to_radians());
+    [
+        phi.cos() * lambda.cos(),
+        phi.cos() * lambda.sin(),
+        phi.sin(),
+    ]
+}
+
+/// A query point and radius, ready to test places by chord length.
+struct Probe {
+    xyz: [f64; 3],
+    radius_km: f64,
+    /// Squared chord of the radius's angle; a place further away by chord is out.
+    max_chord2: f64,
+}
+
+impl Probe {
+    fn new(lat: f64, lon: f64, radius_km: f64) -> Self {
+        let half_angle = (radius_km / EARTH_RADIUS_KM / 2.0).min(std::f64::consts::FRAC_PI_2);
+        let chord = 2.0 * half_angle.sin();
+        // A hair of slack so that rounding never drops a place exactly on the circle; the
+        // exact distance check below decides.
+        Self {
+            xyz: unit_vector(lat, lon),
+            radius_km,
+            max_chord2: chord * chord * (1.0 + 1e-9) + 1e-15,
+        }
+    }
+
+    /// The great-circle distance to `e` in km, if within the radius.
+    fn distance_within(&self, e: &Entry) -> Option<f64> {
+        let [dx, dy, dz] = [
+            e.xyz[0] - self.xyz[0],
+            e.xyz[1] - self.xyz[1],
+            e.xyz[2] - self.xyz[2],
+        ];
+        let chord2 = dx * dx + dy * dy + dz * dz;
+        if chord2 > self.max_chord2 {
+            return None;
+        }
+        let d = 2.0 * EARTH_RADIUS_KM * (chord2.sqrt() / 2.0).min(1.0).asin();
+        (d <= self.radius_km).then_some(d)
+    }
 }
 
 fn row_of(lat: f64) -> usize {
@@ -319,9 +375,9 @@ fn index(lats: &[i32], lons: &[i32]) -> Result<(Vec<u32>, Vec<Entry>), PlacesErr
     }
     let mut next: Vec<u32> = cell_start[..ROWS * COLS].to_vec();
     let blank = Entry {
+        xyz: [0.0; 3],
         lat: 0.0,
         lon: 0.0,
-        cos_lat: 1.0,
         place: 0,
     };
     let mut entries = vec![blank; coords.len()];
@@ -332,7 +388,7 @@ fn index(lats: &[i32], lons: &[i32]) -> Result<(Vec<u32>, Vec<Entry>), PlacesErr
         entries[*slot as usize] = Entry {
             lat,
             lon,
-            cos_lat: lat.to_radians().cos(),
+            xyz: unit_vector(lat, lon),
             place,
         };
         *slot += 1;
