@@ -1,0 +1,394 @@
+//! One server on a real loopback socket: the client protocol of PROTOCOL.md, byte for byte.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use common::*;
+use herd_core::{LookupError, PlacesLookup, PlacesQuery};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KIWI: &[u8] = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n";
+
+fn one(limits: &str) -> String {
+    let extra = if limits.is_empty() {
+        String::new()
+    } else {
+        format!("\"limits\": {{{limits}}}")
+    };
+    config_json(&["Goloman"], &[], &extra)
+}
+
+fn whatsat_json_two() -> &'static str {
+    "{\n   \"html_attributions\" : [],\n   \"results\" : [\n      {\n         \"name\" : \"a\"\n      },\n      {\n         \"name\" : \"b\"\n      }\n   ],\n   \"status\" : \"OK\"\n}"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iamat_example_is_answered_with_an_exact_at_line() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let reply = exchange(addr, KIWI).await;
+    assert_at(
+        &reply,
+        "Goloman",
+        "kiwi.cs.ucla.edu",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+    );
+    let diff: f64 = std::str::from_utf8(&reply)
+        .unwrap()
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = before - 1520023934.918963997;
+    assert!((diff - expected).abs() < 5.0, "diff {diff} vs {expected}");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_example_and_peer_messages_on_the_client_port_get_question_mark() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let reply = exchange(
+        addr,
+        b"IAMAT Clark +12-118\nU 1 AT A +0.1 c +1+1 1\nD 1 0 0\nHERD/1 HELLO A Goloman 1 00 -\n",
+    )
+    .await;
+    let want = "? IAMAT Clark +12-118\n? U 1 AT A +0.1 c +1+1 1\n? D 1 0 0\n? HERD/1 HELLO A Goloman 1 00 -\n";
+    assert_eq!(String::from_utf8_lossy(&reply), want);
+    assert_eq!(
+        herd.servers()[0].stats().records,
+        0,
+        "peer messages on a client connection are never obeyed"
+    );
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsat_returns_the_stored_at_line_and_places_cut_to_max_items() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let at = exchange(addr, KIWI).await;
+    let reply = exchange(addr, b"WHATSAT kiwi.cs.ucla.edu 10 2\n").await;
+    let mut want = at.clone();
+    want.extend_from_slice(whatsat_json_two().as_bytes());
+    want.extend_from_slice(b"\n\n");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        String::from_utf8_lossy(&want)
+    );
+    let unknown = exchange(addr, b"WHATSAT nobody 10 2\n").await;
+    assert_eq!(unknown, b"? WHATSAT nobody 10 2\n");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_on_one_connection_are_answered_in_order() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut input = Vec::new();
+    input.extend_from_slice(KIWI);
+    input.extend_from_slice(b"WHATSAT kiwi.cs.ucla.edu 10 2\r\n");
+    input.extend_from_slice(b"bad line\n");
+    input.extend_from_slice(b"IAMAT other +1+1 1.5\n");
+    input.extend_from_slice(b"WHATSAT kiwi.cs.ucla.edu 50 1\n");
+    input.extend_from_slice(b"last");
+    let reply = exchange(addr, &input).await;
+    let text = String::from_utf8(reply).unwrap();
+    let at = text.lines().next().unwrap().to_owned();
+    let one_json = "{\n   \"html_attributions\" : [],\n   \"results\" : [\n      {\n         \"name\" : \"a\"\n      }\n   ],\n   \"status\" : \"OK\"\n}";
+    let other = text
+        .lines()
+        .find(|l| l.contains(" other "))
+        .unwrap_or_default()
+        .to_owned();
+    let want = format!(
+        "{at}\n{at}\n{}\n\n? bad line\n{other}\n{at}\n{one_json}\n\n? last\n",
+        whatsat_json_two()
+    );
+    assert_eq!(text, want);
+    assert!(
+        other.starts_with("AT Goloman ") && other.ends_with(" other +1+1 1.5"),
+        "{other}"
+    );
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_newline_then_half_close_is_answered() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let reply = exchange(addr, &KIWI[..KIWI.len() - 1]).await;
+    assert_at(
+        &reply,
+        "Goloman",
+        "kiwi.cs.ucla.edu",
+        "+34.068930-118.445127",
+        "1520023934.918963997",
+    );
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_lines_get_no_reply() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    assert_eq!(exchange(addr, b"\n\r\n \t \n\x0b\x0c\n").await, b"");
+    assert_eq!(exchange(addr, b"\n\nIAMAT x\n\n  \n").await, b"? IAMAT x\n");
+    assert_eq!(exchange(addr, b"").await, b"");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mib_line_closes_the_connection_after_answering_the_lines_before() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut input = b"first\nIAMAT x\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 1 << 20));
+    input.extend_from_slice(b"\nafter\n");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        // The server may close before taking everything; that is the point.
+        let _ = w.write_all(&input).await;
+        let _ = w.shutdown().await;
+    };
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut out));
+    let (_, res) = tokio::join!(write, read);
+    res.expect("closed in time")
+        .expect("clean close, replies intact");
+    assert_eq!(out, b"? first\n? IAMAT x\n");
+    // The server is still fine.
+    assert_eq!(exchange(addr, b"again\n").await, b"? again\n");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_line_bytes_is_configurable_and_exact() {
+    let herd = start(&one("\"max_line_bytes\": 10")).await;
+    let addr = herd.servers()[0].local_addr();
+    assert_eq!(
+        exchange(addr, b"0123456789\r\n0123456789\n").await,
+        b"? 0123456789\n? 0123456789\n"
+    );
+    assert_eq!(exchange(addr, b"ok\n0123456789A\nnever\n").await, b"? ok\n");
+    assert_eq!(exchange(addr, b"ok\n0123456789A").await, b"? ok\n");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_binary_lines_are_echoed_after_question_mark() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    for _ in 0..500 {
+        let len = rng.gen_range(0..200);
+        let mut line: Vec<u8> = (0..len)
+            .map(|_| rng.gen::<u8>())
+            .filter(|&b| b != b'\n')
+            .collect();
+        while line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        input.extend_from_slice(&line);
+        input.push(b'\n');
+        let blank = line.iter().all(|&b| herd_core::types::is_space(b));
+        if !blank {
+            want.extend_from_slice(b"? ");
+            want.extend_from_slice(&line);
+            want.push(b'\n');
+        }
+    }
+    assert_eq!(exchange(addr, &input).await, want);
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_are_all_answered() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut conns = Vec::new();
+    for i in 0..1000 {
+        let s = TcpStream::connect(addr).await.unwrap();
+        conns.push((i, s));
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let msg = format!("IAMAT c{i} +1+1 {i}\n");
+                s.write_all(msg.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.unwrap();
+                assert_at(&out, "Goloman", &format!("c{i}"), "+1+1", &i.to_string());
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(herd.servers()[0].stats().records, 1000);
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_pipelined_lines_on_one_connection() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let n = 100_000;
+    let mut input = Vec::with_capacity(n * 32);
+    for i in 0..n {
+        input.extend_from_slice(format!("IAMAT p{} +1+1 {i}\n", i % 1000).as_bytes());
+    }
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&input).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut out));
+    let (_, res) = tokio::join!(write, read);
+    res.unwrap().unwrap();
+    let replies = lines(&out);
+    assert_eq!(replies.len(), n);
+    for (i, line) in replies.iter().enumerate().step_by(997) {
+        assert_at(
+            line,
+            "Goloman",
+            &format!("p{}", i % 1000),
+            "+1+1",
+            &i.to_string(),
+        );
+    }
+    let stats = herd.servers()[0].stats();
+    assert_eq!((stats.node.iamats, stats.records), (n as u64, 1000));
+    eprintln!("100k pipelined lines in {:?}", started.elapsed());
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_clients_are_closed_at_once() {
+    let herd = start(&one("\"max_clients\": 2")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || herd.servers()[0].stats().clients
+            == 2)
+        .await
+    );
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "third connection is closed: {n:?}"
+    );
+    for s in [&mut a, &mut b] {
+        s.write_all(b"x\n").await.unwrap();
+        s.read_exact(&mut buf[..4]).await.unwrap();
+        assert_eq!(&buf[..4], b"? x\n");
+    }
+    drop((a, b));
+    assert!(
+        eventually(Duration::from_secs(5), || herd.servers()[0].stats().clients
+            == 0)
+        .await
+    );
+    assert_eq!(exchange(addr, b"y\n").await, b"? y\n");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_closed_after_the_idle_timeout() {
+    let herd = start(&one("\"idle_timeout_ms\": 300")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"hi\n").await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, b"? hi\n");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
+    herd.shutdown().await;
+}
+
+/// A Places service that never answers.
+struct SilentPlaces;
+
+#[async_trait]
+impl PlacesLookup for SilentPlaces {
+    async fn nearby(&self, _q: &PlacesQuery) -> Result<serde_json::Value, LookupError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsat_is_answered_within_the_places_timeout_when_places_hangs() {
+    let herd = start_with(&one("\"places_timeout_ms\": 300"), Arc::new(SilentPlaces)).await;
+    let addr = herd.servers()[0].local_addr();
+    let at = exchange(addr, KIWI).await;
+    let started = Instant::now();
+    let reply = exchange(addr, b"WHATSAT kiwi.cs.ucla.edu 10 2\nnext\n").await;
+    let took = started.elapsed();
+    let mut want = at;
+    want.extend_from_slice(b"{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"UNKNOWN_ERROR\",\n   \"error_message\" : \"places service timed out\"\n}\n\n? next\n");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        String::from_utf8_lossy(&want)
+    );
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_replies_in_flight() {
+    let herd = start_with(&one("\"places_timeout_ms\": 500"), Arc::new(SilentPlaces)).await;
+    let addr = herd.servers()[0].local_addr();
+    exchange(addr, KIWI).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"WHATSAT kiwi.cs.ucla.edu 10 2\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = tokio::spawn(herd.shutdown());
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.ends_with(b"\"status\" : \"UNKNOWN_ERROR\",\n   \"error_message\" : \"places service timed out\"\n}\n\n"));
+    assert!(stop.await.unwrap(), "shutdown within the grace period");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
