@@ -1,0 +1,417 @@
+//! herd-cli against real `herd-server` processes on loopback (offline Places backend).
+//!
+//! The server binary is found next to this test's own executable (`<target>/<profile>/`).
+//! `.ci/run` builds it first (`cargo build --workspace --bins`); each test also runs
+//! `cargo build -p herd-server` into the same target dir, which is a no-op when it is
+//! fresh. Only when the binary cannot be had at all is a test skipped, with a message.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `<target>/<profile>` of this test executable (which lives in `<target>/<profile>/deps`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The herd-server binary, built if needed; `None` (with a message) when it cannot be had.
+fn server_bin() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("HERD_SERVER_BIN") {
+            return Some(PathBuf::from(p));
+        }
+        let dir = profile_dir();
+        let bin = dir.join("herd-server");
+        let target = dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "herd-server",
+                "--bin",
+                "herd-server",
+                "--target-dir",
+            ])
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let built = build.status().map(|s| s.success()).unwrap_or(false);
+        if !built {
+            eprintln!(
+                "warning: `cargo build -p herd-server` failed; using {} if it exists",
+                bin.display()
+            );
+        }
+        if bin.exists() {
+            Some(bin)
+        } else {
+            eprintln!(
+                "SKIPPED: no herd-server binary at {} (run `cargo build --workspace --bins`)",
+                bin.display()
+            );
+            None
+        }
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A herd-server process running every server of a temp config; killed on drop.
+struct Herd {
+    addrs: BTreeMap<String, String>,
+    config: PathBuf,
+    _proc: Killer,
+    _dir: tempfile::TempDir,
+}
+
+impl Herd {
+    /// Starts `names` with `links`, each on a free loopback port; waits until all accept.
+    fn start(names: &[&str], links: &[(&str, &str)]) -> Option<Self> {
+        let bin = server_bin()?;
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: BTreeMap<String, String> = names
+            .iter()
+            .map(|n| (n.to_string(), format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let servers: Vec<String> = names
+            .iter()
+            .map(|n| format!("\"{n}\": \"{}\"", addrs[*n]))
+            .collect();
+        let links: Vec<String> = links
+            .iter()
+            .map(|(a, b)| format!("[\"{a}\", \"{b}\"]"))
+            .collect();
+        let config = dir.path().join("herd.json");
+        let text = format!(
+            "{{\"servers\": {{{}}}, \"links\": [{}]}}",
+            servers.join(", "),
+            links.join(", ")
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["--places", "offline", "--log-dir"])
+            .arg(dir.path().join("logs"))
+            .arg("--all")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start herd-server");
+        let proc = Killer(Some(child));
+        let started = Instant::now();
+        for addr in addrs.values() {
+            while TcpStream::connect(addr).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "herd-server did not listen on {addr}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Some(Self {
+            addrs,
+            config,
+            _proc: proc,
+            _dir: dir,
+        })
+    }
+
+    fn one(name: &str) -> Option<Self> {
+        Self::start(&[name], &[])
+    }
+
+    fn addr(&self, name: &str) -> &str {
+        &self.addrs[name]
+    }
+
+    fn config(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+}
+
+macro_rules! herd_or_skip {
+    ($e:expr) => {
+        match $e {
+            Some(h) => h,
+            None => return,
+        }
+    };
+}
+
+#[test]
+fn iamat_then_whatsat_against_a_real_server() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let time = "1520023934.918963997";
+    let out = run(&[
+        "--config",
+        herd.config(),
+        "--to",
+        "Goloman",
+        "iamat",
+        "kiwi",
+        "+34.068930-118.445127",
+        "--time",
+        time,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let at = stdout(&out);
+    let f: Vec<&str> = at.trim_end().split(' ').collect();
+    assert_eq!(
+        (f[0], f[1], f[3], f[4], f[5]),
+        ("AT", "Goloman", "kiwi", "+34.068930-118.445127", time),
+        "{at}"
+    );
+    // The whole reply's shape: the stored AT line, JSON, an empty line.
+    let out = run(&["--config", herd.config(), "whatsat", "kiwi", "10", "3"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let reply = stdout(&out);
+    assert!(reply.starts_with(&at), "{reply}");
+    assert!(reply.ends_with("}\n\n"), "{reply:?}");
+    let json = &reply[at.len()..reply.len() - 2];
+    let places: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(places["results"].as_array().unwrap().len() <= 3);
+    // The same through --json.
+    let out = run(&[
+        "--config",
+        herd.config(),
+        "--json",
+        "whatsat",
+        "kiwi",
+        "10",
+        "3",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reply"], "places");
+    assert_eq!(v["line"], at.trim_end());
+    assert_eq!(v["places"], places);
+}
+
+#[test]
+fn whatsat_for_an_unknown_client_exits_1() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "whatsat",
+        "nobody",
+        "10",
+        "5",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "? WHATSAT nobody 10 5\n");
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "--json",
+        "iamat",
+        "k",
+        "+1+2",
+        "--time",
+        "99999999999999999999",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(json_lines(&out)[0]["diff"]
+        .as_str()
+        .unwrap()
+        .starts_with('-'));
+}
+
+#[test]
+fn send_from_stdin_against_a_real_server() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let input = b"IAMAT kiwi +34.068930-118.445127 1520023934.918963997\n\n\
+                  IAMAT Clark +12-118\r\n   \nWHATSAT kiwi 1 1\nWHATSAT ghost 1 1";
+    let out = run_with(
+        &["--server", herd.addr("Goloman"), "send"],
+        input,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    assert!(lines[0].starts_with("AT Goloman "), "{text}");
+    assert_eq!(lines[1], "? IAMAT Clark +12-118\n");
+    assert_eq!(
+        lines[2], lines[0],
+        "WHATSAT gives the stored AT line: {text}"
+    );
+    assert!(text.ends_with("}\n\n? WHATSAT ghost 1 1\n"), "{text:?}");
+    // JSON mode: one object per reply, in order.
+    let out = run_with(
+        &["--server", herd.addr("Goloman"), "--json", "send"],
+        input,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let kinds: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|v| v["reply"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["at", "invalid", "places", "invalid"]);
+}
+
+#[test]
+fn load_pipelined_and_classic_against_a_real_server() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let a = herd.addr("Goloman");
+    let out = run(&[
+        "--server",
+        a,
+        "--json",
+        "load",
+        "--requests",
+        "2000",
+        "-c",
+        "4",
+        "-d",
+        "8",
+        "-k",
+        "50",
+        "--fresh",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["ok"], 2000, "{v}");
+    assert!(
+        v["errors"].as_object().unwrap().values().all(|n| n == 0),
+        "{v}"
+    );
+    let out = run(&[
+        "--server",
+        a,
+        "--json",
+        "load",
+        "--mode",
+        "classic",
+        "--requests",
+        "200",
+        "-c",
+        "4",
+        "--whatsat-ratio",
+        "0.3",
+        "-k",
+        "20",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["ok"], 200, "{v}");
+}
+
+#[test]
+fn load_all_spreads_over_a_herd_and_floods() {
+    let names = ["A", "B", "C"];
+    let herd = herd_or_skip!(Herd::start(&names, &[("A", "B"), ("B", "C")]));
+    let out = run(&[
+        "--config",
+        herd.config(),
+        "--json",
+        "load",
+        "--all",
+        "--duration",
+        "1s",
+        "-c",
+        "6",
+        "-d",
+        "4",
+        "--fresh",
+        "-k",
+        "60",
+        "--whatsat-ratio",
+        "0.1",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["targets"], serde_json::json!(["A", "B", "C"]));
+    assert!(v["ok"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["errors"].as_object().unwrap().values().all(|n| n == 0),
+        "{v}"
+    );
+}
+
+#[test]
+fn probe_measures_propagation_two_hops_away() {
+    let herd = herd_or_skip!(Herd::start(&["A", "B", "C"], &[("A", "B"), ("B", "C")]));
+    let out = run_with(
+        &[
+            "--config",
+            herd.config(),
+            "--json",
+            "probe",
+            "A",
+            "C",
+            "--repeat",
+            "5",
+            "--deadline",
+            "20s",
+        ],
+        b"",
+        Duration::from_secs(120),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["rounds"], 5);
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("A"), Some("C"))
+    );
+    let p = &v["propagation_us"];
+    let (p50, max) = (p["p50"].as_f64().unwrap(), p["max"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p50 <= max, "{v}");
+    assert!(v["includes"]
+        .as_str()
+        .unwrap()
+        .contains("WHATSAT round trip"));
+    // Text mode says what the figure includes.
+    let out = run(&[
+        "--config",
+        herd.config(),
+        "probe",
+        "A",
+        "B",
+        "--repeat",
+        "2",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("polling granularity"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_stopped_server_gives_exit_2() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let addr = herd.addr("Goloman").to_string();
+    drop(herd);
+    let out = run(&["--server", &addr, "--timeout", "2s", "iamat", "k", "+1+2"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
