@@ -166,15 +166,14 @@ impl ServerStats {
     pub fn to_json_line(&self) -> String {
         let n = &self.node;
         let mut s = String::with_capacity(512);
-        let links: Vec<String> = self.links_up.iter().map(|l| format!("\"{l}\"")).collect();
-        // Names are validated server names (no quotes or controls), numbers are plain.
-        let _ = write!(
+        let links: Vec<String> = self.links_up.iter().map(|l| json_str(l.as_str())).collect();
+        let _ = writeln!(
             s,
-            "{{\"server\":\"{}\",\"records\":{},\"digest\":{},\"links_up\":[{}],\"clients\":{},\
+            "{{\"server\":{},\"records\":{},\"digest\":{},\"links_up\":[{}],\"clients\":{},\
              \"iamats\":{},\"whatsats\":{},\"invalid\":{},\"stored\":{},\"stale\":{},\
              \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
-             \"queries_started\":{},\"peer_errors\":{}}}\n",
-            self.server,
+             \"queries_started\":{},\"peer_errors\":{}}}",
+            json_str(self.server.as_str()),
             self.records,
             self.digest,
             links.join(","),
@@ -193,6 +192,20 @@ impl ServerStats {
         );
         s
     }
+}
+
+/// A server name as a JSON string: names are printable ASCII, so only `"` and `\` need escapes.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// A running server.

@@ -249,9 +249,9 @@ fn any_two_servers_down_updates_reach_exactly_the_connected_survivors_and_restar
     let mut servers = start_herd(&layout);
     let mut total = 0u64;
     let mut client = 0u32;
-    for i in 0..HERD.len() {
-        for j in i + 1..HERD.len() {
-            let down = [HERD[i], HERD[j]];
+    for (i, first) in HERD.iter().enumerate() {
+        for second in &HERD[i + 1..] {
+            let down = [*first, *second];
             for d in down {
                 servers.get_mut(d).unwrap().kill();
             }

@@ -50,7 +50,7 @@ async fn iamat_example_is_answered_with_an_exact_at_line() {
         .unwrap()
         .parse()
         .unwrap();
-    let expected = before - 1520023934.918963997;
+    let expected = before - 1_520_023_934.918_964;
     assert!((diff - expected).abs() < 5.0, "diff {diff} vs {expected}");
     herd.shutdown().await;
 }
