@@ -50,6 +50,8 @@ pub(crate) enum Mode {
     Body(StatusCode, String),
     /// The first request gets HTTP 500, later ones the normal answer.
     FailFirst,
+    /// The first request is not answered for a minute, later ones normally after this delay.
+    HangFirst(Duration),
 }
 
 /// One request as the stand-in received it.
@@ -155,6 +157,7 @@ async fn handle(req: Request<Incoming>, state: &Shared, mode: &Mode) -> Response
     let number = state.requests.fetch_add(1, Ordering::SeqCst);
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _done = InFlight(&state.in_flight);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -179,9 +182,16 @@ async fn handle(req: Request<Incoming>, state: &Shared, mode: &Mode) -> Response
         body,
     };
     state.seen.lock().expect("not poisoned").push(seen.clone());
-    let response = answer(&seen, mode, number).await;
-    state.in_flight.fetch_sub(1, Ordering::SeqCst);
-    response
+    answer(&seen, mode, number).await
+}
+
+/// Counts a request out of flight however its handler ends (answered or dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn answer(seen: &Seen, mode: &Mode, number: usize) -> Response<Full<Bytes>> {
@@ -195,6 +205,8 @@ async fn answer(seen: &Seen, mode: &Mode, number: usize) -> Response<Full<Bytes>
             return reply(StatusCode::INTERNAL_SERVER_ERROR, "boom".into())
         }
         Mode::FailFirst => {}
+        Mode::HangFirst(_) if number == 0 => tokio::time::sleep(Duration::from_secs(60)).await,
+        Mode::HangFirst(d) => tokio::time::sleep(*d).await,
         Mode::Garbage => return reply(StatusCode::OK, "<html>not json</html>".into()),
         Mode::Huge => return reply(StatusCode::OK, " ".repeat(4 * 1024 * 1024 + 1)),
         Mode::Body(status, body) => return reply(*status, body.clone()),
