@@ -21,10 +21,14 @@ use crate::util::{micros, now_nanos, quantile, write_posix};
 use crate::Global;
 
 /// What the figure includes, printed with it.
-const INCLUDES: &str = "from writing the IAMAT to A until reading B's first WHATSAT reply that \
-carries A's new AT line: A's handling of the IAMAT, the flood along the links from A to B, and \
-up to one WHATSAT round trip at B (the polling granularity, which includes B's Places lookup: \
-run the servers with --places offline)";
+fn includes(a: &str, b: &str) -> String {
+    format!(
+        "from writing the IAMAT to {a} until reading {b}'s first WHATSAT reply that carries \
+         {a}'s new AT line: {a}'s handling of the IAMAT, the flood along the links from {a} to \
+         {b}, and up to one WHATSAT round trip at {b} (the polling granularity, which includes \
+         {b}'s Places lookup: run the servers with --places offline)"
+    )
+}
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
@@ -218,7 +222,7 @@ fn report(g: &Global, ta: &Target, tb: &Target, rounds: &[Round], whatsat: &mut 
             "iamat_rtt_us_p50": q(&iamat, 0.5),
             "whatsat_rtt_us_p50": q(whatsat, 0.5),
             "polls_per_round": f64::from(polls) / rounds.len() as f64,
-            "includes": INCLUDES,
+            "includes": includes(&ta.label, &tb.label),
         });
         println!("{v}");
         return;
@@ -234,10 +238,12 @@ fn report(g: &Global, ta: &Target, tb: &Target, rounds: &[Round], whatsat: &mut 
         q(&prop, 1.0)
     );
     println!(
-        "for scale, µs: IAMAT round trip at A p50 {:.1}; WHATSAT round trip at B p50 {:.1}; {:.1} polls per round",
+        "for scale, µs: IAMAT round trip at {} p50 {:.1}; WHATSAT round trip at {} p50 {:.1}; {:.1} polls per round",
+        ta.label,
         q(&iamat, 0.5),
+        tb.label,
         q(whatsat, 0.5),
         f64::from(polls) / rounds.len() as f64
     );
-    println!("each figure runs {INCLUDES}");
+    println!("each figure runs {}", includes(&ta.label, &tb.label));
 }
