@@ -73,6 +73,25 @@ fn ucla_neighbourhoods_are_found_within_ten_km() {
     assert!(!found.contains(&"Inglewood"));
 }
 
+#[test]
+fn vicinities_name_the_admin_area_and_country_worldwide() {
+    let find = |lat: f64, lon: f64, name: &str| {
+        let hits = places().search(lat, lon, 5.0, usize::MAX);
+        hits.into_iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("{name} not found"))
+    };
+    assert_eq!(
+        find(48.8566, 2.3522, "Paris").vicinity,
+        "Ile-de-France, France"
+    );
+    assert_eq!(find(52.52, 13.405, "Berlin").vicinity, "Berlin, Germany");
+    assert_eq!(
+        find(34.0522, -118.2437, "Los Angeles").vicinity,
+        "California, United States"
+    );
+}
+
 #[tokio::test]
 async fn answers_come_in_the_legacy_shape_nearest_first() {
     let answer = places()
