@@ -218,10 +218,14 @@ fn a_server_that_never_answers_exits_2_within_the_timeout() {
         vec!["whatsat", "k", "1", "1"],
         vec!["send", "IAMAT k +1+2 3"],
         vec!["load", "--requests", "4", "-c", "1", "-d", "4"],
+        vec!["probe"],
     ] {
         let started = Instant::now();
         let mut all = vec!["--server", silent.addr.as_str(), "--timeout", "300ms"];
         all.extend(&args);
+        if args[0] == "probe" {
+            all = vec!["--timeout", "300ms", "probe", &silent.addr, &silent.addr];
+        }
         let out = run_with(&all, b"", Duration::from_secs(30));
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
         assert!(started.elapsed() >= Duration::from_millis(300));
