@@ -165,8 +165,9 @@ impl Conn {
         loop {
             let decoded = match self.stop {
                 Stop::Eof => self.codec.decode_eof(&mut self.buf),
-                Stop::No => self.codec.decode(&mut self.buf),
-                Stop::Shutdown | Stop::TooLong | Stop::Idle => return Ok(false),
+                // At shutdown, complete lines already received are still answered.
+                Stop::No | Stop::Shutdown => self.codec.decode(&mut self.buf),
+                Stop::TooLong | Stop::Idle => return Ok(false),
             };
             let line = match decoded {
                 Ok(Some(line)) => line,

@@ -8,8 +8,11 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = crate::codec::DEFAULT_MAX_LINE;
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default idle time after which a silent client connection is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default bound on bytes queued for one peer before its link is dropped: 64 MiB.
-pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound on bytes queued for one peer before its link is dropped: 256 MiB.
+///
+/// Reconciliation queues every record a neighbour missed at once, so the bound must exceed the
+/// largest store to resynchronise (about 100 bytes per client): 256 MiB covers ~2.5 M clients.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 256 * 1024 * 1024;
 /// Default time a Places lookup may take before the WHATSAT gets the `UNKNOWN_ERROR` JSON.
 pub const DEFAULT_PLACES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time shutdown waits for replies in flight before giving up.

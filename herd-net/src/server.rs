@@ -50,6 +50,8 @@ pub struct ServerSpec {
     pub secret: Option<Arc<[u8]>>,
     /// The Places service.
     pub places: Arc<dyn PlacesLookup>,
+    /// The Places backend's name, for the start-up log line.
+    pub places_backend: &'static str,
     /// Index of this server for log routing ([`crate::scope`]).
     pub log_index: usize,
 }
@@ -298,6 +300,21 @@ pub fn start(
     tracker: TaskTracker,
 ) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
+    crate::scope::enter(spec.log_index, || {
+        let neighbours: Vec<String> = spec
+            .neighbours
+            .iter()
+            .map(|n| format!("{}@{}", n.name, n.addr))
+            .collect();
+        info!(
+            server = %spec.name,
+            listen = %addr,
+            neighbours = %neighbours.join(","),
+            places = spec.places_backend,
+            secret = spec.secret.is_some(),
+            "server started"
+        );
+    });
     let names: Vec<ServerName> = spec.neighbours.iter().map(|n| n.name.clone()).collect();
     let node = Node::new(
         NodeConfig::new(spec.name.clone(), names.clone()),

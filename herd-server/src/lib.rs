@@ -95,6 +95,7 @@ pub async fn start(
     config: &HerdConfig,
     names: &[ServerName],
     places: Arc<dyn PlacesLookup>,
+    places_backend: &'static str,
 ) -> Result<Herd, StartError> {
     let mut bound = Vec::with_capacity(names.len());
     for name in names {
@@ -133,6 +134,7 @@ pub async fn start(
             limits: config.limits.clone(),
             secret: secret.clone(),
             places: places.clone(),
+            places_backend,
             log_index: index,
         };
         let handle =
@@ -218,9 +220,10 @@ pub async fn run(
     config: &HerdConfig,
     names: &[ServerName],
     places: Arc<dyn PlacesLookup>,
+    places_backend: &'static str,
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
-    let herd = start(config, names, places).await?;
+    let herd = start(config, names, places, places_backend).await?;
     shutdown.await;
     Ok(herd.shutdown().await)
 }

@@ -118,10 +118,10 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
         .context("cannot set up the places backend")
         .map_err(config_err)?;
     let _guards = logging::init(&cli.log_dir, &names).map_err(|e| Failure(EXIT_START, e))?;
-    let herd = herd_server::start(&config, &names, places)
+    let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
-    for (i, s) in herd.servers().iter().enumerate() {
+    for s in herd.servers() {
         let sc = config.server(s.name().as_str());
         let dial = sc.map(|c| c.addr.as_str()).unwrap_or("?");
         eprintln!(
@@ -131,14 +131,6 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
             dial,
             backend
         );
-        let neighbours: Vec<String> = config
-            .neighbours(s.name())
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        herd_net::scope::enter(i, || {
-            info!(server = %s.name(), listen = %s.local_addr(), places = backend, neighbours = %neighbours.join(","), secret = config.effective_secret().is_some(), "server started");
-        });
     }
     let in_time = serve(herd).await.map_err(|e| Failure(EXIT_START, e))?;
     eprintln!(

@@ -216,9 +216,10 @@ async fn a_partition_heals_and_every_server_converges_to_the_same_store() {
         .map(|(a, b)| format!("[\"{a}\", \"{b}\"]"))
         .collect();
     let json = format!(
-        "{{\"servers\": {{{}}}, \"links\": [{}]}}",
+        "{{\"servers\": {{{}}}, \"links\": [{}], \"secret\": \"{}\"}}",
         servers.join(", "),
-        links.join(", ")
+        links.join(", "),
+        unique_secret()
     );
     let herd = start(&json).await;
     for (name, target) in &targets {
@@ -306,19 +307,31 @@ async fn pair_with_secrets(
     b_secret: &str,
 ) -> (herd_server::Herd, herd_server::Herd) {
     let (pa, pb) = (free_port(), free_port());
+    let nonce = unique_secret();
     let cfg = |secret: &str| {
+        let secret = format!("{secret}-{nonce}");
         format!(
             "{{\"servers\": {{\"A\": \"127.0.0.1:{pa}\", \"B\": \"127.0.0.1:{pb}\"}}, \"links\": [[\"A\", \"B\"]], \"secret\": \"{secret}\"}}"
         )
     };
     let ca = herd_server::HerdConfig::parse(&cfg(a_secret)).unwrap();
     let cb = herd_server::HerdConfig::parse(&cfg(b_secret)).unwrap();
-    let a = herd_server::start(&ca, &[ca.servers[0].name.clone()], static_places())
-        .await
-        .unwrap();
-    let b = herd_server::start(&cb, &[cb.servers[1].name.clone()], static_places())
-        .await
-        .unwrap();
+    let a = herd_server::start(
+        &ca,
+        &[ca.servers[0].name.clone()],
+        static_places(),
+        "static",
+    )
+    .await
+    .unwrap();
+    let b = herd_server::start(
+        &cb,
+        &[cb.servers[1].name.clone()],
+        static_places(),
+        "static",
+    )
+    .await
+    .unwrap();
     (a, b)
 }
 
@@ -346,4 +359,37 @@ async fn peers_with_the_same_secret_link_and_a_wrong_secret_is_refused() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_queue_overflow_drops_the_link_and_reconciliation_repairs_it() {
+    // 4 KiB holds a resync of 40 clients but not a burst of updates.
+    let json = config_json(
+        &["A", "B"],
+        &[("A", "B")],
+        "\"limits\": {\"peer_queue_bytes\": 4096}",
+    );
+    let herd = start(&json).await;
+    all_linked(&herd, &[("A", "B")]).await;
+    let mut input = Vec::new();
+    for i in 0..8000u32 {
+        input.extend_from_slice(format!("IAMAT q{} +1+1 {i}\n", i % 40).as_bytes());
+    }
+    let a = herd.server("A").unwrap();
+    assert_eq!(lines(&exchange(a.local_addr(), &input).await).len(), 8000);
+    assert!(
+        a.stats().node.send_failures > 0,
+        "the burst overflowed the queue"
+    );
+    let converged = eventually(Duration::from_secs(10), || {
+        let b = herd.server("B").unwrap().stats();
+        b.records == 40 && b.digest == a.stats().digest && b.links_up.len() == 1
+    })
+    .await;
+    assert!(
+        converged,
+        "B caught up after the overflow: {:?}",
+        stores(&herd).await
+    );
+    herd.shutdown().await;
 }

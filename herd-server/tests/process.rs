@@ -47,11 +47,14 @@ impl Layout {
             .iter()
             .map(|(a, b)| format!("[\"{a}\", \"{b}\"]"))
             .collect();
-        let extra = if extra.is_empty() {
+        let mut extra = if extra.is_empty() {
             String::new()
         } else {
             format!(", {extra}")
         };
+        if !extra.contains("\"secret\"") {
+            extra.push_str(&format!(", \"secret\": \"{}\"", common::unique_secret()));
+        }
         let json = format!(
             "{{\"servers\": {{{}}}, \"links\": [{}]{extra}}}",
             servers.join(", "),
@@ -441,8 +444,9 @@ fn a_peer_with_a_wrong_secret_is_refused_and_logged() {
 #[test]
 fn the_secret_from_the_environment_links_peers() {
     let layout = Layout::new(&["A", "B"], &[("A", "B")], "");
-    let _a = layout.spawn("A", &[("HERD_SECRET", "same")]);
-    let _b = layout.spawn("B", &[("HERD_SECRET", "same")]);
+    let same = common::unique_secret();
+    let _a = layout.spawn("A", &[("HERD_SECRET", &same)]);
+    let _b = layout.spawn("B", &[("HERD_SECRET", &same)]);
     assert!(poll(Duration::from_secs(10), || layout.links_up("A") == 1
         && layout.links_up("B") == 1));
 }

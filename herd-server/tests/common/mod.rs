@@ -25,6 +25,14 @@ pub fn static_places() -> Arc<dyn PlacesLookup> {
 }
 
 /// A config of `names` all on 127.0.0.1:0, with `links` and extra top-level JSON.
+/// A secret no other test uses: tests run in parallel on loopback, and a server must never
+/// link to a same-named server of another test's herd that took a freed port.
+pub fn unique_secret() -> String {
+    format!("test-{:016x}", rand::random::<u64>())
+}
+
+/// A config of `names` all on 127.0.0.1:0, with `links` and extra top-level JSON; a unique
+/// secret unless `extra` sets one.
 pub fn config_json(names: &[&str], links: &[(&str, &str)], extra: &str) -> String {
     let servers: Vec<String> = names
         .iter()
@@ -34,11 +42,14 @@ pub fn config_json(names: &[&str], links: &[(&str, &str)], extra: &str) -> Strin
         .iter()
         .map(|(a, b)| format!("[\"{a}\", \"{b}\"]"))
         .collect();
-    let extra = if extra.is_empty() {
+    let mut extra = if extra.is_empty() {
         String::new()
     } else {
         format!(", {extra}")
     };
+    if !extra.contains("\"secret\"") {
+        extra.push_str(&format!(", \"secret\": \"{}\"", unique_secret()));
+    }
     format!(
         "{{\"servers\": {{{}}}, \"links\": [{}]{extra}}}",
         servers.join(", "),
@@ -65,7 +76,7 @@ pub async fn start(json: &str) -> Herd {
 pub async fn start_with(json: &str, places: Arc<dyn PlacesLookup>) -> Herd {
     let config = HerdConfig::parse(json).expect("test config is valid");
     let names: Vec<_> = config.servers.iter().map(|s| s.name.clone()).collect();
-    herd_server::start(&config, &names, places)
+    herd_server::start(&config, &names, places, "static")
         .await
         .expect("herd starts")
 }
