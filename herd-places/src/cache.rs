@@ -27,6 +27,9 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Most answers stored at once; 0 stores nothing (single flight still applies).
     pub entries: usize,
+    /// Longest a caller waits for another caller's lookup, retries included; `None` leaves
+    /// the bound to the inner lookup. [`crate::build`] sets the Places timeout here.
+    pub timeout: Option<Duration>,
 }
 
 /// The exact query point and radius, as bit patterns (`-0.0` folded into `0.0`).
@@ -254,24 +257,50 @@ fn cut(mut value: Value, max: MaxItems) -> Value {
 impl<P: PlacesLookup> PlacesLookup for CachedPlaces<P> {
     async fn nearby(&self, q: &PlacesQuery) -> Result<Value, LookupError> {
         let key = Key::of(q);
+        let deadline = self.cfg.timeout.map(|t| Instant::now() + t);
+        // A first-time leader's call is bounded by the inner lookup itself; only time spent
+        // waiting on others, and a lead taken over after such a wait, count against `deadline`.
+        let mut waited = false;
         loop {
             match self.role(key) {
                 Role::Hit(value) => return Ok(cut(value, q.max_items)),
                 Role::Lead(tx, gen) => {
-                    return self
-                        .lead(key, q, tx, gen)
-                        .await
-                        .map(|v| cut(v, q.max_items))
+                    let lead = self.lead(key, q, tx, gen);
+                    let result = if waited {
+                        within(deadline, lead).await?
+                    } else {
+                        lead.await
+                    };
+                    return result.map(|v| cut(v, q.max_items));
                 }
                 Role::Wait(mut rx) => {
+                    waited = true;
                     // An error means the leader was dropped mid-call: its slot is gone, retry.
-                    if let Ok(shared) = rx.wait_for(Option::is_some).await {
-                        if let Some(result) = shared.clone() {
-                            return result.map(|v| cut(v, q.max_items));
-                        }
+                    let shared = within(deadline, async {
+                        rx.wait_for(Option::is_some)
+                            .await
+                            .ok()
+                            .and_then(|v| v.clone())
+                    })
+                    .await?;
+                    if let Some(result) = shared {
+                        return result.map(|v| cut(v, q.max_items));
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs `f` until `deadline`, if there is one.
+async fn within<F: std::future::Future>(
+    deadline: Option<Instant>,
+    f: F,
+) -> Result<F::Output, LookupError> {
+    match deadline {
+        None => Ok(f.await),
+        Some(at) => tokio::time::timeout_at(at, f)
+            .await
+            .map_err(|_| LookupError::Timeout),
     }
 }

@@ -203,6 +203,7 @@ pub fn build(cfg: PlacesConfig) -> Result<Arc<dyn PlacesLookup>, PlacesError> {
                 let cache = cache::CacheConfig {
                     ttl: cfg.cache_ttl,
                     entries: cfg.cache_entries,
+                    timeout: Some(cfg.timeout),
                 };
                 Ok(Arc::new(CachedPlaces::new(client, cache)))
             }

@@ -35,7 +35,14 @@ fn config(base: &str) -> PlacesConfig {
 
 fn cached(google: &StandIn, ttl: Duration, entries: usize) -> Arc<CachedPlaces<HyperPlaces>> {
     let client = HyperPlaces::new(&config(&google.base())).expect("client");
-    Arc::new(CachedPlaces::new(client, CacheConfig { ttl, entries }))
+    Arc::new(CachedPlaces::new(
+        client,
+        CacheConfig {
+            ttl,
+            entries,
+            timeout: None,
+        },
+    ))
 }
 
 async fn lookup(places: &dyn PlacesLookup, q: &PlacesQuery) -> Result<Value, LookupError> {
@@ -158,6 +165,7 @@ async fn concurrent_waiters_share_the_leaders_error() {
         CacheConfig {
             ttl: Duration::from_secs(60),
             entries: 100,
+            timeout: None,
         },
     );
     let q = at(34.0, 10.0, 5);
@@ -218,4 +226,40 @@ async fn the_off_switch_sends_every_lookup_upstream() {
             .expect("answer");
     }
     assert_eq!(google.requests(), 4);
+}
+
+#[tokio::test]
+async fn a_waiter_whose_leader_is_cancelled_still_keeps_its_own_deadline() {
+    let google = StandIn::start(Mode::Slow(Duration::from_secs(60))).await;
+    // The client alone would wait 30 s, longer than the test's guard; the cache's 1 s rules.
+    let client = HyperPlaces::new(&PlacesConfig {
+        timeout: Duration::from_secs(30),
+        ..config(&google.base())
+    })
+    .expect("client");
+    let cache = CacheConfig {
+        ttl: Duration::from_secs(60),
+        entries: 100,
+        timeout: Some(Duration::from_secs(1)),
+    };
+    let places = Arc::new(CachedPlaces::new(client, cache));
+    let leader = {
+        let places = Arc::clone(&places);
+        tokio::spawn(async move { places.nearby(&at(34.0, 10.0, 5)).await })
+    };
+    for _ in 0..200 {
+        if google.requests() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(google.requests(), 1);
+    let waiter = {
+        let places = Arc::clone(&places);
+        tokio::spawn(async move { lookup(places.as_ref(), &at(34.0, 10.0, 5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    let answer = waiter.await.expect("waiter ran");
+    assert_eq!(answer, Err(LookupError::Timeout));
 }
