@@ -122,10 +122,12 @@ impl Herd {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start herd-server");
-        let proc = Killer(Some(child));
+        let mut proc = Killer(Some(child));
         let started = Instant::now();
         for addr in addrs.values() {
             while TcpStream::connect(addr).is_err() {
+                let exited = proc.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                assert!(exited.is_none(), "herd-server exited early: {exited:?}");
                 assert!(
                     started.elapsed() < Duration::from_secs(30),
                     "herd-server did not listen on {addr}"
@@ -414,4 +416,30 @@ fn a_stopped_server_gives_exit_2() {
     let out = run(&["--server", &addr, "--timeout", "2s", "iamat", "k", "+1+2"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_line_over_the_server_limit_ends_with_exit_2_after_the_earlier_replies() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let long = format!("IAMAT {} +1+2 3", "x".repeat(70 * 1024));
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "send",
+        "IAMAT first +1+2 3",
+        &long,
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("AT Goloman "), "{}", stdout(&out));
+    assert!(
+        stdout(&out).ends_with(" first +1+2 3\n"),
+        "{}",
+        stdout(&out)
+    );
+    // The server closes with bytes of the long line unread, so the close may be a reset.
+    let err = stderr(&out);
+    assert!(
+        err.contains("closed the connection") || err.contains("reset"),
+        "{err}"
+    );
 }
