@@ -35,6 +35,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes drained while lingering.
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// Most replies one connection may have waiting (on Places or the herd) before it stops
+/// reading: a client pipelining WHATSATs cannot make the server hold unbounded work.
+const MAX_WAITING: usize = 1024;
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
 
@@ -116,7 +119,14 @@ impl Conn {
             };
             self.collect_ready();
             if !self.out.is_empty() {
-                stream.write_all(&self.out).await?;
+                // A client that reads nothing for the idle time loses its connection.
+                match timeout(idle_limit, stream.write_all(&self.out)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        info!(addr = %self.addr, "client does not read its replies; closing connection");
+                        return Ok(None);
+                    }
+                }
                 self.out.clear();
             }
             if more {
@@ -133,7 +143,7 @@ impl Conn {
                     self.out.extend_from_slice(&reply);
                 }
                 () = token.cancelled(), if self.stop == Stop::No => self.stop = Stop::Shutdown,
-                r = stream.read_buf(&mut self.buf), if self.stop == Stop::No => {
+                r = stream.read_buf(&mut self.buf), if self.stop == Stop::No && self.queue.len() < MAX_WAITING => {
                     if r? == 0 {
                         self.stop = Stop::Eof;
                     }
@@ -189,6 +199,10 @@ impl Conn {
             self.handle_line(core, &line);
             if self.out.len() >= FLUSH_AT {
                 return Ok(true);
+            }
+            if self.queue.len() >= MAX_WAITING {
+                // Read no further until the oldest waiting replies are sent.
+                return Ok(false);
             }
         }
     }

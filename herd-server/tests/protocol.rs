@@ -392,3 +392,28 @@ async fn shutdown_finishes_replies_in_flight() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_pipelined_whatsats_are_answered_in_order() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let at = exchange(addr, KIWI).await;
+    let mut input = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..3000 {
+        input.extend_from_slice(b"WHATSAT kiwi.cs.ucla.edu 10 2\n");
+        want.extend_from_slice(&at);
+        want.extend_from_slice(whatsat_json_two().as_bytes());
+        want.extend_from_slice(b"\n\n");
+        input.extend_from_slice(format!("n{i}\n").as_bytes());
+        want.extend_from_slice(format!("? n{i}\n").as_bytes());
+    }
+    let reply = exchange(addr, &input).await;
+    assert!(
+        reply == want,
+        "replies differ (got {} bytes, want {})",
+        reply.len(),
+        want.len()
+    );
+    herd.shutdown().await;
+}
