@@ -708,6 +708,112 @@ async fn progress(
     bar.finish_and_clear();
 }
 
+/// The end-of-run figures.
+#[derive(Debug)]
+struct Summary<'a> {
+    mode: &'static str,
+    targets: Vec<&'a str>,
+    connections: usize,
+    depth: Option<usize>,
+    secs: f64,
+    ok: u64,
+    errors: Vec<(&'static str, u64)>,
+    /// Latency in µs at p50, p90, p99, p99.9 and the maximum.
+    latency_us: [f64; 5],
+}
+
+impl<'a> Summary<'a> {
+    fn new(a: &LoadArgs, targets: &'a [Target], total: &Stats, elapsed: Duration) -> Self {
+        let h = &total.latency;
+        let us = |v: u64| v as f64 / 1e3;
+        Self {
+            mode: match a.mode {
+                Mode::Classic => "classic",
+                Mode::Pipelined => "pipelined",
+            },
+            targets: targets.iter().map(|t| t.label.as_str()).collect(),
+            connections: a.connections,
+            depth: (a.mode == Mode::Pipelined).then_some(a.depth),
+            secs: elapsed.as_secs_f64().max(1e-9),
+            ok: total.ok,
+            errors: KINDS
+                .iter()
+                .map(|(_, name)| *name)
+                .zip(total.errors)
+                .collect(),
+            latency_us: [
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.9)),
+                us(h.value_at_quantile(0.99)),
+                us(h.value_at_quantile(0.999)),
+                us(h.max()),
+            ],
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let errors: serde_json::Map<String, serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|(name, n)| ((*name).to_string(), json!(n)))
+            .collect();
+        let [p50, p90, p99, p99_9, max] = self.latency_us;
+        json!({
+            "mode": self.mode,
+            "targets": self.targets,
+            "connections": self.connections,
+            "depth": self.depth,
+            "elapsed_s": self.secs,
+            "ok": self.ok,
+            "errors": errors,
+            "requests_per_s": self.rate(),
+            "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p99_9, "max": max},
+        })
+    }
+
+    fn print_text(&self) {
+        let depth = self
+            .depth
+            .map(|d| format!(", depth {d}"))
+            .unwrap_or_default();
+        println!(
+            "load {} against {}: {} connections{depth}",
+            self.mode,
+            self.targets.join(", "),
+            self.connections
+        );
+        println!(
+            "{} ok replies in {:.3} s: {:.0} requests/s",
+            self.ok,
+            self.secs,
+            self.rate()
+        );
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if errors.is_empty() {
+            println!("errors: none");
+        } else {
+            println!("errors: {}", errors.join(", "));
+        }
+        if self.ok > 0 {
+            let [p50, p90, p99, p99_9, max] = self.latency_us;
+            println!(
+                "latency µs: p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p99_9:.1}  max {max:.1}"
+            );
+        }
+    }
+}
+
+/// Prints the summary; exit 0 when something was answered normally, 1 when every reply was
+/// `? `, 2 when nothing was answered.
 fn report(
     g: &Global,
     a: &LoadArgs,
@@ -715,85 +821,23 @@ fn report(
     total: &Stats,
     elapsed: Duration,
 ) -> Result<u8, Failure> {
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let answered = total.ok + total.errors[0] + total.errors[1];
-    let rate = total.ok as f64 / secs;
-    let h = &total.latency;
-    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
-    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-    let mode = match a.mode {
-        Mode::Classic => "classic",
-        Mode::Pipelined => "pipelined",
-    };
+    let summary = Summary::new(a, targets, total, elapsed);
     if g.json {
-        let errors: serde_json::Map<String, serde_json::Value> = KINDS
-            .iter()
-            .zip(total.errors)
-            .map(|((_, name), n)| ((*name).to_string(), json!(n)))
-            .collect();
-        let v = json!({
-            "mode": mode,
-            "targets": labels,
-            "connections": a.connections,
-            "depth": if a.mode == Mode::Pipelined { json!(a.depth) } else { json!(null) },
-            "elapsed_s": secs,
-            "ok": total.ok,
-            "errors": errors,
-            "requests_per_s": rate,
-            "latency_us": {
-                "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p99_9": us(0.999),
-                "max": h.max() as f64 / 1e3,
-            },
-        });
-        println!("{v}");
+        println!("{}", summary.to_json());
     } else {
-        let depth = match a.mode {
-            Mode::Pipelined => format!(", depth {}", a.depth),
-            Mode::Classic => String::new(),
-        };
-        println!(
-            "load {mode} against {}: {} connections{depth}",
-            labels.join(", "),
-            a.connections
-        );
-        println!(
-            "{} ok replies in {secs:.3} s: {rate:.0} requests/s",
-            total.ok
-        );
-        let errors: Vec<String> = KINDS
-            .iter()
-            .zip(total.errors)
-            .filter(|(_, n)| *n > 0)
-            .map(|((_, name), n)| format!("{name} {n}"))
-            .collect();
-        if errors.is_empty() {
-            println!("errors: none");
-        } else {
-            println!("errors: {}", errors.join(", "));
-        }
-        if total.ok > 0 {
-            println!(
-                "latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-                us(0.5),
-                us(0.9),
-                us(0.99),
-                us(0.999),
-                h.max() as f64 / 1e3
-            );
-        }
+        summary.print_text();
     }
-    if total.ok > 0 {
+    let invalid = total.errors[0];
+    if total.ok > 0 || total.errors_total() == 0 {
         Ok(0)
-    } else if answered > 0 && total.errors[0] == answered {
+    } else if invalid == total.errors_total() {
         eprintln!("herd-cli: every reply was `? ` (invalid)");
         Ok(EXIT_INVALID)
-    } else if total.errors_total() > 0 {
+    } else {
         Err(Failure {
             code: EXIT_NET,
             message: format!("no request was answered ({} failed)", total.errors_total()),
         })
-    } else {
-        Ok(0)
     }
 }
 
