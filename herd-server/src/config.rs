@@ -332,6 +332,15 @@ mod tests {
     }
 
     #[test]
+    fn the_container_example_in_deploy_is_valid() {
+        let c = HerdConfig::parse(include_str!("../../deploy/herd-container.json")).unwrap();
+        let w = c.server("Welsh").unwrap();
+        assert_eq!(w.addr, "welsh:12000");
+        assert_eq!(w.listen, "0.0.0.0:12000".parse().unwrap());
+        assert_eq!(c.links, HerdConfig::default_herd().links);
+    }
+
+    #[test]
     fn listen_override_and_limits_are_read() {
         let c = HerdConfig::parse(
             r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
