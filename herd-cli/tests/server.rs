@@ -351,6 +351,23 @@ fn load_all_spreads_over_a_herd_and_floods() {
     let v = &json_lines(&out)[0];
     assert_eq!(v["targets"], serde_json::json!(["A", "B", "C"]));
     assert!(v["ok"].as_u64().unwrap() > 0, "{v}");
+    let out = run(&[
+        "--config",
+        herd.config(),
+        "--to",
+        "A,C",
+        "--json",
+        "load",
+        "--requests",
+        "500",
+        "-c",
+        "4",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["targets"], serde_json::json!(["A", "C"]));
+    assert_eq!(v["ok"], 500, "{v}");
+    assert!(v["ok"].as_u64().unwrap() > 0, "{v}");
     assert!(
         v["errors"].as_object().unwrap().values().all(|n| n == 0),
         "{v}"
