@@ -1,0 +1,264 @@
+//! A server's peer side on real loopback sockets, with the test playing the neighbour through
+//! herd-core's own handshake and message types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_core::peer::Dialler;
+use herd_core::testing::StaticPlaces;
+use herd_core::{PeerMsg, ServerName};
+use herd_net::{Limits, Neighbour, ServerHandle, ServerSpec};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn name(s: &str) -> ServerName {
+    ServerName::new(s).unwrap()
+}
+
+/// Starts server S whose only neighbour is P (dialled at an address nobody listens on).
+async fn server(secret: Option<&str>) -> (ServerHandle, CancellationToken) {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    server_dialling(secret, dead).await
+}
+
+/// Starts server S whose only neighbour P is dialled at `dead`.
+async fn server_dialling(
+    secret: Option<&str>,
+    dead: std::net::SocketAddr,
+) -> (ServerHandle, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let spec = ServerSpec {
+        name: name("S"),
+        neighbours: vec![Neighbour {
+            name: name("P"),
+            addr: dead.to_string(),
+        }],
+        limits: Limits::default(),
+        secret: secret.map(|s| Arc::from(s.as_bytes())),
+        places: Arc::new(StaticPlaces::new(
+            serde_json::json!({"results": [], "status": "OK"}),
+        )),
+        places_backend: "static",
+        log_index: 0,
+    };
+    let token = CancellationToken::new();
+    let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();
+    (handle, token)
+}
+
+struct FakePeer {
+    read: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl FakePeer {
+    async fn connect(
+        handle: &ServerHandle,
+        me: &str,
+        secret: Option<&str>,
+    ) -> (Self, Result<u64, String>) {
+        let stream = TcpStream::connect(handle.local_addr()).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut p = FakePeer {
+            read: BufReader::new(r),
+            write: w,
+        };
+        let d = Dialler::new(
+            name(me),
+            name("S"),
+            7,
+            42,
+            secret.map(|s| Arc::from(s.as_bytes())),
+        );
+        p.send(&d.hello()).await;
+        let Some(line) = p.line().await else {
+            return (p, Err("closed".into()));
+        };
+        let reply = PeerMsg::parse(&line).unwrap();
+        match d.on_reply(&reply) {
+            Ok((epoch, auth)) => {
+                p.send(&auth).await;
+                (p, Ok(epoch))
+            }
+            Err(e) => (p, Err(e.to_string())),
+        }
+    }
+
+    async fn send(&mut self, msg: &PeerMsg) {
+        self.write.write_all(&msg.to_line()).await.unwrap();
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    /// The next line without `\n`, or `None` at end of stream.
+    async fn line(&mut self) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.read.read_until(b'\n', &mut buf),
+        )
+        .await
+        .expect("a line in time")
+        .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.pop();
+        Some(buf)
+    }
+
+    async fn msg(&mut self) -> PeerMsg {
+        PeerMsg::parse(&self.line().await.expect("a message")).unwrap()
+    }
+}
+
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn linked_peer(handle: &ServerHandle, secret: Option<&str>) -> FakePeer {
+    let (mut p, epoch) = FakePeer::connect(handle, "P", secret).await;
+    let epoch = epoch.expect("handshake succeeds");
+    let PeerMsg::Digest {
+        your_epoch: 0,
+        seen: 0,
+        ..
+    } = p.msg().await
+    else {
+        panic!("server opens with its digest")
+    };
+    p.send(&PeerMsg::Digest {
+        epoch: 7,
+        your_epoch: epoch,
+        seen: 0,
+    })
+    .await;
+    assert_eq!(p.msg().await, PeerMsg::Synced { seq: 0 });
+    assert!(eventually(|| handle.stats().links_up.len() == 1).await);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_from_a_linked_peer_is_stored_and_a_client_iamat_is_flooded_to_it() {
+    let (handle, token) = server(None).await;
+    let mut p = linked_peer(&handle, None).await;
+    p.raw(b"U 1 AT P +0.500000000 c1 +1+1 10\n").await;
+    assert!(eventually(|| handle.record(b"c1").is_some()).await);
+    assert_eq!(
+        handle.record(b"c1").unwrap(),
+        b"AT P +0.500000000 c1 +1+1 10"
+    );
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client.write_all(b"IAMAT c2 +2+2 20\n").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut at = Vec::new();
+    client.read_to_end(&mut at).await.unwrap();
+    let PeerMsg::Update { record, .. } = p.msg().await else {
+        panic!("an update")
+    };
+    assert_eq!(record.at_line(), at.strip_suffix(b"\n").unwrap());
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_peer_line_drops_the_link() {
+    let (handle, token) = server(None).await;
+    let mut p = linked_peer(&handle, None).await;
+    p.raw(b"U 1 not an at line\n").await;
+    assert_eq!(p.line().await, None, "the server closes the link");
+    assert!(eventually(|| handle.stats().links_up.is_empty()).await);
+    assert_eq!(handle.stats().node.peer_errors, 1);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_wrong_secrets_are_refused() {
+    let (handle, token) = server(Some("right")).await;
+    let (mut stranger, res) = FakePeer::connect(&handle, "Q", Some("right")).await;
+    assert_eq!(
+        res,
+        Err("closed".into()),
+        "a server that is not a neighbour gets no hello"
+    );
+    assert_eq!(stranger.line().await, None);
+    let (_, res) = FakePeer::connect(&handle, "P", Some("wrong")).await;
+    assert_eq!(
+        res,
+        Err("peer failed authentication".into()),
+        "the dialler sees a bad proof too"
+    );
+    let (_, res) = FakePeer::connect(&handle, "P", None).await;
+    assert!(res.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(handle.stats().links_up.is_empty());
+    let p = linked_peer(&handle, Some("right")).await;
+    drop(p);
+    assert!(
+        eventually(|| handle.stats().links_up.is_empty()).await,
+        "link down when the peer leaves"
+    );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_dialled_the_same_way_replaces_the_old_one() {
+    let (handle, token) = server(None).await;
+    let mut old = linked_peer(&handle, None).await;
+    let (mut newer, epoch) = FakePeer::connect(&handle, "P", None).await;
+    epoch.unwrap();
+    assert_eq!(old.line().await, None, "the replaced session is closed");
+    let PeerMsg::Digest { .. } = newer.msg().await else {
+        panic!("a digest on the new session")
+    };
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_sessions_dialled_both_ways_the_one_dialled_by_the_smaller_name_is_kept() {
+    // P < S, so the session P dials wins over the one S dials.
+    let p_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (handle, token) = server_dialling(None, p_listener.local_addr().unwrap()).await;
+    let (stream, _) = p_listener.accept().await.unwrap();
+    let (r, w) = stream.into_split();
+    let mut by_s = FakePeer {
+        read: BufReader::new(r),
+        write: w,
+    };
+    let hello = PeerMsg::parse(&by_s.line().await.unwrap()).unwrap();
+    let mut acceptor = herd_core::peer::Acceptor::new(name("P"), 7, 9, None);
+    let (who, _, reply) = acceptor.on_hello(&hello, &[name("S")]).unwrap();
+    assert_eq!(who, name("S"));
+    by_s.send(&reply).await;
+    acceptor
+        .on_auth(&PeerMsg::parse(&by_s.line().await.unwrap()).unwrap())
+        .unwrap();
+    let PeerMsg::Digest { .. } = by_s.msg().await else {
+        panic!("digest on S's session")
+    };
+    let (mut by_p, epoch) = FakePeer::connect(&handle, "P", None).await;
+    epoch.unwrap();
+    assert_eq!(
+        by_s.line().await,
+        None,
+        "S drops its own session for the preferred one"
+    );
+    let PeerMsg::Digest { .. } = by_p.msg().await else {
+        panic!("digest on P's session")
+    };
+    token.cancel();
+}
