@@ -85,8 +85,9 @@ fn random_topology(rng: &mut Rng) -> Topology {
     Topology::random(rng, n, cycles)
 }
 
-/// A random configuration: delays, sometimes bounded queues, sometimes few query slots.
-fn random_config(rng: &mut Rng) -> SimConfig {
+/// A random configuration for a herd of `servers`: delays, flapping, sometimes slow links
+/// with short queues, sometimes few query slots.
+fn random_config(rng: &mut Rng, servers: usize) -> SimConfig {
     let mut cfg = SimConfig {
         delay: (MS, rng.range(2, 20) * MS),
         flap_percent: [0, 10, 30, 60][rng.index(4)],
@@ -96,7 +97,12 @@ fn random_config(rng: &mut Rng) -> SimConfig {
         // Few clients and short queues, with room for one whole reconciliation (every client,
         // a Digest and a Synced), so that a link that overflows can still make progress.
         cfg.max_clients = rng.range(1, 12);
-        cfg.queue_cap = Some((cfg.max_clients + 2 + rng.range(0, 8)) as usize);
+        cfg.queue_cap = Some((cfg.max_clients + 2 + rng.range(0, 3)) as usize);
+        cfg.delay.1 = rng.range(20, 150) * MS;
+        // Slow links: the deadline leaves the echo wave time for the longest possible path
+        // out and back (the settled herd checks that the wave, not the deadline, answers).
+        let longest = 2 * (servers as u64 + 1) * cfg.delay.1;
+        cfg.query_timeout = cfg.query_timeout.max(Duration::from_nanos(longest));
     }
     if rng.percent(20) {
         cfg.max_queries = rng.range(1, 4) as usize;
@@ -108,7 +114,7 @@ fn random_config(rng: &mut Rng) -> SimConfig {
 fn the_default_herd_ends_with_the_newest_surviving_record_of_every_client_whatever_the_faults() {
     for_each_seed("the_default_herd_ends_with", 200, |seed| {
         let mut rng = Rng::new(seed ^ 0xdef);
-        let cfg = random_config(&mut rng);
+        let cfg = random_config(&mut rng, 5);
         chaotic_run(Topology::default_herd(), seed, 300, cfg)
     });
 }
@@ -118,7 +124,7 @@ fn random_herds_of_up_to_200_servers_end_with_the_newest_surviving_record_of_eve
     for_each_seed("random_herds_of_up_to_200", 100, |seed| {
         let mut rng = Rng::new(seed ^ 0x5eed);
         let topo = random_topology(&mut rng);
-        let cfg = random_config(&mut rng);
+        let cfg = random_config(&mut rng, topo.len());
         let actions = 200 + topo.len() as u64;
         chaotic_run(topo, seed, actions, cfg)
     });
@@ -135,7 +141,7 @@ fn links_that_drop_and_partitions_that_heal_never_lose_an_acknowledged_record() 
         };
         let cfg = SimConfig {
             crashes: false,
-            ..random_config(&mut rng)
+            ..random_config(&mut rng, topo.len())
         };
         let actions = 200 + topo.len() as u64;
         chaotic_run(topo, seed, actions, cfg)
