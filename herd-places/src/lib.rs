@@ -186,8 +186,9 @@ impl From<PlacesError> for LookupError {
     }
 }
 
-/// Builds the Places lookup described by `cfg`: the offline gazetteer, or a Google client
-/// wrapped in the answer cache (unless `cache_entries` is 0).
+/// Builds the Places lookup described by `cfg`: the offline gazetteer (shared by every build
+/// in the process, decoded on the first; not cached, as a query costs microseconds), or a
+/// Google client wrapped in the answer cache (unless `cache_entries` is 0).
 ///
 /// # Errors
 /// [`PlacesError`] when a Google kind has no key, the base URL or a limit is bad, TLS cannot

@@ -1,10 +1,11 @@
 //! The offline backend: GeoNames populated places embedded in the binary.
 //!
 //! `data/cities500.bin.gz` (made by `data/convert.py`; data CC BY 4.0, GeoNames) is one zlib
-//! stream of column arrays. At start it is inflated and indexed on a 0.5° latitude/longitude
+//! stream of column arrays. At start it is inflated and indexed on a 0.25° latitude/longitude
 //! grid: a query visits only the cells its circle can touch (every longitude near a pole,
-//! wrapping around at ±180°), measures great-circle distances (by chord length on the unit sphere), and answers the
-//! places within the radius, nearest first, in Google's legacy Nearby Search shape.
+//! wrapping around at ±180°), measures great-circle distances (by chord length on the unit
+//! sphere), and answers the places within the radius, nearest first, in Google's legacy
+//! Nearby Search shape.
 
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
@@ -25,10 +26,10 @@ pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 const MAGIC: &[u8; 4] = b"HGAZ";
 const VERSION: u32 = 1;
-/// Grid cell size in degrees; 50 km (the largest radius) spans at most a few cells.
-const CELL_DEG: f64 = 0.5;
-const ROWS: usize = 360;
-const COLS: usize = 720;
+/// Grid cell size in degrees (about 28 km of latitude): a small radius visits a few cells.
+const CELL_DEG: f64 = 0.25;
+const ROWS: usize = 720;
+const COLS: usize = 1440;
 /// Most places a payload may declare, so a corrupt count cannot ask for huge allocations.
 const MAX_PLACES: usize = 10_000_000;
 /// Coordinates are stored in 1e-5 degrees.
@@ -51,7 +52,7 @@ pub struct Hit {
     pub id: u32,
     /// Place name.
     pub name: String,
-    /// Admin area (US states) and country.
+    /// First-level administrative area (when known) and country.
     pub vicinity: String,
     /// Latitude in degrees.
     pub lat: f64,
@@ -208,7 +209,7 @@ impl OfflinePlaces {
     /// Sorts candidates nearest first (ties by id) and keeps `max` of them.
     fn finish(&self, mut found: Vec<(f64, usize)>, max: usize) -> Vec<Hit> {
         let id_of = |i: usize| self.ids[self.entries[i].place as usize];
-        found.sort_by(|a, b| {
+        found.sort_unstable_by(|a, b| {
             a.0.total_cmp(&b.0)
                 .then_with(|| id_of(a.1).cmp(&id_of(b.1)))
         });
