@@ -464,3 +464,19 @@ async fn build_gives_a_working_lookup_for_every_kind() {
     let answer = offline.nearby(&ucla(10.0, 5)).await.expect("answer");
     assert_eq!(answer["results"].as_array().map(Vec::len), Some(5));
 }
+
+#[tokio::test]
+async fn an_https_base_goes_through_tls() {
+    // The stand-in speaks plain HTTP, so the TLS handshake the client starts must fail.
+    let google = StandIn::start(Mode::Normal).await;
+    let base = format!("https://{}", google.addr);
+    for kind in [BackendKind::Google, BackendKind::GoogleLegacy] {
+        let places = HyperPlaces::new(&config(kind, &base, KEY)).expect("client");
+        let err = lookup(&places, &ucla(10.0, 5))
+            .await
+            .expect_err("no TLS there");
+        assert!(matches!(err, LookupError::Unavailable(_)), "{err:?}");
+        assert_key_absent(&err.to_string());
+    }
+    assert_eq!(google.requests(), 0, "no request was sent in the clear");
+}
