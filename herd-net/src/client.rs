@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
 use crate::escape::Escaped;
+use crate::msglog;
 use crate::server::{Core, Shared};
 
 /// Replies are flushed once this many bytes are ready, even mid-batch.
@@ -40,6 +41,17 @@ const LINGER_BYTES: usize = 64 * 1024 * 1024;
 const MAX_WAITING: usize = 1024;
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
+
+/// What the log says about a line handled under the node lock.
+#[derive(Debug, Clone, Copy)]
+enum Note {
+    /// Answered at once; the reply is `out[start..end]`.
+    Replied(usize, usize),
+    /// Waiting on Places.
+    Places,
+    /// Waiting on the herd.
+    Herd,
+}
 
 enum Slot {
     Ready(Vec<u8>),
@@ -71,6 +83,8 @@ struct Conn {
     stop: Stop,
     first: bool,
     now: Timestamp,
+    logs: Vec<(BytesMut, Note)>,
+    log_enabled: bool,
 }
 
 /// Serves a client connection (or hands it to the peer handshake if it opens with one).
@@ -91,6 +105,8 @@ pub(crate) async fn serve(
         stop: Stop::No,
         first: true,
         now: clock::now(),
+        logs: Vec::new(),
+        log_enabled: true,
     };
     debug!(%addr, "connection opened");
     match conn.run(&mut stream).await {
@@ -164,11 +180,55 @@ impl Conn {
     /// Handles the complete lines buffered; `Ok(true)` when it stopped early to flush.
     /// `Err(line)` when the first line opens a peer handshake.
     fn process_lines(&mut self) -> Result<bool, BytesMut> {
+        self.log_enabled = tracing::enabled!(tracing::Level::INFO);
         let shared = self.shared.clone();
         let mut core = shared.lock();
         let result = self.process_locked(&mut core);
         core.drain_events();
+        drop(core);
+        self.write_logs();
         result
+    }
+
+    /// Notes a line for the log, written once the node lock is released.
+    fn log_later(&mut self, line: BytesMut, note: Note) {
+        if self.log_enabled {
+            self.logs.push((line, note));
+        }
+    }
+
+    fn write_logs(&mut self) {
+        if self.logs.is_empty() {
+            return;
+        }
+        let mut logs = std::mem::take(&mut self.logs);
+        let bulk = self.shared.spec.message_log.clone();
+        let mut text = Vec::new();
+        let mut stamp = Vec::with_capacity(32);
+        if bulk.is_some() {
+            msglog::push_timestamp(&mut stamp, self.now);
+            text.reserve(logs.len() * 160);
+        }
+        for (line, note) in &logs {
+            let msg = Escaped(line);
+            match *note {
+                Note::Replied(s, e) => {
+                    let reply = self.out.get(s..e).unwrap_or_default();
+                    if bulk.is_some() {
+                        msglog::push_message(&mut text, &stamp, self.addr, line, reply);
+                    } else {
+                        info!(addr = %self.addr, %msg, reply = %Escaped(reply), "client message");
+                    }
+                }
+                Note::Places => info!(addr = %self.addr, %msg, "client message; looking up places"),
+                Note::Herd => info!(addr = %self.addr, %msg, "client message; asking the herd"),
+            }
+        }
+        if let Some(log) = bulk.filter(|_| !text.is_empty()) {
+            log.write_lines(&text);
+        }
+        logs.clear();
+        self.logs = logs;
     }
 
     fn process_locked(&mut self, core: &mut Core) -> Result<bool, BytesMut> {
@@ -196,7 +256,7 @@ impl Conn {
             if std::mem::take(&mut self.first) && herd_core::peer::is_handshake(&line) {
                 return Err(line);
             }
-            self.handle_line(core, &line);
+            self.handle_line(core, line);
             if self.out.len() >= FLUSH_AT {
                 return Ok(true);
             }
@@ -207,22 +267,24 @@ impl Conn {
         }
     }
 
-    fn handle_line(&mut self, core: &mut Core, line: &[u8]) {
+    fn handle_line(&mut self, core: &mut Core, line: BytesMut) {
         let direct = self.queue.is_empty();
         let mut side = Vec::new();
         let target = if direct { &mut self.out } else { &mut side };
         let start = target.len();
-        let action = core.node.handle_client_line(self.now, line, target);
+        let action = core.node.handle_client_line(self.now, &line, target);
         match action {
-            ClientAction::Silent => debug!(addr = %self.addr, msg = %Escaped(line), "blank line"),
+            ClientAction::Silent => debug!(addr = %self.addr, msg = %Escaped(&line), "blank line"),
+            ClientAction::Replied if direct => {
+                let end = self.out.len();
+                self.log_later(line, Note::Replied(start, end));
+            }
             ClientAction::Replied => {
-                info!(addr = %self.addr, msg = %Escaped(line), reply = %Escaped(&target[start..]), "client message");
-                if !direct {
-                    self.queue.push_back(Slot::Ready(side));
-                }
+                info!(addr = %self.addr, msg = %Escaped(&line), reply = %Escaped(&side), "client message");
+                self.queue.push_back(Slot::Ready(side));
             }
             ClientAction::Places { record, query } => {
-                info!(addr = %self.addr, msg = %Escaped(line), "client message; looking up places");
+                self.log_later(line, Note::Places);
                 let (tx, rx) = oneshot::channel();
                 let shared = self.shared.clone();
                 let addr = self.addr;
@@ -236,12 +298,13 @@ impl Conn {
                 radius,
                 max_items,
             } => {
-                info!(addr = %self.addr, msg = %Escaped(line), "client message; asking the herd");
+                let line_copy = line.to_vec();
+                self.log_later(line, Note::Herd);
                 let (tx, rx) = oneshot::channel();
                 core.waiters.insert(ticket, tx);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let shared = self.shared.clone();
-                let (addr, line) = (self.addr, line.to_vec());
+                let (addr, line) = (self.addr, line_copy);
                 self.shared.spawn(async move {
                     let reply = herd_reply(&shared, addr, rx, line, radius, max_items).await;
                     let _ = reply_tx.send(reply);

@@ -4,7 +4,7 @@
 //! behind a lock, accept loop, timers, stats); `client` serves one client connection;
 //! `link` dials, authenticates and runs peer links; [`sink`] is the node's bounded
 //! per-peer outbound queue; [`clock`] holds the production clock and id source; [`limits`]
-//! the configurable limits; [`scope`] tags each task with its server for log routing;
+//! the configurable limits; [`msglog`] the bulk per-message log; [`scope`] tags each task with its server for log routing;
 //! [`escape`] prints protocol bytes safely in logs. Every decision about what a line means
 //! is herd-core's.
 
@@ -18,10 +18,12 @@ pub mod codec;
 pub mod escape;
 pub mod limits;
 pub mod link;
+pub mod msglog;
 pub mod scope;
 pub mod server;
 pub mod sink;
 
 pub use codec::{LineCodec, LineError};
 pub use limits::Limits;
+pub use msglog::MessageLog;
 pub use server::{start, Neighbour, ServerHandle, ServerSpec, ServerStats};

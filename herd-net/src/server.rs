@@ -54,6 +54,8 @@ pub struct ServerSpec {
     pub places_backend: &'static str,
     /// Index of this server for log routing ([`crate::scope`]).
     pub log_index: usize,
+    /// Where client messages and replies are logged in bulk; `None`: as `tracing` events.
+    pub message_log: Option<Arc<dyn crate::msglog::MessageLog>>,
 }
 
 impl std::fmt::Debug for ServerSpec {

@@ -136,6 +136,7 @@ pub async fn start(
             places: places.clone(),
             places_backend,
             log_index: index,
+            message_log: logging::message_log(index),
         };
         let handle =
             herd_net::start(spec, listener, token.clone(), tracker.clone()).map_err(|source| {

@@ -9,8 +9,10 @@
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use herd_core::ServerName;
+use herd_net::MessageLog;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -20,6 +22,28 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// Lines a log file's channel holds before writers wait for the disk.
 const BUFFERED_LINES: usize = 256 * 1024;
+/// Bytes the writer thread gathers before a write (flushed whenever the queue runs dry).
+const FILE_BUFFER: usize = 256 * 1024;
+
+/// The bulk message logs of the servers, by log index, once [`init`] ran.
+static MESSAGE_LOGS: OnceLock<Vec<Arc<dyn MessageLog>>> = OnceLock::new();
+
+/// The bulk message log of server `index`, if file logging is installed and client messages
+/// are enabled at `info` by `RUST_LOG`.
+pub fn message_log(index: usize) -> Option<Arc<dyn MessageLog>> {
+    MESSAGE_LOGS.get()?.get(index).cloned()
+}
+
+/// A server's file, as a bulk message log.
+struct FileMessageLog(NonBlocking);
+
+impl MessageLog for FileMessageLog {
+    fn write_lines(&self, lines: &[u8]) {
+        // The writer thread takes the whole batch as one message; it never drops lines.
+        let mut w = self.0.clone();
+        let _ = w.write_all(lines);
+    }
+}
 
 /// Keeps the log writer threads alive; dropping it flushes every file.
 #[must_use = "dropping the guards stops file logging"]
@@ -92,10 +116,17 @@ pub fn init(dir: &Path, names: &[ServerName]) -> anyhow::Result<LogGuards> {
             .lossy(false)
             .buffered_lines_limit(BUFFERED_LINES)
             .thread_name("herd-log")
-            .finish(file);
+            // The writer thread writes whole batches: one system call per burst, not per line.
+            .finish(io::BufWriter::with_capacity(FILE_BUFFER, file));
         files.push(writer);
         guards.push(guard);
     }
+    let logs: Vec<Arc<dyn MessageLog>> = files
+        .iter()
+        .map(|w| Arc::new(FileMessageLog(w.clone())) as Arc<dyn MessageLog>)
+        .collect();
+    // Only the first installation counts (one per process).
+    let _ = MESSAGE_LOGS.set(logs);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
