@@ -58,6 +58,12 @@ pub enum LinkError {
     /// The handshake took too long.
     #[error("handshake timed out")]
     Timeout,
+    /// This server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+    /// The outbound queue overflowed (reconciliation repairs the gap on reconnect).
+    #[error("peer queue overflowed")]
+    Overflow,
     /// The peer is not one of this server's neighbours.
     #[error("not a neighbour")]
     NotNeighbour,
@@ -228,16 +234,29 @@ fn preferred(shared: &Shared, peer: PeerId, dialled_by_me: bool) -> bool {
 }
 
 /// Installs a new session as the link's current one, or refuses it (a duplicate).
-fn install(shared: &Shared, core: &mut Core, peer: PeerId, new: ActiveSession) -> bool {
+/// What [`install`] did with a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Installed {
+    /// The link was down; the session is now its current one.
+    New,
+    /// The session replaced the link's previous one.
+    Replaced,
+    /// The current session is kept; the new one is closed.
+    Refused,
+}
+
+fn install(shared: &Shared, core: &mut Core, peer: PeerId, new: ActiveSession) -> Installed {
     let slot = &mut core.links[peer.0];
+    let mut outcome = Installed::New;
     if let Some(cur) = &slot.session {
         let replace = new.peer_epoch != cur.peer_epoch
             || new.dialled_by_me == cur.dialled_by_me
             || (preferred(shared, peer, new.dialled_by_me)
                 && !preferred(shared, peer, cur.dialled_by_me));
         if !replace {
-            return false;
+            return Installed::Refused;
         }
+        outcome = Installed::Replaced;
         if let Some(old) = slot.session.take() {
             old.kill.cancel();
             core.node.sink_mut().detach(peer, &old.queue);
@@ -249,7 +268,7 @@ fn install(shared: &Shared, core: &mut Core, peer: PeerId, new: ActiveSession) -
     // A link already up in the node is taken down and up again: the new session reconciles.
     core.node.handle_link_up(clock::now(), peer);
     core.drain_events();
-    true
+    outcome
 }
 
 fn start_session(
@@ -276,11 +295,16 @@ fn start_session(
         install(&shared, &mut core, peer, session)
     };
     let name = shared.peer_name(peer).clone();
-    if !installed {
-        debug!(peer = %name, "duplicate link session; keeping the current one");
-        return;
+    match installed {
+        Installed::Refused => {
+            debug!(peer = %name, dialled = dialled_by_me, "duplicate link session; keeping the current one");
+            return;
+        }
+        Installed::New => info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up"),
+        Installed::Replaced => {
+            info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up (replaces the previous session)");
+        }
     }
-    info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up");
     let (read, write) = stream.into_split();
     let writer = Session {
         shared: shared.clone(),
@@ -369,7 +393,7 @@ impl Session {
                 }
                 Take::Empty if self.shared.token.is_cancelled() => {
                     let _ = write.shutdown().await;
-                    break LinkError::Closed;
+                    break LinkError::ShuttingDown;
                 }
                 Take::Empty => tokio::select! {
                     () = self.kill.cancelled() => return,
@@ -378,7 +402,7 @@ impl Session {
                 },
                 Take::Closed { overflowed: true } => {
                     warn!(peer = %self.shared.peer_name(self.peer), "peer queue overflowed; dropping link");
-                    break LinkError::Closed;
+                    break LinkError::Overflow;
                 }
                 Take::Closed { overflowed: false } => return,
             }

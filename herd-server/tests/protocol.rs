@@ -417,3 +417,34 @@ async fn thousands_of_pipelined_whatsats_are_answered_in_order() {
     );
     herd.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_closed_after_the_idle_timeout() {
+    let herd = start(&one("\"idle_timeout_ms\": 300")).await;
+    let addr = herd.servers()[0].local_addr();
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (_read_half_never_read, mut w) = s.into_split();
+    let chunk: Vec<u8> = (0..10_000)
+        .flat_map(|i| format!("IAMAT r{i} +1+1 {i}\n").into_bytes())
+        .collect();
+    // Replies pile up unread until the server's writes stall; then it gives up on the client.
+    let writer = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if w.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(60), writer).await;
+    assert!(
+        matches!(closed, Ok(Ok(true))),
+        "the server closed the stalled connection"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || herd.servers()[0].stats().clients
+            == 0)
+        .await
+    );
+    herd.shutdown().await;
+}
