@@ -59,6 +59,9 @@ impl Key {
 
 type Shared = Option<Result<Value, LookupError>>;
 
+/// Stands for an unbounded TTL (about 30 years), which the clock cannot represent.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 enum Slot {
     /// A stored answer, served until `expires`.
     Ready {
@@ -197,7 +200,11 @@ impl<P: PlacesLookup> CachedPlaces<P> {
     fn store(&self, st: &mut State, key: Key, value: Value) {
         let gen = st.next_gen;
         st.next_gen += 1;
-        let expires = Instant::now() + self.cfg.ttl;
+        let now = Instant::now();
+        // A TTL too large to add to the clock means "until evicted".
+        let expires = now
+            .checked_add(self.cfg.ttl)
+            .unwrap_or_else(|| now + FOREVER);
         st.slots.insert(
             key,
             Slot::Ready {
@@ -257,7 +264,7 @@ fn cut(mut value: Value, max: MaxItems) -> Value {
 impl<P: PlacesLookup> PlacesLookup for CachedPlaces<P> {
     async fn nearby(&self, q: &PlacesQuery) -> Result<Value, LookupError> {
         let key = Key::of(q);
-        let deadline = self.cfg.timeout.map(|t| Instant::now() + t);
+        let deadline = self.cfg.timeout.and_then(|t| Instant::now().checked_add(t));
         // A first-time leader's call is bounded by the inner lookup itself; only time spent
         // waiting on others, and a lead taken over after such a wait, count against `deadline`.
         let mut waited = false;

@@ -263,3 +263,20 @@ async fn a_waiter_whose_leader_is_cancelled_still_keeps_its_own_deadline() {
     let answer = waiter.await.expect("waiter ran");
     assert_eq!(answer, Err(LookupError::Timeout));
 }
+
+#[tokio::test]
+async fn huge_ttl_and_timeout_mean_unbounded_not_a_panic() {
+    let google = StandIn::start(Mode::Normal).await;
+    let client = HyperPlaces::new(&config(&google.base())).expect("client");
+    let cache = CacheConfig {
+        ttl: Duration::MAX,
+        entries: 10,
+        timeout: Some(Duration::MAX),
+    };
+    let places = CachedPlaces::new(client, cache);
+    for _ in 0..2 {
+        let answer = lookup(&places, &at(34.0, 10.0, 5)).await.expect("answer");
+        assert_eq!(answer["status"], "OK");
+    }
+    assert_eq!(google.requests(), 1);
+}

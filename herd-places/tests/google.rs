@@ -480,3 +480,17 @@ async fn an_https_base_goes_through_tls() {
     }
     assert_eq!(google.requests(), 0, "no request was sent in the clear");
 }
+
+#[tokio::test]
+async fn a_huge_timeout_means_unbounded_not_a_panic() {
+    let google = StandIn::start(Mode::Normal).await;
+    let cfg = PlacesConfig {
+        timeout: Duration::MAX,
+        ..config(BackendKind::Google, &google.base(), KEY)
+    };
+    let places = HyperPlaces::new(&cfg).expect("client");
+    assert_eq!(
+        lookup(&places, &ucla(10.0, 5)).await.expect("answer")["status"],
+        "OK"
+    );
+}
