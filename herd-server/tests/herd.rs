@@ -294,14 +294,6 @@ async fn a_partition_heals_and_every_server_converges_to_the_same_store() {
     herd.shutdown().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn pair_with_secrets(
     a_secret: &str,
     b_secret: &str,

@@ -9,17 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{HERD, LINKS};
+use common::{free_port, HERD, LINKS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A herd config on free ports, each server with a stats port.
 struct Layout {
@@ -94,11 +86,21 @@ impl Layout {
             .stderr(err)
             .spawn()
             .unwrap();
-        let server = Server {
+        let mut server = Server {
             child,
             name: name.to_owned(),
         };
-        wait_listening(self.addrs[name]);
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&self.addrs[name], Duration::from_millis(200)).is_err() {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("{name} exited at start ({status}): {}", self.stderr(name));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{name} never listened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         server
     }
 
@@ -165,17 +167,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "{addr} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -147,3 +147,15 @@ pub fn assert_at(line: &[u8], server: &str, client: &str, loc: &str, time: &str)
     let (_, frac) = diff.split_once('.').expect("diff has a point");
     assert_eq!(frac.len(), 9, "nine decimals: {diff}");
 }
+
+/// A free port below the kernel's ephemeral range (32768+ on Linux), so that no outgoing
+/// connection of a parallel test can take it between this check and the server's bind.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
+}
