@@ -448,3 +448,95 @@ async fn a_client_that_never_reads_its_replies_is_closed_after_the_idle_timeout(
     );
     herd.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_examples_of_the_protocol_are_accepted_or_refused_as_documented() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    let valid = [
+        ("+34.06893-118.445127", "1520023934.918963997"),
+        ("+34-118", "1589876543"),
+        ("-90+180", "1589876543.1234567"),
+    ];
+    for (loc, time) in valid {
+        let reply = exchange(addr, format!("IAMAT v {loc} {time}\n").as_bytes()).await;
+        assert_at(&reply, "Goloman", "v", loc, time);
+    }
+    for bad in ["34.0-118.0", "+.5-118", "+34.-118", "+91+0", "+0+181"] {
+        let line = format!("IAMAT b {bad} 1");
+        assert_eq!(
+            exchange(addr, format!("{line}\n").as_bytes()).await,
+            format!("? {line}\n").into_bytes()
+        );
+    }
+    for bad in [
+        "WHATSAT v 0 1",
+        "WHATSAT v 50.1 1",
+        "WHATSAT v 10 0",
+        "WHATSAT v 10 21",
+        "IAMAT v +1+1 -5",
+        "IAMAT v +1+1 1e9",
+    ] {
+        assert_eq!(
+            exchange(addr, format!("{bad}\n").as_bytes()).await,
+            format!("? {bad}\n").into_bytes()
+        );
+    }
+    herd.shutdown().await;
+}
+
+/// The diff field as nanoseconds.
+fn diff_nanos(reply: &[u8]) -> i128 {
+    let text = std::str::from_utf8(reply).unwrap();
+    let diff = text.split(' ').nth(2).unwrap();
+    let (int, frac) = diff.split_once('.').unwrap();
+    let sign = if int.starts_with('-') { -1 } else { 1 };
+    let int: i128 = int[1..].parse().unwrap();
+    sign * (int * 1_000_000_000 + frac.parse::<i128>().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diffs_are_exact_to_the_nanosecond_and_truncate_extra_digits() {
+    let herd = start(&one("")).await;
+    let addr = herd.servers()[0].local_addr();
+    // One batch: the three lines share the server's receive time.
+    let input = b"IAMAT a +1+1 1000.5\nIAMAT b +1+1 1000.25\nIAMAT c +1+1 1000.2500000009\n";
+    let reply = exchange(addr, input).await;
+    let l = lines(&reply);
+    assert_eq!(l.len(), 3);
+    assert_eq!(diff_nanos(l[1]) - diff_nanos(l[0]), 250_000_000);
+    assert_eq!(
+        diff_nanos(l[2]),
+        diff_nanos(l[1]),
+        "digits past the ninth are truncated"
+    );
+    let future = exchange(addr, b"IAMAT f +1+1 99999999999.5\n").await;
+    assert!(std::str::from_utf8(&future)
+        .unwrap()
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .starts_with('-'));
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_grace_period() {
+    let json = one("\"places_timeout_ms\": 30000, \"shutdown_grace_ms\": 300");
+    let herd = start_with(&json, Arc::new(SilentPlaces)).await;
+    let addr = herd.servers()[0].local_addr();
+    exchange(addr, KIWI).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"WHATSAT kiwi.cs.ucla.edu 10 2\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let in_time = herd.shutdown().await;
+    assert!(!in_time, "a reply that cannot finish is abandoned");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
