@@ -40,6 +40,9 @@ fn query(c: &mut Criterion) {
         };
         group.bench_function(name, |b| b.iter(|| places.answer(black_box(&q))));
     }
+    group.bench_function("search_only_ucla_10km", |b| {
+        b.iter(|| places.search(black_box(34.068930), black_box(-118.445127), 10.0, 20))
+    });
     group.bench_function("search_only_paris_50km", |b| {
         b.iter(|| places.search(black_box(48.8566), black_box(2.3522), 50.0, 20))
     });
