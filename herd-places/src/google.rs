@@ -171,7 +171,7 @@ impl HyperPlaces {
             self.base,
             q.lat,
             q.lon,
-            q.radius.metres(),
+            radius_metres(q),
             self.key_in_query
         );
         let uri: Uri = uri
@@ -190,7 +190,7 @@ impl HyperPlaces {
             "maxResultCount": q.max_items.get(),
             "locationRestriction": {"circle": {
                 "center": {"latitude": q.lat, "longitude": q.lon},
-                "radius": q.radius.metres(),
+                "radius": radius_metres(q),
             }},
         });
         let body = serde_json::to_vec(&body).map_err(|e| PlacesError::Http(e.to_string()))?;
@@ -282,6 +282,12 @@ fn check_base(url: &str) -> Result<String, PlacesError> {
         return Err(bad("must not carry a query"));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The radius in metres, rounded to the millimetre so that `1.005` km is sent as `1005`
+/// rather than `1004.9999999999999`.
+fn radius_metres(q: &PlacesQuery) -> f64 {
+    (q.radius.metres() * 1000.0).round() / 1000.0
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

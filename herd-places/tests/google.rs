@@ -90,6 +90,30 @@ async fn legacy_radius_in_metres_keeps_fractions() {
 }
 
 #[tokio::test]
+async fn radii_are_sent_in_whole_millimetres() {
+    let google = StandIn::start(Mode::Normal).await;
+    let radius = RadiusKm::parse(b"1.005").expect("radius");
+    assert_ne!(radius.metres(), 1005.0, "the float product is not exact");
+    let q = PlacesQuery {
+        radius,
+        ..ucla(1.0, 1)
+    };
+    lookup(&client(BackendKind::GoogleLegacy, &google), &q)
+        .await
+        .expect("answer");
+    lookup(&client(BackendKind::Google, &google), &q)
+        .await
+        .expect("answer");
+    let seen = google.seen();
+    assert!(seen[0].uri.contains("&radius=1005&"), "{}", seen[0].uri);
+    let body: Value = serde_json::from_slice(&seen[1].body).expect("body is JSON");
+    assert_eq!(
+        body["locationRestriction"]["circle"]["radius"],
+        json!(1005.0)
+    );
+}
+
+#[tokio::test]
 async fn new_api_request_has_key_field_mask_and_body() {
     let google = StandIn::start(Mode::Normal).await;
     lookup(&client(BackendKind::Google, &google), &ucla(10.0, 5))
