@@ -99,9 +99,38 @@ async fn write_msg(stream: &mut TcpStream, msg: &PeerMsg) -> Result<(), LinkErro
     Ok(())
 }
 
+/// Exponential back-off between dials: doubles per failure up to [`BACKOFF_MAX`], each delay
+/// scaled by a random factor in [0.5, 1) so that servers do not redial in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: BACKOFF_INITIAL,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next dial, given a jitter factor in [0, 1); advances the back-off.
+    pub fn delay(&mut self, jitter: f64) -> Duration {
+        let d = self.next.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    /// Back to the shortest delay (after a link came up).
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_INITIAL;
+    }
+}
+
 /// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
 pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     let mut first = true;
     loop {
@@ -112,14 +141,14 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
             }
         }
         if !std::mem::take(&mut first) {
-            let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+            let jittered = backoff.delay(rand::thread_rng().gen_range(0.0..1.0));
             tokio::select! {
                 () = shared.token.cancelled() => return,
                 () = sleep(jittered) => {}
             }
         }
         if *up.borrow() {
-            backoff = BACKOFF_INITIAL;
+            backoff.reset();
             continue;
         }
         let result = match timeout(HANDSHAKE_TIMEOUT, dial(&shared, peer)).await {
@@ -128,7 +157,7 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
         };
         match result {
             Ok(()) => {
-                backoff = BACKOFF_INITIAL;
+                backoff.reset();
                 failures = 0;
             }
             Err(e) => {
@@ -139,7 +168,6 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
                 } else {
                     debug!(peer = %name, error = %e, failures, "dial failed");
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -426,5 +454,24 @@ impl Session {
         core.drain_events();
         drop(core);
         info!(peer = %self.shared.peer_name(self.peer), reason = %reason, "peer link down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let full: Vec<u128> = (0..8).map(|_| b.delay(1.0).as_millis()).collect();
+        assert_eq!(full, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(
+            b.delay(0.0),
+            Duration::from_millis(25),
+            "jitter halves at most"
+        );
+        assert_eq!(b.delay(0.5), Duration::from_millis(75));
     }
 }
