@@ -144,6 +144,8 @@ impl Conn {
                     }
                 }
                 self.out.clear();
+                // Idle means no input and no output: a slow reply restarts the clock.
+                idle.as_mut().reset(Instant::now() + idle_limit);
             }
             if more {
                 continue;
