@@ -8,11 +8,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
 
 use common::*;
 
@@ -72,12 +74,23 @@ fn server_bin() -> Option<PathBuf> {
     .clone()
 }
 
+/// A free loopback port below the ephemeral range (32768 and up on Linux), so no outgoing
+/// connection of a parallel test can take it between this check and the server's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20_000 + u16::try_from(n % 12_000).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A herd-server process running every server of a temp config; killed on drop.
@@ -89,9 +102,19 @@ struct Herd {
 }
 
 impl Herd {
-    /// Starts `names` with `links`, each on a free loopback port; waits until all accept.
+    /// Starts `names` with `links`, each on a free loopback port, and waits for every
+    /// "listening" line; a start that fails (a port taken meanwhile) is retried on new ports.
     fn start(names: &[&str], links: &[(&str, &str)]) -> Option<Self> {
         let bin = server_bin()?;
+        for _ in 0..5 {
+            if let Some(herd) = Self::try_start(&bin, names, links) {
+                return Some(herd);
+            }
+        }
+        panic!("herd-server did not start in 5 attempts");
+    }
+
+    fn try_start(bin: &std::path::Path, names: &[&str], links: &[(&str, &str)]) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let addrs: BTreeMap<String, String> = names
             .iter()
@@ -112,27 +135,33 @@ impl Herd {
             links.join(", ")
         );
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config)
             .args(["--places", "offline", "--log-dir"])
             .arg(dir.path().join("logs"))
             .arg("--all")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start herd-server");
-        let mut proc = Killer(Some(child));
-        let started = Instant::now();
-        for addr in addrs.values() {
-            while TcpStream::connect(addr).is_err() {
-                let exited = proc.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                assert!(exited.is_none(), "herd-server exited early: {exited:?}");
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "herd-server did not listen on {addr}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
+        let stderr = child.stderr.take().unwrap();
+        let proc = Killer(Some(child));
+        // Forward the server's stderr to the test's, and count its "listening" lines.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[herd-server] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let mut listening = 0;
+        while listening < names.len() {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => listening += usize::from(line.contains(" listening on ")),
+                // Closed stderr: the server exited (a port was taken); try again.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("herd-server did not start in 30 s"),
             }
         }
         Some(Self {
