@@ -483,10 +483,13 @@ impl<S: PeerSink> Node<S> {
 
     // === herd queries ===
 
+    /// Links a query may travel: every link that is up, synchronised or not. A query on a
+    /// link still reconciling is answered after the peer's delta (the link is FIFO), so a
+    /// server that has just restarted can already find its clients through the herd.
     fn up_links_except(&self, except: Option<PeerId>) -> Vec<PeerId> {
         (0..self.links.len())
             .map(PeerId)
-            .filter(|&p| Some(p) != except && self.links[p.0].state == LinkState::Up)
+            .filter(|&p| Some(p) != except && self.links[p.0].state != LinkState::Down)
             .collect()
     }
 
