@@ -74,7 +74,7 @@ fn grammar(c: &mut Criterion) {
         })
     });
     let sample: serde_json::Value = serde_json::from_str(include_str!(
-        "../../../shared/places/nearbysearch-legacy.json"
+        "../../herd-places/tests/fixtures/nearbysearch-legacy.json"
     ))
     .unwrap_or_else(|_| serde_json::json!({"results": [], "status": "OK"}));
     let max = MaxItems::new(20).expect("20 is valid");
