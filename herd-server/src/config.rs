@@ -76,6 +76,60 @@ struct RawConfig {
     secret: Option<String>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    places: RawPlaces,
+}
+
+/// Tuning of the Places backend (`"places"` key); the timeout is `limits.places_timeout_ms`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlaces {
+    max_concurrent: Option<usize>,
+    cache_ttl_ms: Option<u64>,
+    cache_entries: Option<usize>,
+}
+
+/// How the server uses its Places backend, from the config's optional `"places"` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacesTuning {
+    /// Most upstream calls in flight at once (default 64).
+    pub max_concurrent: usize,
+    /// How long a cached answer is reused (default 60 s).
+    pub cache_ttl: Duration,
+    /// Most cached answers; 0 turns the cache off (default 10 000).
+    pub cache_entries: usize,
+}
+
+impl Default for PlacesTuning {
+    fn default() -> Self {
+        let d = herd_places::PlacesConfig::default();
+        Self {
+            max_concurrent: d.max_concurrent,
+            cache_ttl: d.cache_ttl,
+            cache_entries: d.cache_entries,
+        }
+    }
+}
+
+impl RawPlaces {
+    fn validate(self) -> Result<PlacesTuning, ConfigError> {
+        let d = PlacesTuning::default();
+        let ttl_ms = u64::try_from(d.cache_ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(PlacesTuning {
+            max_concurrent: positive(
+                self.max_concurrent,
+                d.max_concurrent,
+                "places.max_concurrent",
+            )?,
+            cache_ttl: Duration::from_millis(positive(
+                self.cache_ttl_ms,
+                ttl_ms,
+                "places.cache_ttl_ms",
+            )?),
+            // 0 is allowed here: it is the cache's off switch.
+            cache_entries: self.cache_entries.unwrap_or(d.cache_entries),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -130,6 +184,8 @@ pub struct HerdConfig {
     pub secret: Option<String>,
     /// The limits, for every server.
     pub limits: Limits,
+    /// Places backend tuning (concurrency, cache).
+    pub places: PlacesTuning,
 }
 
 impl std::fmt::Debug for HerdConfig {
@@ -139,6 +195,7 @@ impl std::fmt::Debug for HerdConfig {
             .field("links", &self.links)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("limits", &self.limits)
+            .field("places", &self.places)
             .finish()
     }
 }
@@ -239,6 +296,7 @@ impl HerdConfig {
             links,
             secret: raw.secret,
             limits: raw.limits.validate()?,
+            places: raw.places.validate()?,
         })
     }
 
@@ -315,6 +373,33 @@ fn validate_links(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn places_tuning_is_read_and_zero_cache_entries_turns_the_cache_off() {
+        let c = HerdConfig::parse(
+            r#"{"servers": {"A": "127.0.0.1:1"},
+                "places": {"max_concurrent": 3, "cache_ttl_ms": 1500, "cache_entries": 0}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.places,
+            PlacesTuning {
+                max_concurrent: 3,
+                cache_ttl: Duration::from_millis(1500),
+                cache_entries: 0
+            }
+        );
+        let d = HerdConfig::parse(r#"{"servers": {"A": "127.0.0.1:1"}}"#).unwrap();
+        assert_eq!(d.places, PlacesTuning::default());
+        for bad in [
+            r#""max_concurrent": 0"#,
+            r#""cache_ttl_ms": 0"#,
+            r#""cache": 1"#,
+        ] {
+            let text = format!(r#"{{"servers": {{"A": "127.0.0.1:1"}}, "places": {{{bad}}}}}"#);
+            assert!(HerdConfig::parse(&text).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn default_herd_is_the_assignments_topology() {

@@ -77,7 +77,9 @@ fn places_config(cli: &Cli, config: &HerdConfig) -> Result<PlacesConfig, Failure
         base_url: cli.places_url.clone(),
         api_key,
         timeout: config.limits.places_timeout,
-        ..PlacesConfig::default()
+        max_concurrent: config.places.max_concurrent,
+        cache_ttl: config.places.cache_ttl,
+        cache_entries: config.places.cache_entries,
     })
 }
 
