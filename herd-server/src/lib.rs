@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod places;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -116,9 +116,16 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let names = herd_server::select(&config, &names).map_err(config_err)?;
     let pc = places_config(&cli, &config)?;
     let backend = pc.kind.name();
-    let places = herd_places::build(pc)
-        .context("cannot set up the places backend")
-        .map_err(config_err)?;
+    let places: std::sync::Arc<dyn herd_core::PlacesLookup> = if pc.kind == BackendKind::Offline {
+        // Decoding the gazetteer takes tens of milliseconds: the listeners do not wait for it.
+        herd_server::places::Background::start(move || {
+            herd_places::build(pc).map_err(|e| format!("cannot set up the places backend: {e}"))
+        })
+    } else {
+        herd_places::build(pc)
+            .context("cannot set up the places backend")
+            .map_err(config_err)?
+    };
     let _guards = logging::init(&cli.log_dir, &names).map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await
