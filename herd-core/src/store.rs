@@ -15,37 +15,99 @@ use hashbrown::hash_table::{Entry, HashTable};
 use crate::protocol::IAmAt;
 use crate::types::{is_space, FieldError, Location, ServerName, TimeDiff, TimeValue, Timestamp};
 
+/// Longest AT line kept inside the record itself; longer ones get their own allocation.
+const INLINE: usize = 86;
+
+/// An AT line: inline (one allocation per record for the lines of everyday clients) or boxed.
+#[derive(Clone)]
+enum Line {
+    /// `len` bytes at the start of the buffer.
+    Inline(u8, [u8; INLINE]),
+    /// A line longer than [`INLINE`].
+    Heap(Box<[u8]>),
+}
+
+impl Line {
+    fn new(bytes: &[u8]) -> Self {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE => {
+                let mut buf = [0u8; INLINE];
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Line::Inline(len, buf)
+            }
+            _ => Line::Heap(bytes.into()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Line::Inline(len, buf) => &buf[..usize::from(*len)],
+            Line::Heap(b) => b,
+        }
+    }
+}
+
+/// Marks a client time whose seconds do not fit the compact field: read from the line.
+const SECS_IN_LINE: u64 = u64::MAX;
+
 /// One client's location report as the herd keeps it: the origin's whole AT line.
-#[derive(Clone, PartialEq)]
+///
+/// Kept compact (a million clients are a normal load): the line, the client time for
+/// ordering, and where the client id lies in the line. The location is read from the line
+/// when a WHATSAT needs it.
+#[derive(Clone)]
 pub struct Record {
-    line: Box<[u8]>,
-    client: (u32, u32),
-    time: TimeValue,
-    lat: f64,
-    lon: f64,
+    /// Whole seconds of the client time, or [`SECS_IN_LINE`] when they do not fit below it.
+    secs: u64,
+    nanos: u32,
+    /// The client id's span in the line, or `(0, 0)` when it does not fit in 16 bits.
+    client: (u16, u16),
+    line: Line,
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        // Everything else is derived from the line.
+        self.at_line() == other.at_line()
+    }
 }
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Record({:?})", String::from_utf8_lossy(&self.line))
+        write!(f, "Record({:?})", String::from_utf8_lossy(self.at_line()))
     }
 }
 
-fn span(line: &[u8], field: &[u8]) -> (u32, u32) {
-    // `field` is a sub-slice of `line`; lines are bounded far below 4 GiB by the codecs.
-    let start = field.as_ptr() as usize - line.as_ptr() as usize;
-    let start = u32::try_from(start).unwrap_or(u32::MAX);
-    let len = u32::try_from(field.len()).unwrap_or(0);
-    (start, start.saturating_add(len))
+/// The 4th field of an AT line (`AT server diff client ...`).
+fn client_field(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b' ').nth(3).unwrap_or_default()
 }
 
 impl Record {
+    fn build(line: &[u8], client_start: usize, time: TimeValue) -> Self {
+        let client_end = client_start + client_field(line).len();
+        let client = match (u16::try_from(client_start), u16::try_from(client_end)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => (0, 0),
+        };
+        let secs = u64::try_from(time.secs)
+            .ok()
+            .filter(|&s| s != SECS_IN_LINE)
+            .unwrap_or(SECS_IN_LINE);
+        Self {
+            secs,
+            nanos: time.nanos,
+            client,
+            line: Line::new(line),
+        }
+    }
+
     /// The record an IAMAT received by `server` at `now` makes: builds its AT line.
     pub fn from_iamat(server: &ServerName, now: Timestamp, req: &IAmAt<'_>) -> Self {
         let diff = TimeDiff::between(now, req.time_value);
-        let mut line = Vec::with_capacity(
-            server.as_str().len() + req.client.len() + req.location.len() + req.time.len() + 32,
-        );
+        let len = 3 + server.as_str().len() + 1 + 24 + 1;
+        let len = len + req.client.len() + 1 + req.location.len() + 1 + req.time.len();
+        let mut line = Vec::with_capacity(len + 8);
         line.extend_from_slice(b"AT ");
         line.extend_from_slice(server.as_str().as_bytes());
         line.push(b' ');
@@ -53,21 +115,11 @@ impl Record {
         line.push(b' ');
         let start = line.len();
         line.extend_from_slice(req.client);
-        let client = (
-            u32::try_from(start).unwrap_or(u32::MAX),
-            u32::try_from(line.len()).unwrap_or(u32::MAX),
-        );
         line.push(b' ');
         line.extend_from_slice(req.location);
         line.push(b' ');
         line.extend_from_slice(req.time);
-        Self {
-            line: line.into_boxed_slice(),
-            client,
-            time: req.time_value,
-            lat: req.lat,
-            lon: req.lon,
-        }
+        Self::build(&line, start, req.time_value)
     }
 
     /// Parses a stored AT line (`AT server diff client location time`, single spaces).
@@ -87,53 +139,80 @@ impl Record {
         if client.is_empty() || client.iter().any(|&b| is_space(b)) {
             return Err(FieldError::ClientId);
         }
-        let loc = Location::parse(location)?;
+        Location::degrees(location)?;
         let time_value = TimeValue::parse(time)?;
-        Ok(Self {
-            client: span(line, client),
-            line: line.into(),
-            time: time_value,
-            lat: loc.lat(),
-            lon: loc.lon(),
-        })
+        let start = at.len() + server.len() + diff.len() + 3;
+        Ok(Self::build(line, start, time_value))
     }
 
     /// The whole AT line, without a newline.
     pub fn at_line(&self) -> &[u8] {
-        &self.line
+        self.line.bytes()
     }
 
     /// The client id.
     pub fn client(&self) -> &[u8] {
-        &self.line[self.client.0 as usize..self.client.1 as usize]
+        let line = self.at_line();
+        match self.client {
+            (0, 0) => client_field(line),
+            (a, b) => line.get(usize::from(a)..usize::from(b)).unwrap_or_default(),
+        }
     }
 
     /// The client time.
     pub fn time(&self) -> TimeValue {
-        self.time
+        if self.secs != SECS_IN_LINE {
+            return TimeValue {
+                secs: u128::from(self.secs),
+                nanos: self.nanos,
+            };
+        }
+        // Over 18 digits of seconds: rare enough to read from the line (the last field).
+        let line = self.at_line();
+        let field = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+        TimeValue::parse(field).unwrap_or(TimeValue {
+            secs: u128::from(SECS_IN_LINE),
+            nanos: self.nanos,
+        })
+    }
+
+    fn location(&self) -> (f64, f64) {
+        let field = location_field(self.at_line());
+        Location::degrees(field).unwrap_or((0.0, 0.0))
     }
 
     /// Latitude in degrees.
     pub fn lat(&self) -> f64 {
-        self.lat
+        self.location().0
     }
 
     /// Longitude in degrees.
     pub fn lon(&self) -> f64 {
-        self.lon
+        self.location().1
     }
 
     /// The name of the server that received the IAMAT (the AT line's second field).
     pub fn origin(&self) -> &[u8] {
-        self.line.split(|&b| b == b' ').nth(1).unwrap_or_default()
+        self.at_line()
+            .split(|&b| b == b' ')
+            .nth(1)
+            .unwrap_or_default()
     }
 
     /// The herd's total order on records of one client: client time, then AT line bytes.
     pub fn precedence(&self, other: &Record) -> Ordering {
-        self.time
-            .cmp(&other.time)
-            .then_with(|| self.line.cmp(&other.line))
+        let time = if self.secs != SECS_IN_LINE && other.secs != SECS_IN_LINE {
+            (self.secs, self.nanos).cmp(&(other.secs, other.nanos))
+        } else {
+            self.time().cmp(&other.time())
+        };
+        time.then_with(|| self.at_line().cmp(other.at_line()))
     }
+}
+
+/// The location field of an AT line: the 5th field.
+fn location_field(line: &[u8]) -> &[u8] {
+    line.split(|&b| b == b' ').nth(4).unwrap_or_default()
 }
 
 /// A stored record and the local log number of the change that stored it.
@@ -158,7 +237,10 @@ pub enum Offer {
 /// Per client, the newest record; plus a local change log for reconciliation.
 #[derive(Clone)]
 pub struct LocationStore {
-    table: HashTable<Slot>,
+    /// Indexes into `slots`, hashed by client id (4 bytes a bucket instead of a whole slot).
+    table: HashTable<u32>,
+    /// One slot per client; clients are never removed.
+    slots: Vec<Slot>,
     hasher: FixedState,
     seq: u64,
 }
@@ -166,7 +248,7 @@ pub struct LocationStore {
 impl std::fmt::Debug for LocationStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocationStore")
-            .field("clients", &self.table.len())
+            .field("clients", &self.slots.len())
             .field("seq", &self.seq)
             .finish()
     }
@@ -178,6 +260,7 @@ impl LocationStore {
     pub fn new(seed: u64) -> Self {
         Self {
             table: HashTable::new(),
+            slots: Vec::new(),
             hasher: FixedState::with_seed(seed),
             seq: 0,
         }
@@ -198,30 +281,37 @@ impl LocationStore {
     pub fn offer_from(&mut self, record: Arc<Record>, source: u64) -> Offer {
         let hash = self.hash(record.client());
         let hasher = self.hasher;
+        let slots = &mut self.slots;
         let entry = self.table.entry(
             hash,
-            |s| s.record.client() == record.client(),
-            |s| hasher.hash_one(s.record.client()),
+            |&i| slots[i as usize].record.client() == record.client(),
+            |&i| hasher.hash_one(slots[i as usize].record.client()),
         );
         match entry {
-            Entry::Occupied(mut o) => {
-                if record.precedence(&o.get().record) != Ordering::Greater {
+            Entry::Occupied(o) => {
+                let slot = &mut slots[*o.get() as usize];
+                if record.precedence(&slot.record) != Ordering::Greater {
                     return Offer::Stale;
                 }
                 self.seq += 1;
-                *o.get_mut() = Slot {
+                *slot = Slot {
                     record,
                     seq: self.seq,
                     source,
                 };
             }
             Entry::Vacant(v) => {
+                let Ok(index) = u32::try_from(slots.len()) else {
+                    // Four billion clients do not fit in memory long before this.
+                    return Offer::Stale;
+                };
                 self.seq += 1;
-                v.insert(Slot {
+                slots.push(Slot {
                     record,
                     seq: self.seq,
                     source,
                 });
+                v.insert(index);
             }
         }
         Offer::Stored(self.seq)
@@ -236,19 +326,20 @@ impl LocationStore {
     /// The client's current record.
     pub fn get(&self, client: &[u8]) -> Option<&Arc<Record>> {
         let hash = self.hash(client);
+        let slots = &self.slots;
         self.table
-            .find(hash, |s| s.record.client() == client)
-            .map(|s| &s.record)
+            .find(hash, |&i| slots[i as usize].record.client() == client)
+            .map(|&i| &slots[i as usize].record)
     }
 
     /// Number of clients held.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.slots.len()
     }
 
     /// Whether no client is held.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.slots.is_empty()
     }
 
     /// The local log number of the latest change (0 when nothing was ever stored).
@@ -265,7 +356,7 @@ impl LocationStore {
     /// that came from `source` (when non-zero): that source holds them, or newer ones.
     pub fn changed_since_except(&self, seq: u64, source: u64) -> Vec<(u64, Arc<Record>)> {
         let mut out: Vec<(u64, Arc<Record>)> = self
-            .table
+            .slots
             .iter()
             .filter(|s| s.seq > seq && (source == 0 || s.source != source))
             .map(|s| (s.seq, s.record.clone()))
@@ -276,14 +367,14 @@ impl LocationStore {
 
     /// Every record held, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &Arc<Record>> + '_ {
-        self.table.iter().map(|s| &s.record)
+        self.slots.iter().map(|s| &s.record)
     }
 
     /// An order-independent digest of the held AT lines: two stores with the same records
     /// have the same digest (for convergence checks).
     pub fn digest(&self) -> u64 {
         let h = FixedState::with_seed(0x6865_7264);
-        self.table.iter().fold(0u64, |acc, s| {
+        self.slots.iter().fold(0u64, |acc, s| {
             acc.wrapping_add(h.hash_one(s.record.at_line()))
         })
     }
@@ -366,5 +457,55 @@ mod tests {
         assert_eq!(seqs(s.changed_since_except(0, 6)), vec![3]);
         assert_eq!(seqs(s.changed_since_except(0, 5)), vec![2, 3, 4]);
         assert_eq!(seqs(s.changed_since_except(0, 0)), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_record_with_an_everyday_line_is_one_small_allocation() {
+        // Arc counts plus the record: 120 bytes, a 128-byte allocator chunk.
+        assert_eq!(std::mem::size_of::<Record>(), 104);
+        let r = rec(
+            "Goloman",
+            "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",
+            1_520_023_935_182_837_383,
+        );
+        assert!(matches!(r.line, Line::Inline(..)));
+    }
+
+    #[test]
+    fn long_lines_and_huge_times_keep_every_field() {
+        let client = "c".repeat(70_000);
+        let line = format!("IAMAT {client} -89.5+179.25 99999999999999999999.123456789");
+        let r = rec("Goloman", &line, 5);
+        assert!(matches!(r.line, Line::Heap(_)));
+        assert_eq!(r.client(), client.as_bytes());
+        assert_eq!(
+            r.time(),
+            TimeValue {
+                secs: 99_999_999_999_999_999_999,
+                nanos: 123_456_789
+            }
+        );
+        assert_eq!((r.lat(), r.lon()), (-89.5, 179.25));
+        let back = Record::parse(r.at_line()).unwrap();
+        assert_eq!(&back, &*r);
+        assert_eq!(back.client(), client.as_bytes());
+        assert_eq!(back.time(), r.time());
+        // Ordering across the compact and the in-line time forms.
+        let small = rec(
+            "Goloman",
+            &format!("IAMAT {client} +1+1 18446744073709551614.5"),
+            5,
+        );
+        let max = rec(
+            "Goloman",
+            &format!("IAMAT {client} +1+1 18446744073709551615"),
+            5,
+        );
+        assert_eq!(small.precedence(&max), Ordering::Less);
+        assert_eq!(max.precedence(&r), Ordering::Less);
+        assert_eq!(r.precedence(&small), Ordering::Greater);
+        let short = rec("A", "IAMAT c +12.5-7.25 10", 0);
+        assert_eq!((short.lat(), short.lon()), (12.5, -7.25));
+        assert_eq!(short.time(), TimeValue { secs: 10, nanos: 0 });
     }
 }
