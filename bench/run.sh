@@ -221,12 +221,12 @@ bench_single() { # bench_single LEVEL LABEL
         done
         note="herd-cli load -c $CONNS -d $p --fresh -k $KEYS (every IAMAT stored); redis-benchmark -c $CONNS -P $p -r $KEYS GEOADD (redis $REDIS_VERSION); errors: $errs_total"
         if [[ -z $label ]]; then
-            row "figure=1 server, IAMAT, $CONNS conns, pipeline $p" "herd=$hv" "ref=$rv" unit=/s \
+            row "order=$p" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p" "herd=$hv" "ref=$rv" unit=/s \
                 "ref_label=Redis GEOADD" kind=ratio_ge target=1.0 "target_text=≥ 1.0× Redis" "note=$note"
             [[ $p == 1 ]] && SINGLE_P1="$hv" || SINGLE_P16="$hv"
         else
             local refv; [[ $p == 1 ]] && refv=$SINGLE_P1 || refv=$SINGLE_P16
-            row "figure=1 server, IAMAT, $CONNS conns, pipeline $p$label" "herd=$hv" "ref=$refv" unit=/s \
+            row "order=$p.5" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p$label" "herd=$hv" "ref=$refv" unit=/s \
                 "ref_label=same with default logging" kind=info "target_text=(logging cost)" "note=$note"
         fi
     done
@@ -240,7 +240,7 @@ bench_single() { # bench_single LEVEL LABEL
             redis_round 1 -k 0; red=$RED; rv+=" $red"
             log "one server, classic, round $r: herd $herd/s, redis -k 0 $red/s (load errors $errs_total)"
         done
-        row "figure=1 server, classic clients (connect, IAMAT, half-close, read), $CONNS at once" \
+        row order=20 "figure=T3: 1 server, classic clients (connect, IAMAT, half-close, read), $CONNS at once" \
             "herd=$hv" "ref=$rv" unit=/s "ref_label=Redis GEOADD, -k 0: new connection per request" \
             kind=abs_ge target=25000 "target_text=≥ 25,000/s" \
             "note=herd-cli load --mode classic -c $CONNS; redis-benchmark -k 0 -c $CONNS (reference only: a redis client does not half-close and wait for the close)"
@@ -265,7 +265,7 @@ bench_herd_throughput() { # bench_herd_throughput LEVEL LABEL: row 4 (+ flood ra
         local conv quiet recs
         conv=$("${TOOLS[@]}" json "$TMP/q.json" converged)
         quiet=$("${TOOLS[@]}" json "$TMP/q.json" quiet)
-        recs=$("${TOOLS[@]}" json "$TMP/q.json" records)
+        recs=$(jq -c "[.records[]]|unique" "$TMP/q.json")
         if [[ $conv != True || $quiet != True ]]; then
             check="round $r: servers differ after the load (quiet=$quiet, records $recs)"
         fi
@@ -275,11 +275,11 @@ bench_herd_throughput() { # bench_herd_throughput LEVEL LABEL: row 4 (+ flood ra
         log "herd, pipelined over 5 servers$label, round $r: $herd/s, converged=$conv records=$recs"
     done
     HERD_MAX=$("${TOOLS[@]}" median $hv)
-    row "figure=whole herd (5 servers), new record per IAMAT, $CONNS conns × pipeline 16 spread over all$label" \
+    row "order=30${label:+.5}" "figure=T4: whole herd (5 servers), new record per IAMAT, $CONNS conns × pipeline 16 spread over all$label" \
         "herd=$hv" unit=/s kind=abs_ge target=100000 "target_text=≥ 100,000/s and all stores equal" \
-        "check=$check" "ref_fixed=~1,000/s (best public Python asyncio herd, from issue 6)" \
-        "note=herd-cli load --all --fresh -k $KEYS -c $CONNS -d 16; after every round the five stats endpoints are polled until quiet and their records count and digest compared (last: $recs); load errors: $errs"
-    row "figure=peer updates sent per new IAMAT, under that load$label" "herd=$ratios" kind=info \
+        "check=$check" ref=1000 "ref_label=best public Python asyncio herd: issue 6's figure, not run here" \
+        "note=herd-cli load --all --fresh -k $KEYS -c $CONNS -d 16; after every round the five stats endpoints are polled until quiet and their records count and digest compared (record counts found on the five servers after the last round: $recs, digests equal: $conv); load errors: $errs"
+    row "order=56${label:+.5}" "figure=T6 (extra): peer updates sent per new IAMAT, under that load$label" "herd=$ratios" kind=info \
         "target_text=(8 when no update is overtaken)" \
         "note=Δ sum(updates_sent) ÷ Δ sum(iamats) per round; under concurrent load a newer update of the same client can overtake an older one on another path, which then stops early, so this may be below 8"
 }
@@ -299,7 +299,7 @@ bench_flood_count() { # row 6: exactly N distinct new clients, one IAMAT each
     [[ $((s1 - s0)) == $((25 * n)) ]] || check="expected every server to store $((5 * n)) records, stored $((s1 - s0)) in all"
     local ratio
     ratio=$(python3 -c "print(($u1-$u0)/($i1-$i0))")
-    row "figure=peer messages per update (idle herd, $((5 * n)) new clients, $n at each server)" \
+    row order=55 "figure=T6: peer messages per update (idle herd, $((5 * n)) new clients, $n at each server)" \
         "herd=$ratio" kind=eq target=8 "target_text=exactly 8 (2 × 6 links − (5 − 1))" "check=$check" \
         "note=Δ sum(updates_sent) = $((u1 - u0)) over Δ sum(iamats) = $((i1 - i0)); every server stored each record once (Δ stored = $((s1 - s0)))"
     trim_logs
@@ -318,10 +318,10 @@ bench_probe_idle() { # bench_probe_idle LABEL
     p50=$("${TOOLS[@]}" json "$TMP/p.json" propagation_us.p50)
     p99=$("${TOOLS[@]}" json "$TMP/p.json" propagation_us.p99)
     local extra
-    extra="$PROBE_ROUNDS rounds; shortest paths $(echo "$hops" | jq -r '.paths|join(", ")'); IAMAT round trip p50 $("${TOOLS[@]}" json "$TMP/p.json" iamat_rtt_us_p50) µs, WHATSAT round trip p50 $("${TOOLS[@]}" json "$TMP/p.json" whatsat_rtt_us_p50) µs (the figure includes up to one WHATSAT round trip at Hands)"
-    row "figure=propagation Welsh → Hands (3 hops), idle, p50$label" "herd=$p50" unit=us kind=abs_le \
+    extra="$PROBE_ROUNDS rounds; shortest paths $(echo "$hops" | jq -r '.paths|join(", ")'); IAMAT round trip p50 $(printf '%.0f' "$("${TOOLS[@]}" json "$TMP/p.json" iamat_rtt_us_p50)") µs, WHATSAT round trip p50 $(printf '%.0f' "$("${TOOLS[@]}" json "$TMP/p.json" whatsat_rtt_us_p50)") µs (the figure includes up to one WHATSAT round trip at Hands)"
+    row "order=40${label:+.5}" "figure=T5: propagation Welsh → Hands (3 hops), idle, p50$label" "herd=$p50" unit=us kind=abs_le \
         target=300 "target_text=≤ 300 µs" "ref_fixed=~6 ms over 2 hops (Python asyncio, issue 6)" "note=$extra"
-    row "figure=propagation Welsh → Hands (3 hops), idle, p99$label" "herd=$p99" unit=us kind=abs_le \
+    row "order=42${label:+.5}" "figure=T5: propagation Welsh → Hands (3 hops), idle, p99$label" "herd=$p99" unit=us kind=abs_le \
         target=1000 "target_text=≤ 1 ms"
     trim_logs
 }
@@ -363,9 +363,9 @@ bench_probe_loaded() { # p99 with a background load of about half the herd's max
     bg_rate=$("${TOOLS[@]}" json "$TMP/bg.json" requests_per_s 2>/dev/null || echo "$best_rate")
     p99=$("${TOOLS[@]}" json "$TMP/p.json" propagation_us.p99)
     p50=$("${TOOLS[@]}" json "$TMP/p.json" propagation_us.p50)
-    row "figure=propagation Welsh → Hands, p99 under about half of the maximum load" "herd=$p99" unit=us \
+    row order=44 "figure=T5: propagation Welsh → Hands, p99 under about half of the maximum load" "herd=$p99" unit=us \
         kind=abs_le target=10000 "target_text=≤ 10 ms" \
-        "note=background herd-cli load --all --fresh -c $c -d $d ran at $(printf '%.0f' "$bg_rate")/s during the probe = $(python3 -c "print(round(100*$bg_rate/$HERD_MAX))")% of the row-4 maximum ($(printf '%.0f' "$HERD_MAX")/s); herd-cli load has no rate limit, so half load is approximated by fewer connections/smaller depth (calibrated: $best_rate/s); p50 under load $(printf '%.0f' "$p50") µs; $PROBE_ROUNDS rounds"
+        "note=background herd-cli load --all --fresh -c $c -d $d ran at $(printf '%.0f' "$bg_rate")/s during the probe = $(python3 -c "print(round(100*$bg_rate/$HERD_MAX))")% of the row-4 maximum ($(printf '%.0f' "$HERD_MAX")/s); herd-cli load has no rate limit, so half load is approximated by fewer connections/smaller depth (calibrated: $(printf '%.0f' "$best_rate")/s); p50 under load $(printf '%.0f' "$p50") µs; $PROBE_ROUNDS rounds"
     "${TOOLS[@]}" wait-quiet "$CFG" 60 >/dev/null
     trim_logs
 }
@@ -375,6 +375,7 @@ bench_probe_loaded() { # p99 with a background load of about half the herd's max
 bench_memory() { # bench_memory LEVEL LABEL
     local level=$1 label=$2 base rss hwm recs check=ok
     start_herd single "$level"
+    sleep 1   # the offline gazetteer may still be loading in the background
     base=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
     [[ -s $TMP/mem.txt ]] || "${TOOLS[@]}" gen-iamats "$TMP/mem.txt" mem "$MEM_CLIENTS"
     timeout 300 "$CLI" --config "$CFG" --to Goloman send <"$TMP/mem.txt" >/dev/null ||
@@ -385,10 +386,10 @@ bench_memory() { # bench_memory LEVEL LABEL
     sleep 1   # let the log writer drain its buffers
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
-    row "figure=resident memory, 1 server holding $MEM_CLIENTS clients$label" \
+    row "order=70${label:+.5}" "figure=T7: resident memory, 1 server holding $MEM_CLIENTS clients$label" \
         "herd=$(python3 -c "print($rss/1024)")" unit=MB kind=abs_le target=200 "target_text=≤ 200 MB" \
         "check=$check" \
-        "note=VmRSS after $MEM_CLIENTS distinct clients (one IAMAT each, pipelined over one connection; stats: $recs records); VmRSS at start (gazetteer loaded, empty store) $(python3 -c "print(round($base/1024,1))") MB; peak VmHWM $(python3 -c "print(round($hwm/1024,1))") MB"
+        "note=VmRSS after $MEM_CLIENTS distinct clients (one IAMAT each, pipelined over one connection; stats: $recs records); VmRSS 1 s after start (empty store) $(python3 -c "print(round($base/1024,1))") MB; peak VmHWM $(python3 -c "print(round($hwm/1024,1))") MB"
     stop_herd
     rm -f "$LOGDIR"/*.log
 }
@@ -405,13 +406,33 @@ bench_startup() {
         [[ $(jq '.errors|length' "$TMP/s.json") == 0 ]] && break
         log "start-up run failed (try $try): $(jq -c .errors "$TMP/s.json")"
     done
-    row "figure=start-up, exec → all 5 ports accepting (offline gazetteer loaded)" \
+    row order=80 "figure=T8: start-up, exec → all 5 ports accepting" \
         "herd=$(jq -r '.ports_ms|join(" ")' "$TMP/s.json")" unit=ms kind=abs_le target=100 \
         "target_text=≤ 100 ms" \
-        "note=one herd-server --all process, $STARTUP_RUNS runs, median; the offline gazetteer is decompressed and indexed before the listeners open (herd_places::build at start, not lazily), so the ports accept only once it is loaded; errors: $(jq -c .errors "$TMP/s.json")"
-    row "figure=start-up, exec → first WHATSAT answered (IAMAT + WHATSAT at one server)" \
-        "herd=$(jq -r '.whatsat_ms|join(" ")' "$TMP/s.json")" unit=ms kind=info "target_text=(for scale)"
+        "note=one herd-server --all process (default logging, offline places), $STARTUP_RUNS runs, median, polled with connect() every 0.5 ms from a Python loop that also spawned the process; errors: $(jq -c .errors "$TMP/s.json")"
+    row order=81 "figure=T8: start-up, exec → first WHATSAT answered from the offline gazetteer" \
+        "herd=$(jq -r '.whatsat_ms|join(" ")' "$TMP/s.json")" unit=ms kind=abs_le target=100 \
+        "target_text=≤ 100 ms (the issue's 'with the gazetteer loaded')" \
+        "note=same runs: after the ports accept, one connection to Goloman sends an IAMAT and a WHATSAT (10 km, 1 item) and reads the whole places answer; if the server loads the gazetteer after opening its ports, this row carries that wait"
     rm -f "$LOGDIR"/*.log
+}
+
+# ---- the load generator alone ------------------------------------------------------------
+
+bench_echo() { # herd-cli load against its own in-process echo server: the client's ceiling
+    local p hv r rate
+    for p in 1 16; do
+        hv=""
+        for ((r = 1; r <= ROUNDS && r <= 3; r++)); do
+            timeout $((ROUND_S + 60)) "$CLI" load --echo-server -c "$CONNS" -d "$p" --duration "${ROUND_S}s" \
+                --json >"$TMP/e.json" || die "herd-cli load --echo-server failed"
+            rate=$("${TOOLS[@]}" json "$TMP/e.json" requests_per_s)
+            hv+=" $rate"
+        done
+        row "order=9$p" "figure=load generator alone: herd-cli load --echo-server, $CONNS conns, pipeline $p" \
+            "herd=$hv" unit=/s kind=info "target_text=(ceiling of the client)" \
+            "note=the echo server runs inside the load process, so this is what herd-cli load itself can drive on these cores; figures near it are client-bound"
+    done
 }
 
 # ---- the run ----------------------------------------------------------------------------
@@ -440,6 +461,7 @@ fi
 bench_memory "" ""
 [[ $WARN_ROWS == 1 ]] && bench_memory warn ", RUST_LOG=warn"
 bench_startup
+bench_echo
 
 ELAPSED=$(($(date +%s) - T_START))
 python3 - "$TMP/header.json" <<EOF

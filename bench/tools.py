@@ -248,7 +248,7 @@ def fmt(v, unit):
 def cmd_row(args):
     """row RESULTS key=value...: median the rounds, decide met?, append one JSON row.
 
-    keys: figure, herd (space-separated rounds), ref (rounds), ref_label, unit,
+    keys: order (sort key in the table), figure, herd (space-separated rounds), ref (rounds), ref_label, unit,
     kind (ratio_ge | abs_ge | abs_le | eq | info), target (number), target_text,
     check (ok | fail: reason), note."""
     results = args[0]
@@ -281,6 +281,7 @@ def cmd_row(args):
     if herd is None:
         met = False
     row = {
+        "order": float(kv.get("order", "1000")),
         "figure": kv["figure"],
         "herd": fmt(herd, unit) if herd is not None else "not measured",
         "herd_raw": herd,
@@ -306,6 +307,7 @@ def cell(s):
 def cmd_render(args):
     """render RESULTS HEADER_JSON: the Markdown page."""
     rows = [json.loads(line) for line in open(args[0]) if line.strip()]
+    rows.sort(key=lambda r: r.get("order", 1000))  # stable: measurement order within a key
     with open(args[1]) as f:
         h = json.load(f)
     out = []
