@@ -85,6 +85,10 @@ struct Conn {
     now: Timestamp,
     logs: Vec<(BytesMut, Note)>,
     log_enabled: bool,
+    /// This connection's fixed part of its message log lines (made on first use).
+    log_prefix: Vec<u8>,
+    /// The batch's log lines, formatted here and handed over in one call (reused).
+    log_text: Vec<u8>,
 }
 
 /// Serves a client connection (or hands it to the peer handshake if it opens with one).
@@ -107,6 +111,8 @@ pub(crate) async fn serve(
         now: clock::now(),
         logs: Vec::new(),
         log_enabled: true,
+        log_prefix: Vec::new(),
+        log_text: Vec::new(),
     };
     debug!(%addr, "connection opened");
     match conn.run(&mut stream).await {
@@ -205,11 +211,14 @@ impl Conn {
         }
         let mut logs = std::mem::take(&mut self.logs);
         let bulk = self.shared.spec.message_log.clone();
-        let mut text = Vec::new();
+        let mut text = std::mem::take(&mut self.log_text);
+        text.clear();
         let mut stamp = Vec::with_capacity(32);
         if bulk.is_some() {
             msglog::push_timestamp(&mut stamp, self.now);
-            text.reserve(logs.len() * 160);
+            if self.log_prefix.is_empty() {
+                self.log_prefix = msglog::message_prefix(self.addr);
+            }
         }
         for (line, note) in &logs {
             let msg = Escaped(line);
@@ -217,7 +226,7 @@ impl Conn {
                 Note::Replied(s, e) => {
                     let reply = self.out.get(s..e).unwrap_or_default();
                     if bulk.is_some() {
-                        msglog::push_message(&mut text, &stamp, self.addr, line, reply);
+                        msglog::push_message_with(&mut text, &stamp, &self.log_prefix, line, reply);
                     } else {
                         info!(addr = %self.addr, %msg, reply = %Escaped(reply), "client message");
                     }
@@ -229,6 +238,8 @@ impl Conn {
         if let Some(log) = bulk.filter(|_| !text.is_empty()) {
             log.write_lines(&text);
         }
+        text.clear();
+        self.log_text = text;
         logs.clear();
         self.logs = logs;
     }

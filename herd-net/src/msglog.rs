@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use herd_core::Timestamp;
 
-use crate::escape::Escaped;
+use crate::escape::push_escaped;
 
 /// A sink for pre-formatted log lines of one server.
 pub trait MessageLog: Send + Sync {
@@ -50,16 +50,29 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// The part of a connection's `client message` lines that never changes:
+/// `  INFO client message addr=ADDR msg=`.
+pub fn message_prefix(addr: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "  INFO client message addr={addr} msg=");
+    out
+}
+
 /// Appends one `client message` log line.
 pub fn push_message(out: &mut Vec<u8>, stamp: &[u8], addr: SocketAddr, msg: &[u8], reply: &[u8]) {
+    push_message_with(out, stamp, &message_prefix(addr), msg, reply);
+}
+
+/// Appends one `client message` log line, with the connection's [`message_prefix`].
+pub fn push_message_with(out: &mut Vec<u8>, stamp: &[u8], prefix: &[u8], msg: &[u8], reply: &[u8]) {
+    out.reserve(stamp.len() + prefix.len() + msg.len() + reply.len() + 16);
     out.extend_from_slice(stamp);
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(
-        out,
-        "  INFO client message addr={addr} msg={} reply={}",
-        Escaped(msg),
-        Escaped(reply)
-    );
+    out.extend_from_slice(prefix);
+    push_escaped(out, msg);
+    out.extend_from_slice(b" reply=");
+    push_escaped(out, reply);
+    out.push(b'\n');
 }
 
 #[cfg(test)]

@@ -3,27 +3,27 @@
 //! Every task of a server is tagged with the server's index ([`herd_net::scope`]); the file
 //! writer sends each event to the tagged server's file, and events from outside any server
 //! (start-up, shutdown of the process) to every file. Files are written by background
-//! threads (`tracing_appender::non_blocking`, never dropping lines) so logging every message
+//! threads (one per file: loggers append whole lines to a shared buffer, the thread writes
+//! each accumulated batch with one system call, never dropping lines) so logging every message
 //! does not stall the servers; dropping [`LogGuards`] flushes them. `RUST_LOG` is honoured
 //! (default `info`); warnings and errors also go to stderr.
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
 
 use herd_core::ServerName;
 use herd_net::MessageLog;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Lines a log file's channel holds before writers wait for the disk.
-const BUFFERED_LINES: usize = 256 * 1024;
-/// Bytes the writer thread gathers before a write (flushed whenever the queue runs dry).
-const FILE_BUFFER: usize = 256 * 1024;
+/// Bytes a log file may have waiting for its writer thread before loggers wait for the disk
+/// (lines are never dropped).
+const MAX_PENDING: usize = 64 * 1024 * 1024;
 
 /// The bulk message logs of the servers, by log index, once [`init`] ran.
 static MESSAGE_LOGS: OnceLock<Vec<Arc<dyn MessageLog>>> = OnceLock::new();
@@ -34,32 +34,143 @@ pub fn message_log(index: usize) -> Option<Arc<dyn MessageLog>> {
     MESSAGE_LOGS.get()?.get(index).cloned()
 }
 
+/// What loggers and the writer thread of one file share.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Bytes appended and not yet taken by the writer.
+    buf: Vec<u8>,
+    /// The writer sleeps until woken (so a logger only signals when it has to).
+    writer_asleep: bool,
+    /// Loggers waiting for room.
+    full_waiters: usize,
+    /// No more writes: the writer drains what is left and stops.
+    closed: bool,
+}
+
+/// One log file: loggers append whole lines to a shared buffer under a short lock; a
+/// background thread swaps the buffer out and writes it with one system call.
+#[derive(Debug, Default)]
+struct LogFile {
+    pending: Mutex<Pending>,
+    /// Wakes the writer.
+    work: Condvar,
+    /// Wakes loggers waiting for room.
+    room: Condvar,
+}
+
+impl LogFile {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Appending bytes cannot leave the buffer inconsistent, even after a panic.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `bytes` (whole lines); waits for room when the writer is far behind.
+    fn append(&self, bytes: &[u8]) {
+        let mut p = self.lock();
+        while p.buf.len() >= MAX_PENDING && !p.closed {
+            p.full_waiters += 1;
+            p = self.room.wait(p).unwrap_or_else(|e| e.into_inner());
+            p.full_waiters -= 1;
+        }
+        p.buf.extend_from_slice(bytes);
+        if p.writer_asleep {
+            p.writer_asleep = false;
+            drop(p);
+            self.work.notify_one();
+        }
+    }
+
+    /// The writer thread's loop: returns once closed and drained.
+    fn write_out(&self, mut file: std::fs::File) {
+        let mut batch = Vec::new();
+        let mut failed = false;
+        loop {
+            {
+                let mut p = self.lock();
+                while p.buf.is_empty() {
+                    if p.closed {
+                        return;
+                    }
+                    p.writer_asleep = true;
+                    p = self.work.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                std::mem::swap(&mut p.buf, &mut batch);
+                if p.full_waiters > 0 {
+                    self.room.notify_all();
+                }
+            }
+            if let Err(e) = file.write_all(&batch) {
+                if !std::mem::replace(&mut failed, true) {
+                    eprintln!("herd-server: cannot write a log file: {e}");
+                }
+            }
+            batch.clear();
+            if batch.capacity() > MAX_PENDING {
+                batch = Vec::new();
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_one();
+        self.room.notify_all();
+    }
+}
+
 /// A server's file, as a bulk message log.
-struct FileMessageLog(NonBlocking);
+struct FileMessageLog(Arc<LogFile>);
 
 impl MessageLog for FileMessageLog {
     fn write_lines(&self, lines: &[u8]) {
-        // The writer thread takes the whole batch as one message; it never drops lines.
-        let mut w = self.0.clone();
-        let _ = w.write_all(lines);
+        self.0.append(lines);
     }
 }
 
 /// Keeps the log writer threads alive; dropping it flushes every file.
 #[must_use = "dropping the guards stops file logging"]
 #[derive(Debug)]
-pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
+pub struct LogGuards(Vec<(Arc<LogFile>, Option<JoinHandle<()>>)>);
+
+impl Drop for LogGuards {
+    fn drop(&mut self) {
+        for (file, _) in &self.0 {
+            file.close();
+        }
+        for (_, thread) in &mut self.0 {
+            if let Some(t) = thread.take() {
+                // A writer that panicked has nothing left to flush.
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A handle that writes into a [`LogFile`].
+#[derive(Debug, Clone)]
+struct FileWriter(Arc<LogFile>);
+
+impl Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.append(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Routes each event to its server's file.
 #[derive(Clone)]
 struct Router {
-    files: Vec<NonBlocking>,
+    files: Vec<FileWriter>,
 }
 
 /// The writer of one event.
 enum Route {
-    One(NonBlocking),
-    All(Vec<NonBlocking>),
+    One(FileWriter),
+    All(Vec<FileWriter>),
 }
 
 impl Write for Route {
@@ -112,18 +223,20 @@ pub fn init(dir: &Path, names: &[ServerName]) -> anyhow::Result<LogGuards> {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
-        let (writer, guard) = NonBlockingBuilder::default()
-            .lossy(false)
-            .buffered_lines_limit(BUFFERED_LINES)
-            .thread_name("herd-log")
-            // The writer thread writes whole batches: one system call per burst, not per line.
-            .finish(io::BufWriter::with_capacity(FILE_BUFFER, file));
+        let log = Arc::new(LogFile::default());
+        let writer_log = log.clone();
+        let thread = std::thread::Builder::new()
+            .name("herd-log".into())
+            .spawn(move || writer_log.write_out(file))
+            .with_context(|| format!("cannot start the writer of {}", path.display()))?;
+        let writer = FileWriter(log.clone());
+        let guard = (log, Some(thread));
         files.push(writer);
         guards.push(guard);
     }
     let logs: Vec<Arc<dyn MessageLog>> = files
         .iter()
-        .map(|w| Arc::new(FileMessageLog(w.clone())) as Arc<dyn MessageLog>)
+        .map(|w| Arc::new(FileMessageLog(w.0.clone())) as Arc<dyn MessageLog>)
         .collect();
     // Only the first installation counts (one per process).
     let _ = MESSAGE_LOGS.set(logs);
