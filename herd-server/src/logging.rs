@@ -23,7 +23,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 /// Bytes a log file may have waiting for its writer thread before loggers wait for the disk
 /// (lines are never dropped).
-const MAX_PENDING: usize = 64 * 1024 * 1024;
+const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// A writer batch buffer grown past this is given back after its write.
+const KEEP_CAPACITY: usize = 1024 * 1024;
 
 /// The bulk message logs of the servers, by log index, once [`init`] ran.
 static MESSAGE_LOGS: OnceLock<Vec<Arc<dyn MessageLog>>> = OnceLock::new();
@@ -105,7 +107,7 @@ impl LogFile {
                 }
             }
             batch.clear();
-            if batch.capacity() > MAX_PENDING {
+            if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
             }
         }
