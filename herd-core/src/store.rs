@@ -39,6 +39,7 @@ impl Line {
         }
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match self {
             Line::Inline(len, buf) => &buf[..usize::from(*len)],
@@ -146,11 +147,13 @@ impl Record {
     }
 
     /// The whole AT line, without a newline.
+    #[inline]
     pub fn at_line(&self) -> &[u8] {
         self.line.bytes()
     }
 
     /// The client id.
+    #[inline]
     pub fn client(&self) -> &[u8] {
         let line = self.at_line();
         match self.client {
