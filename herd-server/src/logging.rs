@@ -24,6 +24,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// Bytes a log file may have waiting for its writer thread before loggers wait for the disk
 /// (lines are never dropped).
 const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// How long the writer lets lines gather after each write.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// A writer batch buffer grown past this is given back after its write.
 const KEEP_CAPACITY: usize = 1024 * 1024;
 
@@ -110,6 +112,9 @@ impl LogFile {
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
             }
+            // Let lines gather for a moment: loggers do not wake a writer that is not asleep,
+            // so under load the file gets a few large writes instead of one per batch.
+            std::thread::sleep(GATHER);
         }
     }
 
