@@ -85,12 +85,17 @@ SERVER=$CARGO_TARGET_DIR/release/herd-server
 CLI=$CARGO_TARGET_DIR/release/herd-cli
 [[ -x $SERVER && -x $CLI ]] || die "binaries missing in $CARGO_TARGET_DIR/release"
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    log "installing redis-server and redis-tools (Debian packages)"
+NEED=()
+command -v redis-server >/dev/null || NEED+=(redis-server)
+command -v redis-benchmark >/dev/null || NEED+=(redis-tools)
+command -v jq >/dev/null || NEED+=(jq)
+if [[ ${#NEED[@]} -gt 0 ]]; then
+    log "installing ${NEED[*]} (Debian packages)"
     SUDO=""; [[ $(id -u) == 0 ]] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${NEED[@]}"
 fi
+command -v python3 >/dev/null || die "python3 is needed"
 REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 
 # ---- redis ------------------------------------------------------------------------------
@@ -419,20 +424,30 @@ bench_startup() {
 
 # ---- the load generator alone ------------------------------------------------------------
 
-bench_echo() { # herd-cli load against its own in-process echo server: the client's ceiling
-    local p hv r rate
+bench_echo() { # herd-cli load against herd-cli echo-server (a second process): the client's ceiling
+    local p hv r rate port i
+    port=$("${TOOLS[@]}" ports 1)
+    "$CLI" echo-server --listen "127.0.0.1:$port" >"$TMP/echo.out" 2>&1 &
+    SERVER_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), timeout=1).close()" 2>/dev/null && break
+        kill -0 "$SERVER_PID" 2>/dev/null || die "herd-cli echo-server did not start: $(cat "$TMP/echo.out")"
+        sleep 0.1
+    done
     for p in 1 16; do
         hv=""
         for ((r = 1; r <= ROUNDS && r <= 3; r++)); do
-            timeout $((ROUND_S + 60)) "$CLI" load --echo-server -c "$CONNS" -d "$p" --duration "${ROUND_S}s" \
-                --json >"$TMP/e.json" || die "herd-cli load --echo-server failed"
+            timeout $((ROUND_S + 60)) "$CLI" --server "127.0.0.1:$port" load -c "$CONNS" -d "$p" \
+                --duration "${ROUND_S}s" --fresh -k "$KEYS" --json >"$TMP/e.json" ||
+                die "herd-cli load against the echo server failed"
             rate=$("${TOOLS[@]}" json "$TMP/e.json" requests_per_s)
             hv+=" $rate"
         done
-        row "order=9$p" "figure=load generator alone: herd-cli load --echo-server, $CONNS conns, pipeline $p" \
-            "herd=$hv" unit=/s kind=info "target_text=(ceiling of the client)" \
-            "note=the echo server runs inside the load process, so this is what herd-cli load itself can drive on these cores; figures near it are client-bound"
+        row "order=9$p" "figure=load generator against a trivial server (herd-cli echo-server), $CONNS conns, pipeline $p" \
+            "herd=$hv" unit=/s kind=info "target_text=(for scale)" \
+            "note=herd-cli echo-server in a second process answers each line at once: the same client, the same kernel path, no herd logic; herd-server close to this figure is bound by the client and the kernel, not by its own work"
     done
+    stop_herd
 }
 
 # ---- the run ----------------------------------------------------------------------------
