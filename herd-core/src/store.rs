@@ -223,8 +223,13 @@ fn location_field(line: &[u8]) -> &[u8] {
 struct Slot {
     record: Arc<Record>,
     seq: u64,
-    /// Who gave the store this record (the caller's tag, see [`LocationStore::offer_from`]).
-    source: u64,
+}
+
+/// A caller's source tag as the store keeps it: tags beyond 32 bits are kept as 0 (unknown),
+/// which only means such a record may be sent back where it came from, never that one is
+/// left out.
+fn compact_source(source: u64) -> u32 {
+    u32::try_from(source).unwrap_or(0)
 }
 
 /// What offering a record to the store did.
@@ -244,6 +249,9 @@ pub struct LocationStore {
     table: HashTable<u32>,
     /// One slot per client; clients are never removed.
     slots: Vec<Slot>,
+    /// Who gave the store each slot's record (the caller's tag, see
+    /// [`LocationStore::offer_from`]), by slot index; apart to keep a slot 16 bytes.
+    sources: Vec<u32>,
     hasher: FixedState,
     seq: u64,
 }
@@ -264,6 +272,7 @@ impl LocationStore {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
+            sources: Vec::new(),
             hasher: FixedState::with_seed(seed),
             seq: 0,
         }
@@ -292,7 +301,8 @@ impl LocationStore {
         );
         match entry {
             Entry::Occupied(o) => {
-                let slot = &mut slots[*o.get() as usize];
+                let index = *o.get() as usize;
+                let slot = &mut slots[index];
                 if record.precedence(&slot.record) != Ordering::Greater {
                     return Offer::Stale;
                 }
@@ -300,8 +310,8 @@ impl LocationStore {
                 *slot = Slot {
                     record,
                     seq: self.seq,
-                    source,
                 };
+                self.sources[index] = compact_source(source);
             }
             Entry::Vacant(v) => {
                 let Ok(index) = u32::try_from(slots.len()) else {
@@ -312,8 +322,8 @@ impl LocationStore {
                 slots.push(Slot {
                     record,
                     seq: self.seq,
-                    source,
                 });
+                self.sources.push(compact_source(source));
                 v.insert(index);
             }
         }
@@ -361,8 +371,9 @@ impl LocationStore {
         let mut out: Vec<(u64, Arc<Record>)> = self
             .slots
             .iter()
-            .filter(|s| s.seq > seq && (source == 0 || s.source != source))
-            .map(|s| (s.seq, s.record.clone()))
+            .zip(&self.sources)
+            .filter(|(s, &from)| s.seq > seq && (source == 0 || u64::from(from) != source))
+            .map(|(s, _)| (s.seq, s.record.clone()))
             .collect();
         out.sort_unstable_by_key(|(seq, _)| *seq);
         out
@@ -446,6 +457,18 @@ mod tests {
         s.offer(rec("A", "IAMAT c2 +1+1 100", 0));
         let since: Vec<u64> = s.changed_since(8).iter().map(|(q, _)| *q).collect();
         assert_eq!(since, vec![9, 10, 11]);
+    }
+
+    #[test]
+    fn source_tags_beyond_32_bits_never_leave_a_record_out() {
+        let mut s = LocationStore::new(7);
+        let big = u64::from(u32::MAX) + 5;
+        s.offer_from(rec("A", "IAMAT a +1+1 1", 0), big);
+        s.offer_from(rec("A", "IAMAT b +1+1 1", 0), 5);
+        let seqs = |v: Vec<(u64, Arc<Record>)>| v.iter().map(|(q, _)| *q).collect::<Vec<_>>();
+        assert_eq!(seqs(s.changed_since_except(0, big)), vec![1, 2]);
+        assert_eq!(seqs(s.changed_since_except(0, 5)), vec![1]);
+        assert_eq!(seqs(s.changed_since_except(0, 5 + (1 << 32))), vec![1, 2]);
     }
 
     #[test]
