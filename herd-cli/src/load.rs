@@ -327,7 +327,7 @@ struct Worker {
 
 impl Worker {
     async fn connect(&self) -> Result<TcpStream, ErrorKind> {
-        match tokio::time::timeout(self.timeout, TcpStream::connect(&*self.addr)).await {
+        match tokio::time::timeout(self.timeout, connect_spread(&self.addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(s)
@@ -505,6 +505,29 @@ impl Worker {
             }
         }
     }
+}
+
+/// Source addresses used round-robin for connections to a loopback target.
+const LOOPBACK_SOURCES: u32 = 64;
+
+/// Connects to `addr`; to an IPv4 loopback target, from one of several loopback source
+/// addresses in turn. One source address has about 28k ephemeral ports, all held in
+/// TIME_WAIT within seconds of classic load (the client closes first), and the kernel then
+/// spends most of each connect searching for a reusable port: spreading the sources keeps
+/// the load generator from being the bottleneck.
+async fn connect_spread(addr: &str) -> std::io::Result<TcpStream> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(std::net::SocketAddr::V4(target)) = addr.parse::<std::net::SocketAddr>() else {
+        return TcpStream::connect(addr).await;
+    };
+    if !target.ip().is_loopback() {
+        return TcpStream::connect(addr).await;
+    }
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % LOOPBACK_SOURCES;
+    let source = std::net::Ipv4Addr::new(127, 0, 1, u8::try_from(n + 1).unwrap_or(1));
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from((source, 0)))?;
+    socket.connect(std::net::SocketAddr::V4(target)).await
 }
 
 /// Validated settings of a run.
