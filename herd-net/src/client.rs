@@ -231,6 +231,22 @@ impl Conn {
                         info!(addr = %self.addr, %msg, reply = %Escaped(reply), "client message");
                     }
                 }
+                Note::Places if bulk.is_some() => msglog::push_event(
+                    &mut text,
+                    &stamp,
+                    "client message; looking up places",
+                    self.addr,
+                    "msg",
+                    line,
+                ),
+                Note::Herd if bulk.is_some() => msglog::push_event(
+                    &mut text,
+                    &stamp,
+                    "client message; asking the herd",
+                    self.addr,
+                    "msg",
+                    line,
+                ),
                 Note::Places => info!(addr = %self.addr, %msg, "client message; looking up places"),
                 Note::Herd => info!(addr = %self.addr, %msg, "client message; asking the herd"),
             }
@@ -392,8 +408,23 @@ async fn places_reply(
     }
     let mut out = Vec::with_capacity(4096);
     write_whatsat_reply(record.at_line(), result, query.max_items, &mut out);
-    info!(%addr, reply = %Escaped(&out), "client reply");
+    log_reply(shared, addr, &out);
     out
+}
+
+/// Logs a reply that was not ready at once (in bulk when the server has a message log).
+fn log_reply(shared: &Shared, addr: SocketAddr, out: &[u8]) {
+    match &shared.spec.message_log {
+        Some(log) => {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let mut text = Vec::with_capacity(out.len() + out.len() / 8 + 96);
+                msglog::push_timestamp(&mut text, clock::now());
+                msglog::push_event(&mut text, &[], "client reply", addr, "reply", out);
+                log.write_lines(&text);
+            }
+        }
+        None => info!(%addr, reply = %Escaped(out), "client reply"),
+    }
 }
 
 /// Finishes a WHATSAT that waited for the herd's answer about an unknown client.
@@ -422,7 +453,7 @@ async fn herd_reply(
             if out.is_empty() {
                 write_invalid(&line, &mut out);
             }
-            info!(%addr, reply = %Escaped(&out), "client reply");
+            log_reply(shared, addr, &out);
             out
         }
     }

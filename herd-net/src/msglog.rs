@@ -75,6 +75,26 @@ pub fn push_message_with(out: &mut Vec<u8>, stamp: &[u8], prefix: &[u8], msg: &[
     out.push(b'\n');
 }
 
+/// Appends one log line of another per-message event, in the layout `tracing` gives it:
+/// `STAMP  INFO WHAT addr=ADDR FIELD=VALUE` (VALUE escaped).
+pub fn push_event(
+    out: &mut Vec<u8>,
+    stamp: &[u8],
+    what: &str,
+    addr: SocketAddr,
+    field: &str,
+    value: &[u8],
+) {
+    out.reserve(stamp.len() + what.len() + value.len() + 48);
+    out.extend_from_slice(stamp);
+    out.extend_from_slice(b"  INFO ");
+    out.extend_from_slice(what.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, " addr={addr} {field}=");
+    push_escaped(out, value);
+    out.push(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +115,23 @@ mod tests {
         assert_eq!(
             stamp(Timestamp::from_parts(951_782_400 + 86_399, 0)),
             "2000-02-29T23:59:59.000000Z"
+        );
+    }
+
+    #[test]
+    fn an_event_line_has_the_layout_of_tracing() {
+        let mut v = Vec::new();
+        push_event(
+            &mut v,
+            b"T",
+            "client reply",
+            "127.0.0.1:9".parse().unwrap(),
+            "reply",
+            b"AT x\n{\n}\n\n",
+        );
+        assert_eq!(
+            v,
+            b"T  INFO client reply addr=127.0.0.1:9 reply=AT x\\n{\\n}\\n\\n\n"
         );
     }
 
