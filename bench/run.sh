@@ -119,15 +119,23 @@ start_redis() {
 }
 
 declare -A REDIS_N
+REDIS_ERRORS=""
 redis_round() { # redis_round PIPELINE [extra options...]: one round, sets RED (GEOADD/s)
     local p=$1; shift
     local key="$p $*"
     local n=${REDIS_N[$key]:-$((p == 1 ? 100000 * ROUND_S : 500000 * ROUND_S))}
     local out rate
-    out=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$RPORT" -c "$CONNS" -P "$p" -n "$n" \
-        -r "$KEYS" "$@" --csv GEOADD key "$LON" "$LAT" "member:__rand_int__" 2>/dev/null) ||
-        die "redis-benchmark failed"
+    RED=""
+    if ! out=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$RPORT" -c "$CONNS" -P "$p" -n "$n" \
+        -r "$KEYS" "$@" --csv GEOADD key "$LON" "$LAT" "member:__rand_int__" 2>"$TMP/rb.err"); then
+        REDIS_ERRORS+=" $(grep -v WARNING "$TMP/rb.err" | tail -1 | tr -s ' ' | cut -c1-120)"
+        REDIS_ERRORS+=" (exit status: failed);"
+        log "redis-benchmark failed: $(tr '\n' ' ' <"$TMP/rb.err" | cut -c1-300)"
+        sleep 1
+        return 0
+    fi
     rate=$(printf '%s\n' "$out" | tail -1 | cut -d, -f2 | tr -d '"')
+    [[ $rate =~ ^[0-9.]+$ ]] || { REDIS_ERRORS+=" unreadable output: ${out:0:80};"; return 0; }
     # Size the next round so it lasts about ROUND_S seconds.
     REDIS_N[$key]=$(python3 -c "print(max(20000, int(float('$rate') * $ROUND_S)))")
     RED=$rate
@@ -215,6 +223,7 @@ bench_single() { # bench_single LEVEL LABEL
     local level=$1 label=$2 p herd red errs_total=0 note
     start_herd single "$level"
     for p in 1 16; do
+        REDIS_ERRORS=""
         local hv="" rv="" r
         for ((r = 1; r <= ROUNDS; r++)); do
             herd_load "$TMP/l.json" --to Goloman load -c "$CONNS" -d "$p" --duration "${ROUND_S}s" --fresh -k "$KEYS"
@@ -222,9 +231,10 @@ bench_single() { # bench_single LEVEL LABEL
             errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
             hv+=" $herd"; trim_logs
             if [[ -z $label ]]; then redis_round "$p"; red=$RED; rv+=" $red"; fi
+            red=${red:-failed}
             log "one server, pipeline $p$label, round $r: herd $herd/s${red:+, redis $red/s}"
         done
-        note="herd-cli load -c $CONNS -d $p --fresh -k $KEYS (every IAMAT stored); redis-benchmark -c $CONNS -P $p -r $KEYS GEOADD (redis $REDIS_VERSION); errors: $errs_total"
+        note="herd-cli load -c $CONNS -d $p --fresh -k $KEYS (every IAMAT stored); redis-benchmark -c $CONNS -P $p -r $KEYS GEOADD (redis $REDIS_VERSION); errors: $errs_total${REDIS_ERRORS:+; redis-benchmark failures (rounds left out): $REDIS_ERRORS}"
         if [[ -z $label ]]; then
             row "order=$p" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p" "herd=$hv" "ref=$rv" unit=/s \
                 "ref_label=Redis GEOADD" kind=ratio_ge target=1.0 "target_text=≥ 1.0× Redis" "note=$note"
@@ -237,18 +247,19 @@ bench_single() { # bench_single LEVEL LABEL
     done
     if [[ -z $label ]]; then
         local hv="" rv="" r herd red
+        REDIS_ERRORS=""
         for ((r = 1; r <= ROUNDS; r++)); do
             herd_load "$TMP/l.json" --to Goloman load --mode classic -c "$CONNS" --duration "${ROUND_S}s" --fresh -k "$KEYS"
             herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
             errs_total=$(load_errors "$TMP/l.json")
             hv+=" $herd"; trim_logs
-            redis_round 1 -k 0; red=$RED; rv+=" $red"
+            redis_round 1 -k 0; red=${RED:-failed}; rv+=" $RED"
             log "one server, classic, round $r: herd $herd/s, redis -k 0 $red/s (load errors $errs_total)"
         done
         row order=20 "figure=T3: 1 server, classic clients (connect, IAMAT, half-close, read), $CONNS at once" \
             "herd=$hv" "ref=$rv" unit=/s "ref_label=Redis GEOADD, -k 0: new connection per request" \
             kind=abs_ge target=25000 "target_text=≥ 25,000/s" \
-            "note=herd-cli load --mode classic -c $CONNS; redis-benchmark -k 0 -c $CONNS (reference only: a redis client does not half-close and wait for the close)"
+            "note=herd-cli load --mode classic -c $CONNS; redis-benchmark -k 0 -c $CONNS (reference only: a redis client does not half-close and wait for the close)${REDIS_ERRORS:+; redis-benchmark failures (rounds left out): $REDIS_ERRORS}"
     fi
     stop_herd
 }
