@@ -2,7 +2,7 @@
 # herd benchmark (issue 6): every figure of the issue in one run on one machine, written
 # as a Markdown table to bench/results.md and printed. See bench/README.md.
 #
-#   bench/run.sh              full run (about 6–8 minutes on 2 cores)
+#   bench/run.sh              full run (about 4–5 minutes on 2 cores, build included when incremental)
 #   QUICK=1 bench/run.sh      quick run (under 3 minutes)
 #
 # Environment (defaults in brackets, QUICK values after the slash):
