@@ -49,15 +49,20 @@ fn bad(what: &str, value: &str, hint: &str) -> Failure {
     Failure::usage(format!("bad {what} {value:?}: {hint}"))
 }
 
-/// `iamat`: one IAMAT, half-close, print the reply.
-pub(crate) async fn iamat(g: &Global, a: IamatArgs) -> Result<u8, Failure> {
-    let client = ClientId::new(a.client.as_bytes()).map_err(|_| {
+/// Validates a client id given on the command line.
+fn client_id(text: &str) -> Result<ClientId, Failure> {
+    ClientId::new(text.as_bytes()).map_err(|_| {
         bad(
             "client id",
-            &a.client,
+            text,
             "it must be non-empty, without white space",
         )
-    })?;
+    })
+}
+
+/// `iamat`: one IAMAT, half-close, print the reply.
+pub(crate) async fn iamat(g: &Global, a: IamatArgs) -> Result<u8, Failure> {
+    let client = client_id(&a.client)?;
     let location = Location::parse(a.location.as_bytes()).map_err(|_| {
         bad(
             "location",
@@ -86,13 +91,7 @@ pub(crate) async fn iamat(g: &Global, a: IamatArgs) -> Result<u8, Failure> {
 
 /// `whatsat`: one WHATSAT, half-close, print the AT line and the JSON.
 pub(crate) async fn whatsat(g: &Global, a: WhatsatArgs) -> Result<u8, Failure> {
-    let client = ClientId::new(a.client.as_bytes()).map_err(|_| {
-        bad(
-            "client id",
-            &a.client,
-            "it must be non-empty, without white space",
-        )
-    })?;
+    let client = client_id(&a.client)?;
     RadiusKm::parse(a.radius_km.as_bytes()).map_err(|_| {
         bad(
             "radius",
