@@ -74,9 +74,11 @@ fn server_bin() -> Option<PathBuf> {
     .clone()
 }
 
-/// A free loopback port below the ephemeral range (32768 and up on Linux), so no outgoing
-/// connection of a parallel test can take it between this check and the server's bind.
-fn free_port() -> u16 {
+/// A free loopback address: a random address in 127.0.0.0/8 (other than 127.0.0.x, where the
+/// kernel's ephemeral binds live) and a port below the ephemeral range (32768 and up on Linux).
+/// Parallel tests each draw their own address, so two of them cannot pick the same one between
+/// this check and the server's bind.
+fn free_addr() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let seed = std::process::id()
         ^ std::time::SystemTime::now()
@@ -85,10 +87,12 @@ fn free_port() -> u16 {
     loop {
         let n = seed
             .wrapping_mul(2_654_435_761)
-            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
-        let port = 20_000 + u16::try_from(n % 12_000).unwrap();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_mul(40_503));
+        let [a, b, c, _] = n.to_le_bytes();
+        let ip = std::net::Ipv4Addr::new(127, 1 + a % 254, 1 + b % 254, 1 + c % 254);
+        let port = 20_000 + u16::try_from((n >> 8) % 12_000).unwrap();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return format!("{ip}:{port}");
         }
     }
 }
@@ -116,10 +120,8 @@ impl Herd {
 
     fn try_start(bin: &std::path::Path, names: &[&str], links: &[(&str, &str)]) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let addrs: BTreeMap<String, String> = names
-            .iter()
-            .map(|n| (n.to_string(), format!("127.0.0.1:{}", free_port())))
-            .collect();
+        let addrs: BTreeMap<String, String> =
+            names.iter().map(|n| (n.to_string(), free_addr())).collect();
         let servers: Vec<String> = names
             .iter()
             .map(|n| format!("\"{n}\": \"{}\"", addrs[*n]))

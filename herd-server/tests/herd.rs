@@ -298,12 +298,12 @@ async fn pair_with_secrets(
     a_secret: &str,
     b_secret: &str,
 ) -> (herd_server::Herd, herd_server::Herd) {
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (free_addr(), free_addr());
     let nonce = unique_secret();
     let cfg = |secret: &str| {
         let secret = format!("{secret}-{nonce}");
         format!(
-            "{{\"servers\": {{\"A\": \"127.0.0.1:{pa}\", \"B\": \"127.0.0.1:{pb}\"}}, \"links\": [[\"A\", \"B\"]], \"secret\": \"{secret}\"}}"
+            "{{\"servers\": {{\"A\": \"{pa}\", \"B\": \"{pb}\"}}, \"links\": [[\"A\", \"B\"]], \"secret\": \"{secret}\"}}"
         )
     };
     let ca = herd_server::HerdConfig::parse(&cfg(a_secret)).unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, HERD, LINKS};
+use common::{free_addr, HERD, LINKS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
 
@@ -27,8 +27,7 @@ impl Layout {
         let mut stats = HashMap::new();
         let mut servers = Vec::new();
         for n in names {
-            let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let s: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let (a, s) = (free_addr(), free_addr());
             servers.push(format!(
                 "\"{n}\": {{\"addr\": \"{a}\", \"stats\": \"{s}\"}}"
             ));

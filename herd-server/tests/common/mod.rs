@@ -148,14 +148,24 @@ pub fn assert_at(line: &[u8], server: &str, client: &str, loc: &str, time: &str)
     assert_eq!(frac.len(), 9, "nine decimals: {diff}");
 }
 
-/// A free port below the kernel's ephemeral range (32768+ on Linux), so that no outgoing
-/// connection of a parallel test can take it between this check and the server's bind.
-pub fn free_port() -> u16 {
+/// A free loopback address for a server that a test starts: a random address in 127.0.0.0/8
+/// (other than 127.0.0.x, where the kernel's ephemeral binds live) and a port below the
+/// ephemeral range (32768+ on Linux). Parallel tests each draw their own address, so two of them
+/// can no longer pick the same port between this check and the server's bind, and a server that
+/// a test stops and restarts finds its address still free.
+pub fn free_addr() -> std::net::SocketAddr {
     for _ in 0..1000 {
+        let ip = std::net::Ipv4Addr::new(
+            127,
+            1 + rand::random::<u8>() % 254,
+            1 + rand::random::<u8>() % 254,
+            1 + rand::random::<u8>() % 254,
+        );
         let port = 20_000 + rand::random::<u16>() % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let addr = std::net::SocketAddr::from((ip, port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
         }
     }
-    panic!("no free port below the ephemeral range")
+    panic!("no free loopback address")
 }
