@@ -31,6 +31,12 @@ impl PeerSink for EncodingSink {
         msg.encode(&mut self.0);
         Ok(())
     }
+
+    fn backlog(&self, _to: PeerId) -> usize {
+        0
+    }
+
+    fn notify_drained(&mut self, _to: PeerId) {}
 }
 
 fn record(client: &str, t: u64) -> Arc<Record> {

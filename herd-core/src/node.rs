@@ -11,7 +11,10 @@
 //!   can circulate (each record changes each store at most once);
 //! - when a link comes up both sides send a [`PeerMsg::Digest`] naming how much of the other's
 //!   local log they have seen; each answers with the records changed since then and a
-//!   [`PeerMsg::Synced`]. A reconnect costs what the other side missed, not the whole store;
+//!   [`PeerMsg::Synced`]. A reconnect costs what the other side missed, not the whole store.
+//!   The delta is paced by the sink's backlog ([`NodeConfig::resync_window`]): however large
+//!   it is, it never fills the link's queue, and live updates for that neighbour wait in the
+//!   delta (they join it in log order) until it is through;
 //! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
 //!   its spanning tree (an echo wave) and is answered by a deadline.
 
@@ -29,6 +32,8 @@ use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 /// Default bound on herd queries a node tracks at once.
 pub const DEFAULT_MAX_QUERIES: usize = 4096;
+/// Default backlog (bytes) up to which a reconciliation delta is queued for a neighbour.
+pub const DEFAULT_RESYNC_WINDOW: usize = 1 << 20;
 
 /// What a node needs to know about itself.
 #[derive(Debug, Clone)]
@@ -41,6 +46,11 @@ pub struct NodeConfig {
     pub query_timeout: Duration,
     /// How many herd queries may be tracked at once (each is dropped at its deadline).
     pub max_queries: usize,
+    /// A reconciliation delta is handed to the sink only while the neighbour's backlog
+    /// ([`PeerSink::backlog`]) is below this many bytes; the rest follows when the sink
+    /// reports the queue taken ([`Node::handle_link_drained`]). Keep it well below the
+    /// adapter's queue bound.
+    pub resync_window: usize,
 }
 
 impl NodeConfig {
@@ -51,6 +61,7 @@ impl NodeConfig {
             neighbours,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: DEFAULT_MAX_QUERIES,
+            resync_window: DEFAULT_RESYNC_WINDOW,
         }
     }
 }
@@ -124,7 +135,8 @@ pub struct NodeStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LinkState {
     Down,
-    /// Up, digest sent, the peer's digest not yet answered: live updates wait for the delta.
+    /// Up, digest sent, the peer's digest not yet answered, or its delta not yet all handed to
+    /// the sink: live updates wait for the delta (which will carry them).
     Syncing,
     Up,
 }
@@ -138,6 +150,17 @@ struct Link {
     seen: u64,
     /// The store's source tag for records from this peer's incarnation (0 before its digest).
     source: u64,
+    /// The delta being sent to the peer, when one is under way.
+    resync: Option<Resync>,
+}
+
+/// A reconciliation delta on its way to a neighbour.
+#[derive(Debug, Clone, Default)]
+struct Resync {
+    /// Records still to send, in log order.
+    pending: VecDeque<(u64, Arc<Record>)>,
+    /// The highest log position covered so far: what changed after it is sent next.
+    covered: u64,
 }
 
 type QueryKey = (ServerName, u64);
@@ -178,6 +201,7 @@ impl<S: PeerSink> Node<S> {
                 peer_epoch: 0,
                 seen: 0,
                 source: 0,
+                resync: None,
             };
             cfg.neighbours.len()
         ];
@@ -358,6 +382,7 @@ impl<S: PeerSink> Node<S> {
             self.stats.send_failures += 1;
             if let Some(link) = self.links.get_mut(to.0) {
                 link.state = LinkState::Down;
+                link.resync = None;
             }
         }
     }
@@ -389,6 +414,7 @@ impl<S: PeerSink> Node<S> {
             return;
         };
         link.state = LinkState::Down;
+        link.resync = None;
         let waiting: Vec<QueryKey> = self
             .queries
             .iter()
@@ -468,16 +494,60 @@ impl<S: PeerSink> Node<S> {
             link.source = self.last_source;
         }
         let since = if your_epoch == self.epoch { seen } else { 0 };
-        // What this incarnation of the peer sent us, it holds (or something newer): no echo.
-        let source = link.source;
-        for (seq, record) in self.store.changed_since_except(since, source) {
-            self.stats.updates_sent += 1;
-            self.send(from, &PeerMsg::Update { seq, record });
+        link.state = LinkState::Syncing;
+        link.resync = Some(Resync {
+            pending: VecDeque::new(),
+            covered: since,
+        });
+        self.continue_resync(from);
+    }
+
+    /// The sink has taken what was queued for `peer` (after [`PeerSink::notify_drained`]):
+    /// the reconciliation delta under way, if any, goes on.
+    pub fn handle_link_drained(&mut self, _now: Timestamp, peer: PeerId) {
+        if self.links.get(peer.0).is_some_and(|l| l.resync.is_some()) {
+            self.continue_resync(peer);
         }
-        let seq = self.store.seq();
-        self.send(from, &PeerMsg::Synced { seq });
-        if self.links[from.0].state == LinkState::Syncing {
-            self.links[from.0].state = LinkState::Up;
+    }
+
+    /// Hands the delta to the sink while the peer's backlog is below the window. When the
+    /// window is full it asks the sink to say when the queue is taken; when the delta is
+    /// through (including what changed meanwhile) it sends `Synced` and the link is up.
+    fn continue_resync(&mut self, peer: PeerId) {
+        loop {
+            let link = &mut self.links[peer.0];
+            let Some(resync) = link.resync.as_mut() else {
+                return;
+            };
+            if resync.pending.is_empty() {
+                // What changed since the last snapshot, leaving out what this incarnation of
+                // the peer sent us: it holds that (or something newer), so no echo.
+                let more = self.store.changed_since_except(resync.covered, link.source);
+                if more.is_empty() {
+                    link.resync = None;
+                    link.state = LinkState::Up;
+                    let seq = self.store.seq();
+                    self.send(peer, &PeerMsg::Synced { seq });
+                    return;
+                }
+                resync.pending = more.into();
+            }
+            if self.sink.backlog(peer) >= self.cfg.resync_window {
+                self.sink.notify_drained(peer);
+                return;
+            }
+            let Some((seq, record)) = self.links[peer.0]
+                .resync
+                .as_mut()
+                .and_then(|r| r.pending.pop_front())
+            else {
+                return;
+            };
+            if let Some(r) = self.links[peer.0].resync.as_mut() {
+                r.covered = seq;
+            }
+            self.stats.updates_sent += 1;
+            self.send(peer, &PeerMsg::Update { seq, record });
         }
     }
 

@@ -50,6 +50,15 @@ pub trait PeerSink {
     /// # Errors
     /// See [`PeerSendError`].
     fn send(&mut self, to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError>;
+
+    /// Bytes queued for `to` that the transport has not taken yet (0 when unknown or down).
+    /// The node paces a reconciliation by it, so that a large delta never fills the queue.
+    fn backlog(&self, to: PeerId) -> usize;
+
+    /// Asks the adapter to call [`crate::Node::handle_link_drained`] for `to` once it has
+    /// taken what is queued for `to` now (at most once per request; the request dies with
+    /// the link's session).
+    fn notify_drained(&mut self, to: PeerId);
 }
 
 /// A "what is near" question for a Places service.

@@ -76,12 +76,28 @@ pub struct RecordingPeerSink {
     pub sent: Vec<(PeerId, PeerMsg)>,
     /// Peers whose sends fail with [`PeerSendError::Backlogged`].
     pub refusing: Vec<PeerId>,
+    /// When set, encoded bytes sent to each peer count as its backlog until [`Self::drain`];
+    /// when not, the backlog is always 0 (an infinitely fast transport).
+    pub track_backlog: bool,
+    /// Encoded bytes sent per peer since its last [`Self::drain`] (with `track_backlog`).
+    pub queued: Vec<(PeerId, usize)>,
+    /// Peers for which the node asked to be told when their queue is taken, in order.
+    pub drain_requests: Vec<PeerId>,
 }
 
 impl RecordingPeerSink {
     /// Takes the recorded messages.
     pub fn take(&mut self) -> Vec<(PeerId, PeerMsg)> {
         std::mem::take(&mut self.sent)
+    }
+
+    /// The transport took everything queued for `peer`: its backlog is 0 again. Returns
+    /// whether the node had asked to hear of it (the request is consumed).
+    pub fn drain(&mut self, peer: PeerId) -> bool {
+        self.queued.retain(|(p, _)| *p != peer);
+        let asked = self.drain_requests.contains(&peer);
+        self.drain_requests.retain(|p| *p != peer);
+        asked
     }
 }
 
@@ -90,8 +106,29 @@ impl PeerSink for RecordingPeerSink {
         if self.refusing.contains(&to) {
             return Err(PeerSendError::Backlogged);
         }
+        if self.track_backlog {
+            let mut line = Vec::new();
+            msg.encode(&mut line);
+            match self.queued.iter_mut().find(|(p, _)| *p == to) {
+                Some((_, n)) => *n += line.len(),
+                None => self.queued.push((to, line.len())),
+            }
+        }
         self.sent.push((to, msg.clone()));
         Ok(())
+    }
+
+    fn backlog(&self, to: PeerId) -> usize {
+        self.queued
+            .iter()
+            .find(|(p, _)| *p == to)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn notify_drained(&mut self, to: PeerId) {
+        if !self.drain_requests.contains(&to) {
+            self.drain_requests.push(to);
+        }
     }
 }
 

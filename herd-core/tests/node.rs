@@ -75,3 +75,150 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
     );
     assert!(out.is_empty());
 }
+
+/// A node holding `n` records of its own clients, with one neighbour `B` (down).
+fn node_with_records(n: usize, window: usize) -> Node<RecordingPeerSink> {
+    let mut cfg = NodeConfig::new(name("A"), vec![name("B")]);
+    cfg.resync_window = window;
+    let sink = RecordingPeerSink {
+        track_backlog: true,
+        ..RecordingPeerSink::default()
+    };
+    let mut a = Node::new(cfg, sink, &mut SeededIds::new(7));
+    let mut out = Vec::new();
+    for i in 0..n {
+        let line = format!("IAMAT c{i} +1+1 {i}");
+        a.handle_client_line(Timestamp(1), line.as_bytes(), &mut out);
+    }
+    a
+}
+
+fn update_seqs(sent: &[(PeerId, PeerMsg)]) -> Vec<u64> {
+    sent.iter()
+        .filter_map(|(_, m)| match m {
+            PeerMsg::Update { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn encoded_len(msgs: &[(PeerId, PeerMsg)]) -> usize {
+    let mut buf = Vec::new();
+    for (_, m) in msgs {
+        m.encode(&mut buf);
+    }
+    buf.len()
+}
+
+#[test]
+fn a_large_delta_is_paced_by_the_backlog_and_live_updates_join_it_in_order() {
+    let window = 2_000;
+    let mut a = node_with_records(1_000, window);
+    a.handle_link_up(Timestamp(2), PeerId(0));
+    let digest = |seen| PeerMsg::Digest {
+        epoch: 9,
+        your_epoch: 0,
+        seen,
+    };
+    a.handle_peer_msg(Timestamp(2), PeerId(0), digest(0));
+    let mut all = Vec::new();
+    let mut rounds = 0;
+    let mut live = 1_000;
+    loop {
+        let batch = a.sink_mut().take();
+        // Never more than the window plus the one message that crossed it.
+        assert!(encoded_len(&batch) < window + 100, "batch too large");
+        all.extend(batch.iter().cloned());
+        if batch
+            .iter()
+            .any(|(_, m)| matches!(m, PeerMsg::Synced { .. }))
+        {
+            break;
+        }
+        assert!(!a.is_linked(PeerId(0)), "still reconciling");
+        // A client update during the delta is not sent on its own: the delta carries it.
+        let mut out = Vec::new();
+        let line = format!("IAMAT c{live} +1+1 {live}");
+        a.handle_client_line(Timestamp(3), line.as_bytes(), &mut out);
+        live += 1;
+        assert!(a.sink().sent.is_empty(), "live update overtook the delta");
+        assert!(
+            a.sink_mut().drain(PeerId(0)),
+            "the node asked to hear of the drain"
+        );
+        a.handle_link_drained(Timestamp(3), PeerId(0));
+        rounds += 1;
+        assert!(rounds < 1_000, "the delta never ends");
+    }
+    assert!(
+        rounds >= 20,
+        "a 1000-record delta took only {rounds} windows"
+    );
+    let seqs = update_seqs(&all);
+    let expected: Vec<u64> = (1..=u64::try_from(live).unwrap()).collect();
+    assert_eq!(seqs, expected, "every record once, in log order");
+    assert_eq!(
+        all.last().map(|(_, m)| m.clone()),
+        Some(PeerMsg::Synced {
+            seq: a.store().seq()
+        })
+    );
+    assert!(a.is_linked(PeerId(0)));
+    // Now up: a live update goes out at once.
+    let mut out = Vec::new();
+    a.handle_client_line(Timestamp(4), b"IAMAT late +1+1 1", &mut out);
+    assert_eq!(update_seqs(&a.sink_mut().take()), vec![a.store().seq()]);
+}
+
+#[test]
+fn a_delta_cut_by_a_link_drop_resumes_from_what_the_peer_saw() {
+    let mut a = node_with_records(300, 1_500);
+    a.handle_link_up(Timestamp(2), PeerId(0));
+    let epoch = a.epoch();
+    a.handle_peer_msg(
+        Timestamp(2),
+        PeerId(0),
+        PeerMsg::Digest {
+            epoch: 9,
+            your_epoch: 0,
+            seen: 0,
+        },
+    );
+    let first = update_seqs(&a.sink_mut().take());
+    assert!(!first.is_empty() && first.len() < 300, "{}", first.len());
+    let seen = *first.last().unwrap();
+    // The link drops before the drain: the request dies with the session.
+    a.handle_link_down(Timestamp(3), PeerId(0));
+    a.handle_link_drained(Timestamp(3), PeerId(0));
+    assert!(
+        a.sink_mut().take().is_empty(),
+        "nothing sent on a dead link"
+    );
+    a.sink_mut().drain(PeerId(0));
+    // A new session: the peer saw up to `seen` of this incarnation's log.
+    a.handle_link_up(Timestamp(4), PeerId(0));
+    a.sink_mut().take();
+    a.handle_peer_msg(
+        Timestamp(4),
+        PeerId(0),
+        PeerMsg::Digest {
+            epoch: 9,
+            your_epoch: epoch,
+            seen,
+        },
+    );
+    let mut rest = Vec::new();
+    loop {
+        let batch = a.sink_mut().take();
+        rest.extend(update_seqs(&batch));
+        if batch
+            .iter()
+            .any(|(_, m)| matches!(m, PeerMsg::Synced { .. }))
+        {
+            break;
+        }
+        a.sink_mut().drain(PeerId(0));
+        a.handle_link_drained(Timestamp(5), PeerId(0));
+    }
+    assert_eq!(rest, (seen + 1..=300).collect::<Vec<_>>());
+}

@@ -94,10 +94,11 @@ fn random_config(rng: &mut Rng, servers: usize) -> SimConfig {
         ..SimConfig::default()
     };
     if rng.percent(30) {
-        // Few clients and short queues, with room for one whole reconciliation (every client,
-        // a Digest and a Synced), so that a link that overflows can still make progress.
-        cfg.max_clients = rng.range(1, 12);
-        cfg.queue_cap = Some((cfg.max_clients + 2 + rng.range(0, 3)) as usize);
+        // Short queues, often shorter than a whole reconciliation: the delta is paced by a
+        // window of zero to three messages, so a link that overflows still makes progress.
+        cfg.max_clients = rng.range(1, 40);
+        cfg.queue_cap = Some(rng.range(4, 8) as usize);
+        cfg.resync_window = rng.range(0, 200) as usize;
         cfg.delay.1 = rng.range(20, 150) * MS;
         // Slow links: the deadline leaves the echo wave time for the longest possible path
         // out and back (the settled herd checks that the wave, not the deadline, answers).
@@ -547,6 +548,26 @@ fn herd_queries_are_bounded_by_max_queries_and_forgotten_at_their_deadline() {
     }
     assert_eq!(sim.pending_queries(), 0);
     sim.check_settled();
+}
+
+#[test]
+fn a_delta_far_larger_than_the_peer_queue_is_paced_and_the_herd_converges() {
+    // 60 clients, queues of 6 messages: a whole delta could never fit, so without pacing the
+    // link would overflow on every reconnect and never synchronise.
+    for seed in 1..=10u64 {
+        let cfg = SimConfig {
+            queue_cap: Some(6),
+            resync_window: 120,
+            max_clients: 60,
+            delay: (MS, 5 * MS),
+            flap_percent: 20,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
+        sim.chaos(300);
+        sim.settle(10_000_000);
+        sim.check_settled();
+    }
 }
 
 #[test]

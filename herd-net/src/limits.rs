@@ -8,11 +8,14 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = crate::codec::DEFAULT_MAX_LINE;
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default idle time after which a silent client connection is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default bound on bytes queued for one peer before its link is dropped: 256 MiB.
+/// Default bound on bytes queued for one peer before its link is dropped: 64 MiB (about
+/// half a second of the fastest flood measured, 125k updates/s of ~100 bytes, to every link).
 ///
-/// Reconciliation queues every record a neighbour missed at once, so the bound must exceed the
-/// largest store to resynchronise (about 100 bytes per client): 256 MiB covers ~2.5 M clients.
-pub const DEFAULT_PEER_QUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// A reconciliation delta does not count against it: it is queued a window at a time.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default reconciliation window: a delta is queued for a neighbour while less than 1 MiB is
+/// waiting for it; the rest follows as the link's writer takes the queue.
+pub const DEFAULT_RESYNC_WINDOW_BYTES: usize = 1024 * 1024;
 /// Default time a Places lookup may take before the WHATSAT gets the `UNKNOWN_ERROR` JSON.
 pub const DEFAULT_PLACES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time shutdown waits for replies in flight before giving up.
@@ -31,6 +34,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most bytes queued for one peer; on overflow the link is dropped and later reconciled.
     pub peer_queue_bytes: usize,
+    /// A reconciliation delta is queued for a peer only while less than this is waiting for
+    /// it (in effect at most a quarter of `peer_queue_bytes`; see [`Limits::resync_window`]).
+    pub resync_window_bytes: usize,
     /// Longest wait for a Places answer.
     pub places_timeout: Duration,
     /// Longest wait, at shutdown, for replies in flight and links to flush.
@@ -44,6 +50,7 @@ impl Default for Limits {
             max_clients: DEFAULT_MAX_CLIENTS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            resync_window_bytes: DEFAULT_RESYNC_WINDOW_BYTES,
             places_timeout: DEFAULT_PLACES_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
@@ -54,5 +61,11 @@ impl Limits {
     /// The longest peer line accepted under these limits.
     pub fn max_peer_line(&self) -> usize {
         self.max_line_bytes.saturating_add(PEER_LINE_SLACK)
+    }
+
+    /// The reconciliation window in effect: `resync_window_bytes`, but at most a quarter of
+    /// `peer_queue_bytes`, so that a delta always leaves room in the queue for live updates.
+    pub fn resync_window(&self) -> usize {
+        self.resync_window_bytes.min(self.peer_queue_bytes / 4)
     }
 }

@@ -411,6 +411,13 @@ impl Session {
     async fn write_loop(self, mut write: OwnedWriteHalf, queue: Arc<PeerQueue>) {
         let mut chunk = Vec::with_capacity(64 * 1024);
         let reason = loop {
+            if queue.take_drain_request() {
+                // The node paces a reconciliation delta: let it queue the next window while
+                // this task writes the one it takes below.
+                let mut core = self.shared.lock();
+                core.node.handle_link_drained(clock::now(), self.peer);
+                core.drain_events();
+            }
             match queue.take(&mut chunk) {
                 Take::Data => {
                     tokio::select! {

@@ -318,11 +318,9 @@ pub fn start(
         );
     });
     let names: Vec<ServerName> = spec.neighbours.iter().map(|n| n.name.clone()).collect();
-    let node = Node::new(
-        NodeConfig::new(spec.name.clone(), names.clone()),
-        TcpPeerSink::new(names.len()),
-        &mut RandomIds,
-    );
+    let mut node_cfg = NodeConfig::new(spec.name.clone(), names.clone());
+    node_cfg.resync_window = spec.limits.resync_window();
+    let node = Node::new(node_cfg, TcpPeerSink::new(names.len()), &mut RandomIds);
     let links = names
         .iter()
         .map(|_| LinkSlot {

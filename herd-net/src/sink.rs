@@ -6,7 +6,12 @@
 //! call. When a buffer would exceed its bound the queue is *poisoned*: its content is thrown
 //! away, the writer stops without sending anything more of that session, and the link is
 //! dropped; reconciliation on reconnect repairs what was lost.
+//!
+//! A reconciliation delta never gets near that bound: the node hands it over a window at a
+//! time ([`PeerSink::backlog`]) and asks to hear when the writer has taken the queue
+//! ([`PeerSink::notify_drained`]); the writer then calls `Node::handle_link_drained`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use herd_core::{PeerId, PeerMsg, PeerSendError, PeerSink};
@@ -18,6 +23,8 @@ pub struct PeerQueue {
     inner: Mutex<QueueInner>,
     wake: Notify,
     max_bytes: usize,
+    /// The node asked to hear when the writer has taken what is queued.
+    drain_wanted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +56,7 @@ impl PeerQueue {
             inner: Mutex::new(QueueInner::default()),
             wake: Notify::new(),
             max_bytes,
+            drain_wanted: AtomicBool::new(false),
         })
     }
 
@@ -111,6 +119,18 @@ impl PeerQueue {
     pub fn queued(&self) -> usize {
         self.lock().buf.len()
     }
+
+    /// Asks the writer to report when it has taken what is queued (wakes it, so that the
+    /// request is seen even when the queue was taken just before).
+    pub fn want_drain(&self) {
+        self.drain_wanted.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Takes the drain request, if any: the writer then calls the node.
+    pub fn take_drain_request(&self) -> bool {
+        self.drain_wanted.swap(false, Ordering::AcqRel)
+    }
 }
 
 /// The node's [`PeerSink`]: one optional queue per neighbour (present while its link is up).
@@ -153,6 +173,19 @@ impl PeerSink for TcpPeerSink {
         let queue = slot.as_ref().ok_or(PeerSendError::Down)?;
         queue.push(msg)
     }
+
+    fn backlog(&self, to: PeerId) -> usize {
+        self.queues
+            .get(to.0)
+            .and_then(Option::as_ref)
+            .map_or(0, |q| q.queued())
+    }
+
+    fn notify_drained(&mut self, to: PeerId) {
+        if let Some(q) = self.queues.get(to.0).and_then(Option::as_ref) {
+            q.want_drain();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +227,24 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out), Take::Closed { overflowed: true });
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn backlog_counts_untaken_bytes_and_a_drain_request_is_taken_once() {
+        let q = PeerQueue::new(1000);
+        let mut sink = TcpPeerSink::new(1);
+        assert_eq!(sink.backlog(PeerId(0)), 0, "down: nothing queued");
+        sink.notify_drained(PeerId(0));
+        sink.attach(PeerId(0), q.clone());
+        assert!(!q.take_drain_request(), "a request on a down link is void");
+        sink.send(PeerId(0), &PeerMsg::Synced { seq: 12 }).unwrap();
+        assert_eq!(sink.backlog(PeerId(0)), 5);
+        sink.notify_drained(PeerId(0));
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out), Take::Data);
+        assert_eq!(sink.backlog(PeerId(0)), 0);
+        assert!(q.take_drain_request());
+        assert!(!q.take_drain_request());
     }
 
     #[test]

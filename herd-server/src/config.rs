@@ -6,7 +6,8 @@
 //!  "links": [["A", "B"]],
 //!  "secret": "optional shared secret",
 //!  "limits": {"max_line_bytes": 65536, "max_clients": 10000, "idle_timeout_ms": 300000,
-//!             "peer_queue_bytes": 67108864, "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
+//!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
+//!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
 //! ```
 //! Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
 //! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
@@ -156,6 +157,7 @@ struct RawLimits {
     max_clients: Option<usize>,
     idle_timeout_ms: Option<u64>,
     peer_queue_bytes: Option<usize>,
+    resync_window_bytes: Option<usize>,
     places_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
@@ -242,6 +244,11 @@ impl RawLimits {
                 self.peer_queue_bytes,
                 limits::DEFAULT_PEER_QUEUE_BYTES,
                 "peer_queue_bytes",
+            )?,
+            resync_window_bytes: positive(
+                self.resync_window_bytes,
+                limits::DEFAULT_RESYNC_WINDOW_BYTES,
+                "resync_window_bytes",
             )?,
             places_timeout: ms(
                 self.places_timeout_ms,
@@ -430,7 +437,8 @@ mod tests {
         let c = HerdConfig::parse(
             r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
                 "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
-                           "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7}}"#,
+                           "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7,
+                           "resync_window_bytes": 8}}"#,
         )
         .unwrap();
         let a = &c.servers[0];
@@ -447,6 +455,8 @@ mod tests {
         assert_eq!(l.idle_timeout, Duration::from_millis(4));
         assert_eq!(l.places_timeout, Duration::from_millis(6));
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
+        assert_eq!(l.resync_window_bytes, 8);
+        assert_eq!(l.resync_window(), 1, "at most a quarter of the peer queue");
     }
 
     #[test]

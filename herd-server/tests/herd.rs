@@ -354,6 +354,44 @@ async fn peers_with_the_same_secret_link_and_a_wrong_secret_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_far_larger_than_the_peer_queue_is_paced_through_it() {
+    // 5000 records (~300 KB of updates) to a neighbour through an 8 KiB queue: the delta is
+    // queued 1 KiB at a time as the writer takes it, so the queue never overflows.
+    let (pa, pb) = (free_addr(), free_addr());
+    let json = format!(
+        "{{\"servers\": {{\"A\": \"{pa}\", \"B\": \"{pb}\"}}, \"links\": [[\"A\", \"B\"]], \
+         \"secret\": \"{}\", \"limits\": {{\"peer_queue_bytes\": 8192, \"resync_window_bytes\": 1024}}}}",
+        unique_secret()
+    );
+    let config = herd_server::HerdConfig::parse(&json).unwrap();
+    let name = |i: usize| config.servers[i].name.clone();
+    let a = herd_server::start(&config, &[name(0)], static_places(), "static")
+        .await
+        .unwrap();
+    let mut input = Vec::new();
+    for i in 0..5000u32 {
+        input.extend_from_slice(format!("IAMAT resync{i} +1+1 {i}\n").as_bytes());
+    }
+    let a_addr = a.servers()[0].local_addr();
+    assert_eq!(lines(&exchange(a_addr, &input).await).len(), 5000);
+    // B starts only now, on the port the config gave it, and asks A for everything.
+    let b = herd_server::start(&config, &[name(1)], static_places(), "static")
+        .await
+        .unwrap();
+    let converged = eventually(Duration::from_secs(20), || {
+        let (sa, sb) = (a.servers()[0].stats(), b.servers()[0].stats());
+        sb.records == 5000 && sb.digest == sa.digest && sa.links_up.len() == 1
+    })
+    .await;
+    let (sa, sb) = (a.servers()[0].stats(), b.servers()[0].stats());
+    assert!(converged, "B holds {} of 5000 records", sb.records);
+    assert_eq!(sa.node.send_failures, 0, "A's queue never overflowed");
+    assert_eq!(sa.node.updates_sent, 5000, "each record sent once");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_queue_overflow_drops_the_link_and_reconciliation_repairs_it() {
     // 4 KiB holds a resync of 40 clients but not a burst of updates.
     let json = config_json(

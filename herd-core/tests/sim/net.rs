@@ -9,6 +9,8 @@
 //!   down to both live ends; it comes back later as a new session (`handle_link_up` on both ends).
 //! - A bounded queue refuses a send with `Backlogged`; as the `PeerSink` contract says, that
 //!   session is then dropped and nothing more of it is delivered.
+//! - A direction's backlog is the bytes of its undelivered messages; when a node asks to hear
+//!   of the drain, it is told (`handle_link_drained`) once that direction's queue is empty.
 //! - A crash replaces the node by nothing (all state lost); a restart builds a fresh node with a
 //!   new epoch.
 //! - The model knows every acknowledged AT line and which ones were lost to crashes (no live store
@@ -171,6 +173,10 @@ struct InFlight {
 struct Session {
     id: u64,
     queues: [VecDeque<InFlight>; 2],
+    /// Encoded bytes of the undelivered messages, per direction.
+    bytes: [usize; 2],
+    /// Whether the sender asked to hear when this direction's queue is empty.
+    drain_wanted: [bool; 2],
     last: [Timestamp; 2],
     broken: bool,
     /// Messages delivered per direction, by kind.
@@ -265,6 +271,7 @@ impl Net {
         };
         let at = Timestamp(now.0 + delay).max(session.last[dir]);
         session.last[dir] = at;
+        session.bytes[dir] += line.len() + 1;
         session.queues[dir].push_back(InFlight {
             line,
             kind: kind(msg),
@@ -290,6 +297,27 @@ pub(crate) struct SimSink {
 impl PeerSink for SimSink {
     fn send(&mut self, to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError> {
         self.net.borrow_mut().send(self.node, to, msg)
+    }
+
+    fn backlog(&self, to: PeerId) -> usize {
+        let net = self.net.borrow();
+        net.ports[self.node].get(to.0).map_or(0, |&(l, dir)| {
+            net.links[l]
+                .session
+                .as_ref()
+                .filter(|s| !s.broken)
+                .map_or(0, |s| s.bytes[dir])
+        })
+    }
+
+    fn notify_drained(&mut self, to: PeerId) {
+        let mut net = self.net.borrow_mut();
+        let Some(&(l, dir)) = net.ports[self.node].get(to.0) else {
+            return;
+        };
+        if let Some(s) = net.links[l].session.as_mut().filter(|s| !s.broken) {
+            s.drain_wanted[dir] = true;
+        }
     }
 }
 
@@ -371,6 +399,8 @@ pub(crate) struct SimConfig {
     pub(crate) delay: (u64, u64),
     /// Bound on each direction's in-flight queue (`None`: unbounded).
     pub(crate) queue_cap: Option<usize>,
+    /// The nodes' reconciliation window, in bytes ([`NodeConfig::resync_window`]).
+    pub(crate) resync_window: usize,
     pub(crate) query_timeout: Duration,
     pub(crate) max_queries: usize,
     /// At most this many distinct clients send IAMATs (each run picks 1..=max_clients).
@@ -386,6 +416,7 @@ impl Default for SimConfig {
         Self {
             delay: (MS, 20 * MS),
             queue_cap: None,
+            resync_window: herd_core::node::DEFAULT_RESYNC_WINDOW,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: 4096,
             max_clients: 40,
@@ -540,6 +571,7 @@ impl Sim {
         let mut cfg = NodeConfig::new(self.topo.names[i].clone(), neighbours);
         cfg.query_timeout = self.cfg.query_timeout;
         cfg.max_queries = self.cfg.max_queries;
+        cfg.resync_window = self.cfg.resync_window;
         let sink = SimSink {
             node: i,
             net: self.net.clone(),
@@ -760,18 +792,24 @@ impl Sim {
     }
 
     fn deliver(&mut self, link: usize, dir: usize, session: u64) {
-        let (to, pid, msg) = {
+        let (to, pid, msg, drained) = {
             let mut net = self.net.borrow_mut();
             let l = &mut net.links[link];
             let (to, pid) = (l.ends[1 - dir], l.pids[1 - dir]);
+            let sender = (l.ends[dir], l.pids[dir]);
             let Some(s) = l.session.as_mut().filter(|s| s.id == session && !s.broken) else {
                 return;
             };
             let msg = s.queues[dir]
                 .pop_front()
                 .expect("a message for each delivery");
+            s.bytes[dir] -= msg.line.len() + 1;
             *s.delivered[dir].entry(msg.kind).or_default() += 1;
-            (to, pid, msg)
+            let drained = (s.drain_wanted[dir] && s.queues[dir].is_empty()).then(|| {
+                s.drain_wanted[dir] = false;
+                sender
+            });
+            (to, pid, msg, drained)
         };
         self.report.delivered += 1;
         let r = self.call(to, |n, now| n.handle_peer_line(now, pid, &msg.line));
@@ -781,6 +819,9 @@ impl Sim {
             "peer line rejected: {:?}",
             String::from_utf8_lossy(&msg.line)
         );
+        if let Some((from, to_pid)) = drained {
+            self.call(from, |n, now| n.handle_link_drained(now, to_pid));
+        }
     }
 
     // --- links ---
@@ -810,6 +851,8 @@ impl Sim {
             l.session = Some(Session {
                 id,
                 queues: Default::default(),
+                bytes: [0; 2],
+                drain_wanted: [false; 2],
                 last: [START; 2],
                 broken: false,
                 delivered: Default::default(),
