@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// reports the queue taken ([`Node::handle_link_drained`]). Keep it well below the
     /// adapter's queue bound.
     pub resync_window: usize,
+    /// Whether every record the store takes is also kept for [`Node::drain_journal`], so
+    /// that an adapter can write it to durable storage (before acknowledging it).
+    pub journal: bool,
 }
 
 impl NodeConfig {
@@ -62,6 +65,7 @@ impl NodeConfig {
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: DEFAULT_MAX_QUERIES,
             resync_window: DEFAULT_RESYNC_WINDOW,
+            journal: false,
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct Node<S: PeerSink> {
     last_source: u64,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
+    /// Records stored since the last [`Node::drain_journal`] (with [`NodeConfig::journal`]).
+    journal: Vec<Arc<Record>>,
 }
 
 impl<S: PeerSink> Node<S> {
@@ -219,6 +225,7 @@ impl<S: PeerSink> Node<S> {
             last_source: 0,
             events: VecDeque::new(),
             stats: NodeStats::default(),
+            journal: Vec::new(),
         }
     }
 
@@ -353,6 +360,21 @@ impl<S: PeerSink> Node<S> {
         self.events.pop_front()
     }
 
+    /// The records stored (from clients and peers) since the last call, in store order, when
+    /// [`NodeConfig::journal`] is set. An adapter that writes them out before it sends the
+    /// replies of the same call makes every acknowledged update survive a crash.
+    pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Arc<Record>> {
+        self.journal.drain(..)
+    }
+
+    /// Puts a record read back from durable storage into the store, as this node's own (it
+    /// is sent to every neighbour whose digest asks for it), without flooding it now and
+    /// without journaling it again. Call it before any link is up. Returns whether it was
+    /// newer than what the store held.
+    pub fn restore(&mut self, record: Arc<Record>) -> bool {
+        matches!(self.store.offer_from(record, 0), Offer::Stored(_))
+    }
+
     // === updates ===
 
     /// Stores `record` if new and floods it to every synchronised neighbour but `from`.
@@ -365,6 +387,9 @@ impl<S: PeerSink> Node<S> {
             return false;
         };
         self.stats.stored += 1;
+        if self.cfg.journal {
+            self.journal.push(record.clone());
+        }
         let msg = PeerMsg::Update { seq, record };
         for i in 0..self.links.len() {
             if Some(PeerId(i)) != from && self.links[i].state == LinkState::Up {
@@ -532,7 +557,10 @@ impl<S: PeerSink> Node<S> {
                 }
                 resync.pending = more.into();
             }
-            if self.sink.backlog(peer) >= self.cfg.resync_window {
+            // An empty queue always takes one more message, whatever the window: nothing
+            // else would wake the delta up.
+            let backlog = self.sink.backlog(peer);
+            if backlog > 0 && backlog >= self.cfg.resync_window {
                 self.sink.notify_drained(peer);
                 return;
             }

@@ -194,6 +194,8 @@ impl Conn {
         let result = self.process_locked(&mut core);
         core.drain_events();
         drop(core);
+        // Every update acknowledged in `self.out` is in the journal before the reply leaves.
+        self.shared.sync_journal();
         self.write_logs();
         result
     }

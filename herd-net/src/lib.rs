@@ -4,7 +4,8 @@
 //! behind a lock, accept loop, timers, stats); `client` serves one client connection;
 //! `link` dials, authenticates and runs peer links; [`sink`] is the node's bounded
 //! per-peer outbound queue; [`clock`] holds the production clock and id source; [`limits`]
-//! the configurable limits; [`msglog`] the bulk per-message log; [`scope`] tags each task with its server for log routing;
+//! the configurable limits; [`journal`] the optional durable record of every stored update;
+//! [`msglog`] the bulk per-message log; [`scope`] tags each task with its server for log routing;
 //! [`escape`] prints protocol bytes safely in logs. Every decision about what a line means
 //! is herd-core's.
 
@@ -16,6 +17,7 @@ mod client;
 pub mod clock;
 pub mod codec;
 pub mod escape;
+pub mod journal;
 pub mod limits;
 pub mod link;
 pub mod msglog;

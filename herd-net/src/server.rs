@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::clock::{self, RandomIds};
+use crate::journal::Journal;
 use crate::limits::Limits;
 use crate::scope::Scoped;
 use crate::sink::{PeerQueue, TcpPeerSink};
@@ -56,6 +57,8 @@ pub struct ServerSpec {
     pub log_index: usize,
     /// Where client messages and replies are logged in bulk; `None`: as `tracing` events.
     pub message_log: Option<Arc<dyn crate::msglog::MessageLog>>,
+    /// The journal file ([`crate::journal`]); `None`: the store lives in memory only.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ServerSpec {
@@ -92,11 +95,23 @@ pub(crate) struct Core {
     pub(crate) node: Node<TcpPeerSink>,
     pub(crate) waiters: HashMap<u64, oneshot::Sender<Option<Arc<Record>>>>,
     pub(crate) links: Vec<LinkSlot>,
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl Core {
-    /// Routes the node's events; call after every node call.
+    /// Routes the node's events and hands newly stored records to the journal; call after
+    /// every node call.
     pub(crate) fn drain_events(&mut self) {
+        if let Some(j) = &self.journal {
+            let mut any = false;
+            for r in self.node.drain_journal() {
+                j.append(&r);
+                any = true;
+            }
+            if any && j.wants_compaction(self.node.store().len()) {
+                j.compact_in_background(self.node.store().records().cloned().collect());
+            }
+        }
         while let Some(event) = self.node.poll_event() {
             match event {
                 NodeEvent::QueryDone { ticket, record } => {
@@ -118,9 +133,19 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     pub(crate) clients: Arc<Semaphore>,
     pub(crate) next_session: AtomicU64,
+    /// The journal, reachable without the node's lock (the same one `Core` appends to).
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl Shared {
+    /// Writes the journal up to everything stored so far; call before sending replies that
+    /// acknowledge updates (after releasing the node's lock).
+    pub(crate) fn sync_journal(&self) {
+        if let Some(j) = &self.journal {
+            j.flush_to(j.appended());
+        }
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
         // The node's invariants hold between calls; a panicked task cannot break them halfway
         // in a way a later caller could observe worse than losing that one call.
@@ -320,7 +345,12 @@ pub fn start(
     let names: Vec<ServerName> = spec.neighbours.iter().map(|n| n.name.clone()).collect();
     let mut node_cfg = NodeConfig::new(spec.name.clone(), names.clone());
     node_cfg.resync_window = spec.limits.resync_window();
-    let node = Node::new(node_cfg, TcpPeerSink::new(names.len()), &mut RandomIds);
+    node_cfg.journal = spec.journal.is_some();
+    let mut node = Node::new(node_cfg, TcpPeerSink::new(names.len()), &mut RandomIds);
+    let journal = match &spec.journal {
+        Some(path) => Some(restore(&mut node, path, spec.log_index)?),
+        None => None,
+    };
     let links = names
         .iter()
         .map(|_| LinkSlot {
@@ -335,11 +365,13 @@ pub fn start(
             node,
             waiters: HashMap::new(),
             links,
+            journal: journal.clone(),
         }),
         token,
         tracker,
         clients,
         next_session: AtomicU64::new(1),
+        journal,
     });
     shared.spawn(accept_loop(shared.clone(), listener));
     shared.spawn(timer_loop(shared.clone()));
@@ -348,6 +380,38 @@ pub fn start(
         shared.spawn(crate::link::dial_loop(shared.clone(), PeerId(i), rx));
     }
     Ok(ServerHandle { shared, addr })
+}
+
+/// Opens the journal at `path`, puts its records into the node's store and rewrites it
+/// compacted.
+fn restore(
+    node: &mut Node<TcpPeerSink>,
+    path: &std::path::Path,
+    log_index: usize,
+) -> std::io::Result<Arc<Journal>> {
+    let with_path = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("journal {}: {e}", path.display()))
+    };
+    let (journal, restored) = Journal::open(path).map_err(with_path)?;
+    let read = restored.records.len();
+    for r in restored.records {
+        node.restore(r);
+    }
+    let snapshot: Vec<Arc<Record>> = node.store().records().cloned().collect();
+    journal.compact(&snapshot).map_err(with_path)?;
+    crate::scope::enter(log_index, || {
+        info!(
+            path = %path.display(),
+            lines = read,
+            bad_lines = restored.bad_lines,
+            records = snapshot.len(),
+            "journal restored"
+        );
+        if restored.bad_lines > 0 {
+            warn!(path = %path.display(), bad_lines = restored.bad_lines, "journal lines skipped (a torn write at a crash, or damage)");
+        }
+    });
+    Ok(journal)
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -387,6 +451,8 @@ async fn timer_loop(shared: Arc<Shared>) {
             () = shared.token.cancelled() => break,
             _ = tick.tick() => {}
         }
+        // Records from peers reach the file within a tick (client updates before their reply).
+        shared.sync_journal();
         let now = clock::now();
         let mut core = shared.lock();
         if core.node.poll_timeout().is_some_and(|t| t <= now) {

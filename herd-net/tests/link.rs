@@ -48,6 +48,7 @@ async fn server_dialling(
         places_backend: "static",
         log_index: 0,
         message_log: None,
+        journal: None,
     };
     let token = CancellationToken::new();
     let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();

@@ -9,7 +9,8 @@
 //!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
 //! ```
-//! Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
+//! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
+//! `herd_net::journal`). Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
 //! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
 //! every connection with one JSON line of counters.
 
@@ -79,6 +80,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     places: RawPlaces,
+    #[serde(default)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// Tuning of the Places backend (`"places"` key); the timeout is `limits.places_timeout_ms`.
@@ -188,6 +191,8 @@ pub struct HerdConfig {
     pub limits: Limits,
     /// Places backend tuning (concurrency, cache).
     pub places: PlacesTuning,
+    /// Where each server keeps its journal (`DIR/NAME.journal`); `None`: in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for HerdConfig {
@@ -198,6 +203,7 @@ impl std::fmt::Debug for HerdConfig {
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("limits", &self.limits)
             .field("places", &self.places)
+            .field("data_dir", &self.data_dir)
             .finish()
     }
 }
@@ -304,6 +310,7 @@ impl HerdConfig {
             secret: raw.secret,
             limits: raw.limits.validate()?,
             places: raw.places.validate()?,
+            data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
         })
     }
 

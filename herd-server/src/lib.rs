@@ -46,6 +46,14 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A server could not start after binding (its journal cannot be read or written, ...).
+    #[error("server {server}: cannot start: {source}")]
+    Start {
+        /// The server.
+        server: String,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// Servers of one herd running in this process.
@@ -120,7 +128,7 @@ pub async fn start(
     let tracker = TaskTracker::new();
     let mut servers = Vec::with_capacity(bound.len());
     let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.3)).collect();
-    for (index, (name, listener, stats, local)) in bound.into_iter().enumerate() {
+    for (index, (name, listener, stats, _)) in bound.into_iter().enumerate() {
         let neighbours = config
             .neighbours(&name)
             .into_iter()
@@ -138,12 +146,15 @@ pub async fn start(
             places_backend,
             log_index: index,
             message_log: logging::message_log(index),
+            journal: config
+                .data_dir
+                .as_ref()
+                .map(|d| d.join(format!("{name}.journal"))),
         };
         let handle =
             herd_net::start(spec, listener, token.clone(), tracker.clone()).map_err(|source| {
-                StartError::Bind {
+                StartError::Start {
                     server: name.to_string(),
-                    addr: local,
                     source,
                 }
             })?;

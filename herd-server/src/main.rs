@@ -43,6 +43,11 @@ struct Cli {
     /// Log directory; server NAME appends to DIR/NAME.log.
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
+    /// Keep a journal of every stored update in DIR/NAME.journal, written before the update
+    /// is acknowledged and read back at start, so acknowledged updates survive a crash
+    /// (overrides the config's "data_dir"; default: none, the store lives in memory only).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 struct Failure(u8, anyhow::Error);
@@ -107,7 +112,10 @@ async fn serve(herd: Herd) -> anyhow::Result<bool> {
 }
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
-    let config = load_config(cli.config.as_ref())?;
+    let mut config = load_config(cli.config.as_ref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {
@@ -139,6 +147,12 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
             s.local_addr(),
             dial,
             backend
+        );
+    }
+    if let Some(dir) = &config.data_dir {
+        eprintln!(
+            "herd-server: journals in {} (acknowledged updates survive a crash)",
+            dir.display()
         );
     }
     let in_time = serve(herd).await.map_err(|e| Failure(EXIT_START, e))?;

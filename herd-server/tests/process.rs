@@ -514,3 +514,111 @@ fn bad_command_lines_and_configs_exit_non_zero_with_one_line() {
         );
     }
 }
+
+#[test]
+fn with_a_journal_every_acknowledged_update_survives_sigkill_of_an_isolated_server() {
+    // A is cut off from the herd (B not running): what it acknowledges exists only at A.
+    let data = tempfile::tempdir().unwrap();
+    let extra = format!("\"data_dir\": \"{}\"", data.path().display());
+    let layout = Layout::new(&["A", "B"], &[("A", "B")], &extra);
+    let mut a = layout.spawn("A", &[]);
+    let mut s = TcpStream::connect(layout.addrs["A"]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for chunk in 0..40u32 {
+            let mut input = Vec::new();
+            for i in 0..500u32 {
+                input.extend_from_slice(format!("IAMAT j{chunk}x{i} +1+1 5\n").as_bytes());
+            }
+            if w.write_all(&input).is_err() {
+                break;
+            }
+        }
+    });
+    // Kill A with SIGKILL in the middle of the stream, once 5000 replies have arrived.
+    let mut acked = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while acked < 5000 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "A closed early");
+        acked += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    a.kill();
+    // Replies already in the socket buffer were acknowledged too.
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        acked += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    let _ = writer.join();
+    assert!(
+        acked < 20_000,
+        "the kill came mid-stream ({acked} acknowledged)"
+    );
+
+    let _a = layout.spawn("A", &[]);
+    let restored = layout.records("A").unwrap_or(0);
+    assert!(
+        restored >= acked as u64,
+        "{acked} acknowledged, {restored} restored"
+    );
+    assert!(layout.log("A").contains("journal restored"));
+    // The neighbour, started only now, gets them all from A.
+    let _b = layout.spawn("B", &[]);
+    assert!(
+        poll(Duration::from_secs(20), || layout.records("B")
+            == Some(restored)),
+        "B holds {:?} of {restored}",
+        layout.records("B")
+    );
+}
+
+#[test]
+fn without_a_journal_an_isolated_server_killed_loses_what_it_acknowledged() {
+    // The control for the test above: the same kill with no data_dir loses the updates.
+    let layout = Layout::new(&["A", "B"], &[("A", "B")], "");
+    let mut a = layout.spawn("A", &[]);
+    let mut input = Vec::new();
+    for i in 0..100u32 {
+        input.extend_from_slice(format!("IAMAT k{i} +1+1 5\n").as_bytes());
+    }
+    let out = exchange(layout.addrs["A"], &input);
+    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 100);
+    a.kill();
+    let _a = layout.spawn("A", &[]);
+    assert_eq!(layout.records("A"), Some(0));
+}
+
+#[test]
+fn an_unusable_data_dir_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let port = free_addr();
+    std::fs::write(
+        dir.path().join("c.json"),
+        format!(r#"{{"servers": {{"A": "{port}"}}}}"#),
+    )
+    .unwrap();
+    let data = file.display().to_string();
+    let (status, err) = run_fail(
+        &[
+            "--config",
+            "c.json",
+            "--data-dir",
+            &data,
+            "--places",
+            "offline",
+            "A",
+        ],
+        dir.path(),
+    );
+    assert!(!status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("journal") && err.contains("plain-file"),
+        "{err}"
+    );
+}

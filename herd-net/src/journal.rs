@@ -1,0 +1,370 @@
+//! The journal: every record a server stores, appended to a file before the reply that
+//! acknowledges it is sent, so that an acknowledged update survives a crash of its server (a
+//! killed process; the file is not fsynced, so not a power cut of the machine).
+//!
+//! Format: one AT line per record, `\n`-terminated, in store order (the same lines the peer
+//! protocol carries). On start the server reads the file back into its store (newest per
+//! client wins, so order and duplicates do not matter; a torn last line from a crash is
+//! skipped) and rewrites it compacted: one line per client. While it runs, the file is
+//! compacted again in the background whenever it holds more than twice as many lines as the
+//! store (and at least [`COMPACT_FLOOR`]).
+//!
+//! Writes are grouped: records are appended to a shared buffer under the node's lock; a task
+//! about to send replies calls [`Journal::flush_to`] with the buffer position it needs
+//! written, and whichever task gets the file lock first writes everything pending (one
+//! `write` for many connections' records).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use herd_core::Record;
+use tracing::{error, info, warn};
+
+/// The journal is compacted only once it holds at least this many lines.
+pub const COMPACT_FLOOR: u64 = 100_000;
+
+/// What [`Journal::open`] found in an existing file.
+#[derive(Debug)]
+pub struct Restored {
+    /// Records read back, in file order.
+    pub records: Vec<Arc<Record>>,
+    /// Lines that were not valid AT lines (a torn write at a crash, or damage), skipped.
+    pub bad_lines: u64,
+}
+
+/// One server's journal file.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    pending: Mutex<Pending>,
+    file: Mutex<FileState>,
+    /// Bytes ever appended to `pending`.
+    appended: AtomicU64,
+    /// Bytes ever taken from `pending` and handed to the file (written, or failed and logged).
+    written: AtomicU64,
+    /// Lines in the file now (written, not pending).
+    lines: AtomicU64,
+    compacting: AtomicBool,
+    floor: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: u64,
+}
+
+#[derive(Debug)]
+struct FileState {
+    file: File,
+    /// Write errors so far (the first is logged as an error, later ones counted).
+    errors: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing a panicking holder leaves behind breaks these invariants worse than a lost
+    // buffer, which the next compaction repairs.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Journal {
+    /// Opens the journal at `path` (creating it and its directory if missing) and reads back
+    /// the records it holds. Call [`Journal::compact`] with the restored store next.
+    ///
+    /// # Errors
+    /// The file or its directory cannot be created, read or opened for appending.
+    pub fn open(path: &Path) -> std::io::Result<(Arc<Self>, Restored)> {
+        Self::open_with_floor(path, COMPACT_FLOOR)
+    }
+
+    /// [`Journal::open`] with another compaction floor (for tests).
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_with_floor(path: &Path, floor: u64) -> std::io::Result<(Arc<Self>, Restored)> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut restored = Restored {
+            records: Vec::new(),
+            bad_lines: 0,
+        };
+        match File::open(path) {
+            Ok(f) => {
+                let mut reader = BufReader::with_capacity(1 << 16, f);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line)? == 0 {
+                        break;
+                    }
+                    let complete = line.last() == Some(&b'\n');
+                    if complete {
+                        line.pop();
+                    }
+                    match Record::parse(&line) {
+                        Ok(r) if complete => restored.records.push(Arc::new(r)),
+                        _ => restored.bad_lines += 1,
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let lines = restored.records.len() as u64 + restored.bad_lines;
+        let journal = Arc::new(Self {
+            path: path.to_owned(),
+            pending: Mutex::new(Pending::default()),
+            file: Mutex::new(FileState { file, errors: 0 }),
+            appended: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            lines: AtomicU64::new(lines),
+            compacting: AtomicBool::new(false),
+            floor,
+        });
+        Ok((journal, restored))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record to the pending buffer (call under the node's lock, in store order).
+    pub fn append(&self, record: &Record) {
+        let line = record.at_line();
+        let mut p = lock(&self.pending);
+        p.buf.reserve(line.len() + 1);
+        p.buf.extend_from_slice(line);
+        p.buf.push(b'\n');
+        p.lines += 1;
+        self.appended
+            .fetch_add(line.len() as u64 + 1, Ordering::Release);
+    }
+
+    /// The buffer position after everything appended so far: pass it to
+    /// [`Journal::flush_to`] before acknowledging what was appended.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    /// Returns once everything appended up to `position` has been written to the file (by
+    /// this call or a concurrent one). A write error is logged and counted; the records stay
+    /// in memory and reach the file with the next compaction.
+    pub fn flush_to(&self, position: u64) {
+        if self.written.load(Ordering::Acquire) >= position {
+            return;
+        }
+        let mut f = lock(&self.file);
+        if self.written.load(Ordering::Acquire) >= position {
+            return;
+        }
+        let (buf, lines) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.buf), std::mem::take(&mut p.lines))
+        };
+        let n = buf.len() as u64;
+        match f.file.write_all(&buf) {
+            Ok(()) => {
+                self.lines.fetch_add(lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                f.errors += 1;
+                if f.errors == 1 {
+                    error!(path = %self.path.display(), error = %e, "journal write failed; acknowledged updates are not durable until the next compaction succeeds");
+                }
+            }
+        }
+        self.written.fetch_add(n, Ordering::Release);
+    }
+
+    /// Writes everything appended so far.
+    pub fn flush(&self) {
+        self.flush_to(self.appended());
+    }
+
+    /// Lines in the file now (written, not pending).
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+
+    /// Write errors so far.
+    pub fn errors(&self) -> u64 {
+        lock(&self.file).errors
+    }
+
+    /// Whether the file has grown past twice `store_len` lines (and the floor) and no
+    /// compaction is running: then call [`Journal::compact_in_background`].
+    pub fn wants_compaction(&self, store_len: usize) -> bool {
+        if self.compacting.load(Ordering::Acquire) {
+            return false;
+        }
+        let limit = (2 * store_len as u64).max(self.floor);
+        self.lines() > limit
+    }
+
+    /// Rewrites the file as `snapshot` (the store's records) plus whatever is pending, then
+    /// swaps it in atomically (a crash meanwhile leaves the old file whole). Flushes wait
+    /// while it runs.
+    ///
+    /// # Errors
+    /// The new file cannot be written or renamed; the old one is then kept.
+    pub fn compact(&self, snapshot: &[Arc<Record>]) -> std::io::Result<()> {
+        let mut f = lock(&self.file);
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        for r in snapshot {
+            out.write_all(r.at_line())?;
+            out.write_all(b"\n")?;
+        }
+        let (buf, lines) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.buf), std::mem::take(&mut p.lines))
+        };
+        let n = buf.len() as u64;
+        let result = (|| {
+            out.write_all(&buf)?;
+            out.flush()?;
+            drop(out);
+            std::fs::rename(&tmp, &self.path)?;
+            OpenOptions::new().append(true).open(&self.path)
+        })();
+        match result {
+            Ok(file) => {
+                f.file = file;
+                self.lines
+                    .store(snapshot.len() as u64 + lines, Ordering::Relaxed);
+                self.written.fetch_add(n, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the pending records: write them to the old file as a flush would.
+                let _ = std::fs::remove_file(&tmp);
+                match f.file.write_all(&buf) {
+                    Ok(()) => {
+                        self.lines.fetch_add(lines, Ordering::Relaxed);
+                    }
+                    Err(_) => f.errors += 1,
+                }
+                self.written.fetch_add(n, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts [`Journal::compact`] on its own thread (at most one at a time).
+    pub fn compact_in_background(self: &Arc<Self>, snapshot: Vec<Arc<Record>>) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("herd-journal".into())
+            .spawn(move || {
+                let before = me.lines();
+                match me.compact(&snapshot) {
+                    Ok(()) => info!(path = %me.path.display(), before, after = me.lines(), "journal compacted"),
+                    Err(e) => warn!(path = %me.path.display(), error = %e, "journal compaction failed; kept the old file"),
+                }
+                me.compacting.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the journal compaction thread");
+            self.compacting.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(line: &str) -> Arc<Record> {
+        Arc::new(Record::parse(line.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/A.journal");
+        let (j, restored) = Journal::open(&path).unwrap();
+        assert!(restored.records.is_empty());
+        j.append(&rec("AT A +0.100000000 kiwi +1+1 5"));
+        j.append(&rec("AT B +0.200000000 pear +2+2 6"));
+        assert_eq!(j.lines(), 0, "pending until flushed");
+        j.flush_to(j.appended());
+        assert_eq!(j.lines(), 2);
+        drop(j);
+        // A crash in the middle of a write leaves a torn line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"AT A +0.300000000 kiwi +1+1 7").unwrap();
+        drop(f);
+        let (j, restored) = Journal::open(&path).unwrap();
+        let lines: Vec<&[u8]> = restored.records.iter().map(|r| r.at_line()).collect();
+        assert_eq!(
+            lines,
+            [
+                &b"AT A +0.100000000 kiwi +1+1 5"[..],
+                &b"AT B +0.200000000 pear +2+2 6"[..]
+            ]
+        );
+        assert_eq!(restored.bad_lines, 1);
+        j.compact(&restored.records).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 5\nAT B +0.200000000 pear +2+2 6\n"
+        );
+        assert!(!path.with_extension("journal.tmp").exists());
+    }
+
+    #[test]
+    fn compaction_keeps_pending_records_and_is_asked_for_past_twice_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.journal");
+        let (j, _) = Journal::open_with_floor(&path, 4).unwrap();
+        let kiwi: Vec<_> = (0..10)
+            .map(|t| rec(&format!("AT A +0.100000000 kiwi +1+1 {t}")))
+            .collect();
+        for r in &kiwi {
+            j.append(r);
+        }
+        j.flush();
+        assert_eq!(j.lines(), 10);
+        assert!(!j.wants_compaction(5), "10 lines, store of 5");
+        assert!(j.wants_compaction(1), "10 lines, store of 1, floor 4");
+        // A record appended but not yet flushed survives the compaction.
+        j.append(&rec("AT A +0.100000000 pear +1+1 1"));
+        j.compact(&kiwi[9..]).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 9\nAT A +0.100000000 pear +1+1 1\n"
+        );
+        assert_eq!(j.lines(), 2);
+        assert!(!j.wants_compaction(1));
+        // Appends after a compaction go to the new file.
+        j.append(&rec("AT A +0.100000000 fig +1+1 1"));
+        j.flush();
+        assert!(std::fs::read(&path)
+            .unwrap()
+            .ends_with(b"AT A +0.100000000 fig +1+1 1\n"));
+    }
+
+    #[test]
+    fn an_unwritable_journal_path_is_an_error_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        // A directory component that is a file.
+        assert!(Journal::open(&file.join("A.journal")).is_err());
+    }
+}
