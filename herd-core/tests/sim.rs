@@ -95,10 +95,13 @@ fn random_config(rng: &mut Rng, servers: usize) -> SimConfig {
     };
     if rng.percent(30) {
         // Short queues, often shorter than a whole reconciliation: the delta is paced by a
-        // window of zero to three messages, so a link that overflows still makes progress.
+        // window of at most about one update (an update line is 40 to 80 bytes), so with the
+        // digest and a query or two it fits, and a link that overflows still makes progress.
+        // (A window near the queue's size would overflow on every reconnect: the adapter
+        // keeps it at most a quarter of its queue.)
         cfg.max_clients = rng.range(1, 40);
         cfg.queue_cap = Some(rng.range(4, 8) as usize);
-        cfg.resync_window = rng.range(0, 200) as usize;
+        cfg.resync_window = rng.range(0, 60) as usize;
         cfg.delay.1 = rng.range(20, 150) * MS;
         // Slow links: the deadline leaves the echo wave time for the longest possible path
         // out and back (the settled herd checks that the wave, not the deadline, answers).
