@@ -9,6 +9,15 @@ fn name(s: &str) -> ServerName {
     ServerName::new(s).unwrap()
 }
 
+/// The digest of a neighbour (epoch 9) that has never seen this node.
+fn first_digest() -> PeerMsg {
+    PeerMsg::Digest {
+        epoch: 9,
+        your_epoch: 0,
+        seen: 0,
+    }
+}
+
 #[test]
 fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
     let cfg = NodeConfig::new(name("A"), vec![name("B")]);
@@ -39,15 +48,7 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
     // B answers with its delta first (FIFO), then the query's answer.
     let line = b"AT B +0.000000000 kiwi +1+1 1";
     let record = std::sync::Arc::new(herd_core::Record::parse(line).unwrap());
-    a.handle_peer_msg(
-        Timestamp(2),
-        PeerId(0),
-        PeerMsg::Digest {
-            epoch: 9,
-            your_epoch: 0,
-            seen: 0,
-        },
-    );
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
     a.handle_peer_msg(
         Timestamp(2),
         PeerId(0),
@@ -115,12 +116,7 @@ fn a_large_delta_is_paced_by_the_backlog_and_live_updates_join_it_in_order() {
     let window = 2_000;
     let mut a = node_with_records(1_000, window);
     a.handle_link_up(Timestamp(2), PeerId(0));
-    let digest = |seen| PeerMsg::Digest {
-        epoch: 9,
-        your_epoch: 0,
-        seen,
-    };
-    a.handle_peer_msg(Timestamp(2), PeerId(0), digest(0));
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
     let mut all = Vec::new();
     let mut rounds = 0;
     let mut live = 1_000;
@@ -175,15 +171,7 @@ fn a_delta_cut_by_a_link_drop_resumes_from_what_the_peer_saw() {
     let mut a = node_with_records(300, 1_500);
     a.handle_link_up(Timestamp(2), PeerId(0));
     let epoch = a.epoch();
-    a.handle_peer_msg(
-        Timestamp(2),
-        PeerId(0),
-        PeerMsg::Digest {
-            epoch: 9,
-            your_epoch: 0,
-            seen: 0,
-        },
-    );
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
     let first = update_seqs(&a.sink_mut().take());
     assert!(!first.is_empty() && first.len() < 300, "{}", first.len());
     let seen = *first.last().unwrap();
@@ -264,14 +252,6 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
     assert_eq!(b.drain_journal().count(), 0);
     assert!(b.sink().sent.is_empty());
     b.handle_link_up(Timestamp(3), PeerId(0));
-    b.handle_peer_msg(
-        Timestamp(3),
-        PeerId(0),
-        PeerMsg::Digest {
-            epoch: 9,
-            your_epoch: 0,
-            seen: 0,
-        },
-    );
+    b.handle_peer_msg(Timestamp(3), PeerId(0), first_digest());
     assert_eq!(update_seqs(&b.sink_mut().take()), vec![1, 2]);
 }

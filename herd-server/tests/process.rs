@@ -111,6 +111,24 @@ impl Layout {
         serde_json::from_str(&text).ok()
     }
 
+    /// Whether every server of `names` answers its stats with `records` records and all
+    /// with the same store digest.
+    fn all_hold(&self, names: &[&str], records: u64) -> bool {
+        let all: Vec<_> = names.iter().map(|n| self.stats(n)).collect();
+        let digests: HashSet<String> = all
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|v| v["digest"].to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        digests.len() == 1
+            && all
+                .iter()
+                .all(|s| s.as_ref().and_then(|v| v["records"].as_u64()) == Some(records))
+    }
+
     fn records(&self, name: &str) -> Option<u64> {
         self.stats(name).and_then(|s| s["records"].as_u64())
     }
@@ -279,21 +297,7 @@ fn any_two_servers_down_updates_reach_exactly_the_connected_survivors_and_restar
                 servers.insert(d.to_owned(), layout.spawn(d, &[]));
             }
             let restarted = Instant::now();
-            let converged = poll(Duration::from_secs(10), || {
-                let all: Vec<_> = HERD.iter().map(|n| layout.stats(n)).collect();
-                let digests: HashSet<String> = all
-                    .iter()
-                    .map(|s| {
-                        s.as_ref()
-                            .map(|v| v["digest"].to_string())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                digests.len() == 1
-                    && all
-                        .iter()
-                        .all(|s| s.as_ref().and_then(|v| v["records"].as_u64()) == Some(total))
-            });
+            let converged = poll(Duration::from_secs(10), || layout.all_hold(&HERD, total));
             let took = restarted.elapsed();
             assert!(converged, "down {down:?}: no convergence after restart");
             assert!(
@@ -331,21 +335,7 @@ fn a_server_killed_mid_flood_and_restarted_converges_with_the_rest() {
     servers.insert("Holiday".to_owned(), layout.spawn("Holiday", &[]));
     a.join().unwrap();
     b.join().unwrap();
-    let converged = poll(Duration::from_secs(15), || {
-        let all: Vec<_> = HERD.iter().map(|n| layout.stats(n)).collect();
-        let digests: HashSet<String> = all
-            .iter()
-            .map(|s| {
-                s.as_ref()
-                    .map(|v| v["digest"].to_string())
-                    .unwrap_or_default()
-            })
-            .collect();
-        digests.len() == 1
-            && all
-                .iter()
-                .all(|s| s.as_ref().and_then(|v| v["records"].as_u64()) == Some(500))
-    });
+    let converged = poll(Duration::from_secs(15), || layout.all_hold(&HERD, 500));
     let all: Vec<_> = HERD
         .iter()
         .map(|n| {
