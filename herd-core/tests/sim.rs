@@ -2,7 +2,7 @@
 //!
 //! Replay one seed: `HERD_SIM_SEED=1234 cargo nextest run -p herd-core --test sim --no-capture`
 //! (every seeded test then runs that one seed; add a test name to pick one).
-//! Run more seeds: `HERD_SIM_SEEDS=2000 cargo nextest run -p herd-core --test sim`.
+//! Run more seeds: `HERD_SIM_SEEDS=2000 cargo nextest run --profile long -p herd-core --test sim` (the `long` profile of `.config/nextest.toml` lifts the two-minute limit on one test).
 //! See `sim/net.rs` for what the network, the faults and the model do.
 
 #[path = "sim/net.rs"]
