@@ -7,7 +7,7 @@
 //! client wins, so order and duplicates do not matter; a torn last line from a crash is
 //! skipped) and rewrites it compacted: one line per client. While it runs, the file is
 //! compacted again in the background whenever it holds more than twice as many lines as the
-//! store (and at least [`COMPACT_FLOOR`]).
+//! store (and at least `journal_compact_lines`, [`crate::Limits`], default [`COMPACT_FLOOR`]).
 //!
 //! Writes are grouped: records are appended to a shared buffer under the node's lock; a task
 //! about to send replies calls [`Journal::flush_to`] with the buffer position it needs
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use herd_core::Record;
 use tracing::{error, info, warn};
 
-/// The journal is compacted only once it holds at least this many lines.
+/// Default: the journal is compacted only once it holds at least this many lines.
 pub const COMPACT_FLOOR: u64 = 100_000;
 
 /// What [`Journal::open`] found in an existing file.
@@ -80,7 +80,8 @@ impl Journal {
         Self::open_with_floor(path, COMPACT_FLOOR)
     }
 
-    /// [`Journal::open`] with another compaction floor (for tests).
+    /// [`Journal::open`] with another compaction floor: the file is never compacted below
+    /// `floor` lines.
     ///
     /// # Errors
     /// As [`Journal::open`].

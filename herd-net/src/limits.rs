@@ -16,6 +16,8 @@ pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Default reconciliation window: a delta is queued for a neighbour while less than 1 MiB is
 /// waiting for it; the rest follows as the link's writer takes the queue.
 pub const DEFAULT_RESYNC_WINDOW_BYTES: usize = 1024 * 1024;
+/// Default size (lines) below which a journal is never compacted.
+pub const DEFAULT_JOURNAL_COMPACT_LINES: u64 = crate::journal::COMPACT_FLOOR;
 /// Default time a Places lookup may take before the WHATSAT gets the `UNKNOWN_ERROR` JSON.
 pub const DEFAULT_PLACES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time shutdown waits for replies in flight before giving up.
@@ -37,6 +39,9 @@ pub struct Limits {
     /// A reconciliation delta is queued for a peer only while less than this is waiting for
     /// it (in effect at most a quarter of `peer_queue_bytes`; see [`Limits::resync_window`]).
     pub resync_window_bytes: usize,
+    /// A journal is compacted when it holds more than twice the store's records and at
+    /// least this many lines.
+    pub journal_compact_lines: u64,
     /// Longest wait for a Places answer.
     pub places_timeout: Duration,
     /// Longest wait, at shutdown, for replies in flight and links to flush.
@@ -51,6 +56,7 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             resync_window_bytes: DEFAULT_RESYNC_WINDOW_BYTES,
+            journal_compact_lines: DEFAULT_JOURNAL_COMPACT_LINES,
             places_timeout: DEFAULT_PLACES_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }

@@ -348,7 +348,12 @@ pub fn start(
     node_cfg.journal = spec.journal.is_some();
     let mut node = Node::new(node_cfg, TcpPeerSink::new(names.len()), &mut RandomIds);
     let journal = match &spec.journal {
-        Some(path) => Some(restore(&mut node, path, spec.log_index)?),
+        Some(path) => Some(restore(
+            &mut node,
+            path,
+            spec.limits.journal_compact_lines,
+            spec.log_index,
+        )?),
         None => None,
     };
     let links = names
@@ -387,12 +392,13 @@ pub fn start(
 fn restore(
     node: &mut Node<TcpPeerSink>,
     path: &std::path::Path,
+    compact_floor: u64,
     log_index: usize,
 ) -> std::io::Result<Arc<Journal>> {
     let with_path = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("journal {}: {e}", path.display()))
     };
-    let (journal, restored) = Journal::open(path).map_err(with_path)?;
+    let (journal, restored) = Journal::open_with_floor(path, compact_floor).map_err(with_path)?;
     let read = restored.records.len();
     for r in restored.records {
         node.restore(r);

@@ -7,6 +7,7 @@
 //!  "secret": "optional shared secret",
 //!  "limits": {"max_line_bytes": 65536, "max_clients": 10000, "idle_timeout_ms": 300000,
 //!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
+//!             "journal_compact_lines": 100000,
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
 //! ```
 //! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
@@ -161,6 +162,7 @@ struct RawLimits {
     idle_timeout_ms: Option<u64>,
     peer_queue_bytes: Option<usize>,
     resync_window_bytes: Option<usize>,
+    journal_compact_lines: Option<u64>,
     places_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
@@ -255,6 +257,11 @@ impl RawLimits {
                 self.resync_window_bytes,
                 limits::DEFAULT_RESYNC_WINDOW_BYTES,
                 "resync_window_bytes",
+            )?,
+            journal_compact_lines: positive(
+                self.journal_compact_lines,
+                limits::DEFAULT_JOURNAL_COMPACT_LINES,
+                "journal_compact_lines",
             )?,
             places_timeout: ms(
                 self.places_timeout_ms,
@@ -445,7 +452,7 @@ mod tests {
             r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
                 "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
                            "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7,
-                           "resync_window_bytes": 8}}"#,
+                           "resync_window_bytes": 8, "journal_compact_lines": 9}}"#,
         )
         .unwrap();
         let a = &c.servers[0];
@@ -463,6 +470,7 @@ mod tests {
         assert_eq!(l.places_timeout, Duration::from_millis(6));
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
         assert_eq!(l.resync_window_bytes, 8);
+        assert_eq!(l.journal_compact_lines, 9);
         assert_eq!(l.resync_window(), 1, "at most a quarter of the peer queue");
     }
 

@@ -423,3 +423,46 @@ async fn a_peer_queue_overflow_drops_the_link_and_reconciliation_repairs_it() {
     );
     herd.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_records() {
+    let data = tempfile::tempdir().unwrap();
+    let json = config_json(
+        &["A"],
+        &[],
+        &format!(
+            "\"data_dir\": \"{}\", \"limits\": {{\"journal_compact_lines\": 100}}",
+            data.path().display()
+        ),
+    );
+    let herd = start(&json).await;
+    let addr = herd.servers()[0].local_addr();
+    // 20 clients, 30 updates each: 600 stored records for a store of 20.
+    for round in 0..30u32 {
+        let mut input = Vec::new();
+        for c in 0..20u32 {
+            input.extend_from_slice(format!("IAMAT jc{c} +1+1 {round}\n").as_bytes());
+        }
+        assert_eq!(lines(&exchange(addr, &input).await).len(), 20);
+    }
+    let path = data.path().join("A.journal");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let count = text.lines().count();
+    // Compacted whenever it passed 100 lines: at most 100 plus what came during the last
+    // compaction, far below 600.
+    assert!(count <= 160, "{count} lines in the journal");
+    assert!(
+        text.contains(" jc7 +1+1 29\n"),
+        "the newest record is there"
+    );
+    herd.shutdown().await;
+    // Restarted on the same journal: every client at its newest.
+    let herd = start(&json).await;
+    let s = herd.servers()[0].stats();
+    assert_eq!(s.records, 20);
+    let addr = herd.servers()[0].local_addr();
+    let reply = exchange(addr, b"WHATSAT jc7 10 1\n").await;
+    let first = String::from_utf8_lossy(lines(&reply)[0]).into_owned();
+    assert!(first.ends_with(" jc7 +1+1 29\n"), "{first}");
+    herd.shutdown().await;
+}
