@@ -135,6 +135,39 @@ fn random_herds_of_up_to_200_servers_end_with_the_newest_surviving_record_of_eve
 }
 
 #[test]
+fn with_journals_crashes_lose_no_acknowledged_record() {
+    let crashes = std::cell::Cell::new(0u64);
+    for_each_seed("with_journals", 100, |seed| {
+        let mut rng = Rng::new(seed ^ 0x10a1);
+        let topo = if seed % 2 == 0 {
+            Topology::default_herd()
+        } else {
+            random_topology(&mut rng)
+        };
+        let cfg = SimConfig {
+            journals: true,
+            crashes: true,
+            ..random_config(&mut rng, topo.len())
+        };
+        let actions = 200 + topo.len() as u64;
+        let (summary, lost) = chaotic_run(topo, seed, actions, cfg);
+        assert_eq!(
+            lost, 0,
+            "a journal keeps every acknowledged record: {summary}"
+        );
+        let n: u64 = summary
+            .split(" crashes,")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("the summary counts crashes");
+        crashes.set(crashes.get() + n);
+        (summary, lost)
+    });
+    assert!(crashes.get() > 100, "the runs crashed servers");
+}
+
+#[test]
 fn links_that_drop_and_partitions_that_heal_never_lose_an_acknowledged_record() {
     for_each_seed("links_that_drop_and_partitions", 100, |seed| {
         let mut rng = Rng::new(seed ^ 0x10cc);

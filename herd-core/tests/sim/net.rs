@@ -12,7 +12,9 @@
 //! - A direction's backlog is the bytes of its undelivered messages; when a node asks to hear
 //!   of the drain, it is told (`handle_link_drained`) once that direction's queue is empty.
 //! - A crash replaces the node by nothing (all state lost); a restart builds a fresh node with a
-//!   new epoch.
+//!   new epoch. With `journals`, each node also has a disk that survives it: every record the
+//!   node stores is on it by the end of the call that stored it (as herd-net writes its journal
+//!   before the reply), and a restarted node puts the disk's records back into its store.
 //! - The model knows every acknowledged AT line and which ones were lost to crashes (no live store
 //!   and no in-flight message holds them or a newer record of the same client).
 
@@ -401,6 +403,8 @@ pub(crate) struct SimConfig {
     pub(crate) queue_cap: Option<usize>,
     /// The nodes' reconciliation window, in bytes ([`NodeConfig::resync_window`]).
     pub(crate) resync_window: usize,
+    /// Whether each node keeps a journal on a disk that survives its crashes.
+    pub(crate) journals: bool,
     pub(crate) query_timeout: Duration,
     pub(crate) max_queries: usize,
     /// At most this many distinct clients send IAMATs (each run picks 1..=max_clients).
@@ -417,6 +421,7 @@ impl Default for SimConfig {
             delay: (MS, 20 * MS),
             queue_cap: None,
             resync_window: herd_core::node::DEFAULT_RESYNC_WINDOW,
+            journals: false,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: 4096,
             max_clients: 40,
@@ -473,6 +478,8 @@ pub(crate) struct Sim {
     pub(crate) topo: Topology,
     pub(crate) cfg: SimConfig,
     nodes: Vec<Option<Node<SimSink>>>,
+    /// Per node, the records of its journal (with `SimConfig::journals`).
+    disks: Vec<Vec<Arc<Record>>>,
     /// Incarnation number per node (bumped at each restart).
     inc: Vec<u64>,
     /// Stats of crashed incarnations, summed.
@@ -541,6 +548,7 @@ impl Sim {
             topo,
             cfg,
             nodes: Vec::new(),
+            disks: vec![Vec::new(); n],
             inc: vec![0; n],
             dead_stats: NodeStats::default(),
             net: Rc::new(RefCell::new(net)),
@@ -572,6 +580,7 @@ impl Sim {
         cfg.query_timeout = self.cfg.query_timeout;
         cfg.max_queries = self.cfg.max_queries;
         cfg.resync_window = self.cfg.resync_window;
+        cfg.journal = self.cfg.journals;
         let sink = SimSink {
             node: i,
             net: self.net.clone(),
@@ -654,6 +663,7 @@ impl Sim {
         let now = self.now();
         let node = self.nodes[i].as_mut()?;
         let r = f(node, now);
+        self.disks[i].extend(node.drain_journal());
         let mut events = Vec::new();
         while let Some(ev) = node.poll_event() {
             events.push(ev);
@@ -973,7 +983,14 @@ impl Sim {
             return;
         }
         self.inc[i] += 1;
-        let node = self.fresh_node(i);
+        let mut node = self.fresh_node(i);
+        for r in std::mem::take(&mut self.disks[i]) {
+            node.restore(r);
+        }
+        if self.cfg.journals {
+            // Compacted, as herd-net rewrites it at start.
+            self.disks[i] = node.store().records().cloned().collect();
+        }
         self.nodes[i] = Some(node);
         for l in self.links_of(i) {
             self.try_up(l);
@@ -1077,6 +1094,8 @@ impl Sim {
         for n in self.nodes.iter().flatten() {
             n.store().records().for_each(&mut offer);
         }
+        // A crashed node's disk comes back with it (every node restarts before settling).
+        self.disks.iter().flatten().for_each(&mut offer);
         let net = self.net.borrow();
         for l in &net.links {
             for q in l.session.iter().flat_map(|s| s.queues.iter()) {
