@@ -9,6 +9,10 @@
 //! compacted again in the background whenever it holds more than twice as many lines as the
 //! store (and at least `journal_compact_lines`, [`crate::Limits`], default [`COMPACT_FLOOR`]).
 //!
+//! With `fsync` each write is followed by `fdatasync` (and a compaction syncs the new file
+//! and its directory before and after the rename), so acknowledged updates survive a power
+//! cut too, at the cost of a disk flush per group of writes.
+//!
 //! Writes are grouped: records are appended to a shared buffer under the node's lock; a task
 //! about to send replies calls [`Journal::flush_to`] with the buffer position it needs
 //! written, and whichever task gets the file lock first writes everything pending (one
@@ -25,6 +29,15 @@ use tracing::{error, info, warn};
 
 /// Default: the journal is compacted only once it holds at least this many lines.
 pub const COMPACT_FLOOR: u64 = 100_000;
+
+/// Where a server keeps its journal, and how hard it writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether every write is followed by `fdatasync`.
+    pub fsync: bool,
+}
 
 /// What [`Journal::open`] found in an existing file.
 #[derive(Debug)]
@@ -49,6 +62,7 @@ pub struct Journal {
     lines: AtomicU64,
     compacting: AtomicBool,
     floor: u64,
+    fsync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +91,7 @@ impl Journal {
     /// # Errors
     /// The file or its directory cannot be created, read or opened for appending.
     pub fn open(path: &Path) -> std::io::Result<(Arc<Self>, Restored)> {
-        Self::open_with_floor(path, COMPACT_FLOOR)
+        Self::open_with(path, COMPACT_FLOOR, false)
     }
 
     /// [`Journal::open`] with another compaction floor: the file is never compacted below
@@ -86,6 +100,18 @@ impl Journal {
     /// # Errors
     /// As [`Journal::open`].
     pub fn open_with_floor(path: &Path, floor: u64) -> std::io::Result<(Arc<Self>, Restored)> {
+        Self::open_with(path, floor, false)
+    }
+
+    /// [`Journal::open_with_floor`], with `fdatasync` after every write when `fsync` is set.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_with(
+        path: &Path,
+        floor: u64,
+        fsync: bool,
+    ) -> std::io::Result<(Arc<Self>, Restored)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -126,6 +152,7 @@ impl Journal {
             lines: AtomicU64::new(lines),
             compacting: AtomicBool::new(false),
             floor,
+            fsync,
         });
         Ok((journal, restored))
     }
@@ -169,7 +196,14 @@ impl Journal {
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.lines))
         };
         let n = buf.len() as u64;
-        match f.file.write_all(&buf) {
+        let written = f.file.write_all(&buf).and_then(|()| {
+            if self.fsync {
+                f.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match written {
             Ok(()) => {
                 self.lines.fetch_add(lines, Ordering::Relaxed);
             }
@@ -230,8 +264,17 @@ impl Journal {
         let result = (|| {
             out.write_all(&buf)?;
             out.flush()?;
-            drop(out);
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            if self.fsync {
+                file.sync_data()?;
+            }
+            drop(file);
             std::fs::rename(&tmp, &self.path)?;
+            if self.fsync {
+                if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    File::open(dir)?.sync_all()?;
+                }
+            }
             OpenOptions::new().append(true).open(&self.path)
         })();
         match result {
@@ -358,6 +401,28 @@ mod tests {
         assert!(std::fs::read(&path)
             .unwrap()
             .ends_with(b"AT A +0.100000000 fig +1+1 1\n"));
+    }
+
+    #[test]
+    fn with_fsync_writes_and_compactions_work_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.journal");
+        let (j, _) = Journal::open_with(&path, 1, true).unwrap();
+        let a = rec("AT A +0.100000000 kiwi +1+1 5");
+        j.append(&a);
+        j.flush();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 5\n"
+        );
+        j.append(&a);
+        j.flush();
+        j.compact(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 5\n"
+        );
+        assert_eq!((j.lines(), j.errors()), (1, 0));
     }
 
     #[test]

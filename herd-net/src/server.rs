@@ -57,8 +57,8 @@ pub struct ServerSpec {
     pub log_index: usize,
     /// Where client messages and replies are logged in bulk; `None`: as `tracing` events.
     pub message_log: Option<Arc<dyn crate::msglog::MessageLog>>,
-    /// The journal file ([`crate::journal`]); `None`: the store lives in memory only.
-    pub journal: Option<std::path::PathBuf>,
+    /// The journal ([`crate::journal`]); `None`: the store lives in memory only.
+    pub journal: Option<crate::journal::JournalSpec>,
 }
 
 impl std::fmt::Debug for ServerSpec {
@@ -188,6 +188,8 @@ pub struct ServerStats {
     pub links_up: Vec<ServerName>,
     /// Client connections open now.
     pub clients: usize,
+    /// Lines in the journal file and write errors so far, when there is a journal.
+    pub journal: Option<(u64, u64)>,
 }
 
 impl ServerStats {
@@ -201,7 +203,7 @@ impl ServerStats {
             "{{\"server\":{},\"records\":{},\"digest\":{},\"links_up\":[{}],\"clients\":{},\
              \"iamats\":{},\"whatsats\":{},\"invalid\":{},\"stored\":{},\"stale\":{},\
              \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
-             \"queries_started\":{},\"peer_errors\":{}}}",
+             \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{}}}",
             json_str(self.server.as_str()),
             self.records,
             self.digest,
@@ -218,6 +220,8 @@ impl ServerStats {
             n.send_failures,
             n.queries_started,
             n.peer_errors,
+            self.journal.map_or("null".to_owned(), |j| j.0.to_string()),
+            self.journal.map_or("null".to_owned(), |j| j.1.to_string()),
         );
         s
     }
@@ -282,6 +286,11 @@ impl ServerHandle {
             digest: node.store().digest(),
             links_up,
             clients,
+            journal: self
+                .shared
+                .journal
+                .as_ref()
+                .map(|j| (j.lines(), j.errors())),
         }
     }
 
@@ -348,9 +357,9 @@ pub fn start(
     node_cfg.journal = spec.journal.is_some();
     let mut node = Node::new(node_cfg, TcpPeerSink::new(names.len()), &mut RandomIds);
     let journal = match &spec.journal {
-        Some(path) => Some(restore(
+        Some(js) => Some(restore(
             &mut node,
-            path,
+            js,
             spec.limits.journal_compact_lines,
             spec.log_index,
         )?),
@@ -391,14 +400,16 @@ pub fn start(
 /// compacted.
 fn restore(
     node: &mut Node<TcpPeerSink>,
-    path: &std::path::Path,
+    spec: &crate::journal::JournalSpec,
     compact_floor: u64,
     log_index: usize,
 ) -> std::io::Result<Arc<Journal>> {
+    let path = spec.path.as_path();
     let with_path = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("journal {}: {e}", path.display()))
     };
-    let (journal, restored) = Journal::open_with_floor(path, compact_floor).map_err(with_path)?;
+    let (journal, restored) =
+        Journal::open_with(path, compact_floor, spec.fsync).map_err(with_path)?;
     let read = restored.records.len();
     for r in restored.records {
         node.restore(r);

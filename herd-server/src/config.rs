@@ -11,7 +11,7 @@
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
 //! ```
 //! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
-//! `herd_net::journal`). Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
+//! `herd_net::journal`); `"journal_fsync": true` makes it sync every write to the disk. Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
 //! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
 //! every connection with one JSON line of counters.
 
@@ -83,6 +83,8 @@ struct RawConfig {
     places: RawPlaces,
     #[serde(default)]
     data_dir: Option<std::path::PathBuf>,
+    #[serde(default)]
+    journal_fsync: bool,
 }
 
 /// Tuning of the Places backend (`"places"` key); the timeout is `limits.places_timeout_ms`.
@@ -195,6 +197,8 @@ pub struct HerdConfig {
     pub places: PlacesTuning,
     /// Where each server keeps its journal (`DIR/NAME.journal`); `None`: in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Whether journal writes are followed by `fdatasync` (power-cut durability).
+    pub journal_fsync: bool,
 }
 
 impl std::fmt::Debug for HerdConfig {
@@ -206,6 +210,7 @@ impl std::fmt::Debug for HerdConfig {
             .field("limits", &self.limits)
             .field("places", &self.places)
             .field("data_dir", &self.data_dir)
+            .field("journal_fsync", &self.journal_fsync)
             .finish()
     }
 }
@@ -318,6 +323,7 @@ impl HerdConfig {
             limits: raw.limits.validate()?,
             places: raw.places.validate()?,
             data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
+            journal_fsync: raw.journal_fsync,
         })
     }
 
@@ -452,7 +458,8 @@ mod tests {
             r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
                 "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
                            "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7,
-                           "resync_window_bytes": 8, "journal_compact_lines": 9}}"#,
+                           "resync_window_bytes": 8, "journal_compact_lines": 9},
+                "data_dir": "/d", "journal_fsync": true}"#,
         )
         .unwrap();
         let a = &c.servers[0];
@@ -471,6 +478,8 @@ mod tests {
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
         assert_eq!(l.resync_window_bytes, 8);
         assert_eq!(l.journal_compact_lines, 9);
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/d")));
+        assert!(c.journal_fsync);
         assert_eq!(l.resync_window(), 1, "at most a quarter of the peer queue");
     }
 

@@ -149,7 +149,10 @@ pub async fn start(
             journal: config
                 .data_dir
                 .as_ref()
-                .map(|d| d.join(format!("{name}.journal"))),
+                .map(|d| herd_net::journal::JournalSpec {
+                    path: d.join(format!("{name}.journal")),
+                    fsync: config.journal_fsync,
+                }),
         };
         let handle =
             herd_net::start(spec, listener, token.clone(), tracker.clone()).map_err(|source| {

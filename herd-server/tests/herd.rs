@@ -431,7 +431,7 @@ async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_reco
         &["A"],
         &[],
         &format!(
-            "\"data_dir\": \"{}\", \"limits\": {{\"journal_compact_lines\": 100}}",
+            "\"data_dir\": \"{}\", \"journal_fsync\": true, \"limits\": {{\"journal_compact_lines\": 100}}",
             data.path().display()
         ),
     );
@@ -455,6 +455,9 @@ async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_reco
         text.contains(" jc7 +1+1 29\n"),
         "the newest record is there"
     );
+    let stats = herd.servers()[0].stats();
+    assert_eq!(stats.journal.map(|j| j.1), Some(0), "no write errors");
+    assert!(stats.to_json_line().contains("\"journal_errors\":0"));
     herd.shutdown().await;
     // Restarted on the same journal: every client at its newest.
     let herd = start(&json).await;
