@@ -63,6 +63,9 @@ pub struct Journal {
     compacting: AtomicBool,
     floor: u64,
     fsync: bool,
+    /// `NAME.journal.lock`, locked while this journal is open: two servers writing one journal
+    /// would lose each other's records at the first compaction.
+    _lock: File,
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +118,21 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.with_extension("journal.lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "in use by another running server (its .lock file is locked)",
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let mut restored = Restored {
             records: Vec::new(),
             bad_lines: 0,
@@ -153,6 +171,7 @@ impl Journal {
             compacting: AtomicBool::new(false),
             floor,
             fsync,
+            _lock: lock,
         });
         Ok((journal, restored))
     }
@@ -423,6 +442,17 @@ mod tests {
             b"AT A +0.100000000 kiwi +1+1 5\n"
         );
         assert_eq!((j.lines(), j.errors()), (1, 0));
+    }
+
+    #[test]
+    fn a_journal_open_elsewhere_cannot_be_opened_again_until_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.journal");
+        let (j, _) = Journal::open(&path).unwrap();
+        let e = Journal::open(&path).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        drop(j);
+        assert!(Journal::open(&path).is_ok());
     }
 
     #[test]
