@@ -123,6 +123,53 @@ fn store(c: &mut Criterion) {
     g.bench_function("get_in_100k", |b| {
         b.iter(|| black_box(full.get(black_box(b"client777"))))
     });
+    // What a pipelined read batch does: 16 newer records of clients spread over a store of a
+    // million (records far apart in memory), offered one by one, with and without warming the
+    // store for the batch first. The difference is the cache misses that warming overlaps.
+    let million: Vec<Arc<Record>> = (0..1_000_000)
+        .map(|i| record(&format!("client{i}"), 1_000 + i))
+        .collect();
+    let mut big = LocationStore::new(7);
+    for r in &million {
+        big.offer(r.clone());
+    }
+    drop(million);
+    let mut t = 10_000_000u64;
+    let mut next = 0usize;
+    let mut batch = move || {
+        t += 1;
+        (0..16)
+            .map(|_| {
+                next = (next + 7_919 * 13) % 1_000_000;
+                record(&format!("client{next}"), t)
+            })
+            .collect::<Vec<_>>()
+    };
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("offer_16_newer_in_1m", |b| {
+        b.iter_batched(
+            &mut batch,
+            |recs| {
+                for r in recs {
+                    black_box(big.offer(r));
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("offer_16_newer_in_1m_warmed", |b| {
+        b.iter_batched(
+            &mut batch,
+            |recs| {
+                let clients: Vec<&[u8]> = recs.iter().map(|r| r.client()).collect();
+                black_box(big.warm(&clients));
+                for r in &recs {
+                    black_box(big.offer(r.clone()));
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

@@ -1,5 +1,6 @@
 //! Line codec throughput: pipelined input decoded in one buffer, and a long line that arrives
-//! in many small reads (the search resumes where it stopped, so this stays linear).
+//! in many small reads (the search resumes where it stopped, so this stays linear); and the
+//! per-message log line (both sides escaped).
 //!
 //! Run: `cargo bench -p herd-net --bench codec`
 
@@ -51,5 +52,28 @@ fn pipelined(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipelined);
+/// The per-message log line of an IAMAT and its reply (escaping both), as the server
+/// formats it for every client message at the default log level.
+fn message_log_line(c: &mut Criterion) {
+    let msg = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997";
+    let reply =
+        b"AT Goloman +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n";
+    let stamp = b"2026-11-26T07:00:00.000000Z";
+    let prefix = herd_net::msglog::message_prefix("127.0.0.1:40000".parse().expect("addr"));
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut g = c.benchmark_group("msglog");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("iamat message line", |b| {
+        b.iter(|| {
+            if out.len() > 60 * 1024 {
+                out.clear();
+            }
+            herd_net::msglog::push_message_with(&mut out, stamp, &prefix, msg, reply);
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipelined, message_log_line);
 criterion_main!(benches);

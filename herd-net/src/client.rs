@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::protocol::{write_invalid, write_whatsat_reply};
+use herd_core::store::WARM_MAX;
+use herd_core::types::is_space;
 use herd_core::{ClientAction, LookupError, MaxItems, PlacesQuery, RadiusKm, Record, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -263,7 +265,14 @@ impl Conn {
     }
 
     fn process_locked(&mut self, core: &mut Core) -> Result<bool, BytesMut> {
+        // Lines handled since the store was last warmed for the lines ahead, and how many
+        // lines that warming covered.
+        let mut warm_left = 0usize;
         loop {
+            if warm_left == 0 && matches!(self.stop, Stop::No | Stop::Shutdown | Stop::Eof) {
+                warm_left = warm_store(core, &self.buf);
+            }
+            warm_left = warm_left.saturating_sub(1);
             let decoded = match self.stop {
                 Stop::Eof => self.codec.decode_eof(&mut self.buf),
                 // At shutdown, complete lines already received are still answered.
@@ -382,6 +391,35 @@ impl Conn {
         }
         debug!(addr = %self.addr, reason = ?self.stop, "connection closed");
     }
+}
+
+/// Warms the store ([`herd_core::LocationStore::warm`]) for the client ids of the next
+/// complete lines in `buf`; returns how many lines it looked at (0: no complete line).
+fn warm_store(core: &Core, buf: &[u8]) -> usize {
+    let mut clients: [&[u8]; WARM_MAX] = [&[]; WARM_MAX];
+    let mut found = 0;
+    let mut lines = 0;
+    let mut rest = buf;
+    while lines < WARM_MAX {
+        let Some(end) = memchr::memchr(b'\n', rest) else {
+            break;
+        };
+        let (line, tail) = rest.split_at(end);
+        rest = &tail[1..];
+        lines += 1;
+        let mut fields = line.split(|&b| is_space(b)).filter(|f| !f.is_empty());
+        if matches!(fields.next(), Some(b"IAMAT" | b"WHATSAT")) {
+            if let Some(client) = fields.next() {
+                clients[found] = client;
+                found += 1;
+            }
+        }
+    }
+    // One lookup has nothing to overlap with.
+    if found > 1 {
+        core.node.store().warm(&clients[..found]);
+    }
+    lines
 }
 
 /// Waits for the reply at the front of the queue (which is `Waiting`).

@@ -10,10 +10,7 @@ impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.0;
         while !rest.is_empty() {
-            let plain = rest
-                .iter()
-                .position(|&b| !(0x20..0x7f).contains(&b) || b == b'\\')
-                .unwrap_or(rest.len());
+            let plain = plain_prefix(rest);
             // The run is printable ASCII, hence valid UTF-8.
             f.write_str(std::str::from_utf8(&rest[..plain]).map_err(|_| fmt::Error)?)?;
             let Some((&b, tail)) = rest[plain..].split_first() else {
@@ -32,15 +29,55 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Whether `b` is printed escaped: anything but printable ASCII, and `\\` itself.
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    !(0x20..0x7f).contains(&b) || b == b'\\'
+}
+
+/// Length of the longest prefix of `bytes` that is printed as is.
+///
+/// Log lines are almost all printable ASCII, so the common case tests eight bytes at a time:
+/// a word is plain when none of its bytes is below `0x20`, at or above `0x7f`, or `\\`. The
+/// word tests may flag a plain word (a borrow between bytes), never miss one that is not;
+/// a flagged word is then checked byte by byte.
+#[inline]
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// High bit set in every byte that is zero (and possibly above one that is).
+    #[inline]
+    fn zero_bytes(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGH
+    }
+    let mut done = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let flagged = below_space
+            | (x & HIGH)
+            | zero_bytes(x ^ (ONES * 0x7f))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')));
+        if flagged != 0 {
+            break;
+        }
+        done += 8;
+    }
+    let rest = &bytes[done..];
+    done + rest
+        .iter()
+        .position(|&b| needs_escape(b))
+        .unwrap_or(rest.len())
+}
+
 /// Appends `bytes` escaped as [`Escaped`] displays them, without going through `fmt`.
 pub fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = bytes;
     while !rest.is_empty() {
-        let plain = rest
-            .iter()
-            .position(|&b| !(0x20..0x7f).contains(&b) || b == b'\\')
-            .unwrap_or(rest.len());
+        let plain = plain_prefix(rest);
         out.extend_from_slice(&rest[..plain]);
         let Some((&b, tail)) = rest[plain..].split_first() else {
             break;
@@ -69,7 +106,7 @@ impl fmt::Debug for Escaped<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{push_escaped, Escaped};
+    use super::{needs_escape, plain_prefix, push_escaped, Escaped};
 
     #[test]
     fn escapes_control_and_non_ascii_bytes() {
@@ -86,6 +123,23 @@ mod tests {
             let mut v = Vec::new();
             push_escaped(&mut v, chunk);
             assert_eq!(v, Escaped(chunk).to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_scan_finds_the_first_byte_to_escape_at_every_position() {
+        // Every byte value at every position of lines up to 24 bytes, after plain bytes that
+        // sit next to the word tests' thresholds.
+        for len in 1..24 {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut line: Vec<u8> =
+                        (0..len).map(|i| [b' ', b'~', b'[', b']'][i % 4]).collect();
+                    line[pos] = b;
+                    let want = line.iter().position(|&c| needs_escape(c)).unwrap_or(len);
+                    assert_eq!(plain_prefix(&line), want, "{line:?}");
+                }
+            }
         }
     }
 }
