@@ -98,6 +98,66 @@ pub(crate) struct LoadArgs {
     /// Runtime worker threads (all cores by default).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Pace the run at N requests/s in all, spread evenly over the connections (each sends
+    /// every connections/N s, their turns interleaved); a connection that falls behind
+    /// catches up as fast as --depth allows. Without it, every connection sends as fast as
+    /// replies come back.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+}
+
+/// When one worker's requests are due under `--rate`: the k-th (from 0) at
+/// `first + k × every`. Worker i of c starts i/N s after the run, every c/N s, so the
+/// workers' turns interleave into one even stream of N requests/s.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    first: Instant,
+    /// Seconds between two requests of this worker.
+    every: f64,
+}
+
+impl Pace {
+    /// Longest single sleep while waiting for a turn, so a stop (Ctrl-C) is seen promptly.
+    const NAP: Duration = Duration::from_millis(100);
+
+    fn new(started: Instant, rate: u64, worker: usize, workers: usize) -> Self {
+        let rate = rate as f64;
+        Self {
+            first: started + Duration::from_secs_f64(worker as f64 / rate),
+            every: workers as f64 / rate,
+        }
+    }
+
+    /// How many of this worker's requests are due at `now` (counting from the first).
+    fn due(&self, now: Instant) -> u64 {
+        if now < self.first {
+            return 0;
+        }
+        // Float to integer saturates; the run is bounded long before that matters.
+        ((now - self.first).as_secs_f64() / self.every) as u64 + 1
+    }
+
+    /// When request `k` of this worker is due.
+    fn at(&self, k: u64) -> Instant {
+        self.first + Duration::from_secs_f64(k as f64 * self.every)
+    }
+
+    /// Sleeps until request `k` is due, or the run is over (deadline, request count, stop),
+    /// whichever is first.
+    async fn wait_turn(&self, k: u64, shared: &Shared) {
+        let turn = self.at(k);
+        loop {
+            let now = Instant::now();
+            if now >= turn || !shared.more() {
+                return;
+            }
+            let mut until = turn.min(now + Self::NAP);
+            if let Some(d) = shared.deadline {
+                until = until.min(d);
+            }
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
 }
 
 /// Kinds of failed requests.
@@ -323,6 +383,8 @@ struct Worker {
     shared: Arc<Shared>,
     timeout: Duration,
     depth: usize,
+    /// Set under `--rate`.
+    pace: Option<Pace>,
 }
 
 impl Worker {
@@ -346,6 +408,8 @@ impl Worker {
         let mut out = Vec::with_capacity(self.depth * 128);
         let mut input = Vec::with_capacity(64 * 1024);
         let mut inflight: VecDeque<(Expect, Instant)> = VecDeque::with_capacity(self.depth);
+        // Requests this worker issued (for --rate), over all its connections.
+        let mut issued = 0u64;
         while self.shared.more() {
             let mut stream = match self.connect().await {
                 Ok(s) => s,
@@ -353,6 +417,7 @@ impl Worker {
                 // server that is down ends.
                 Err(kind) => {
                     if self.shared.take(1) == 1 {
+                        issued += 1;
                         stats.error(kind, 1);
                     }
                     continue;
@@ -367,6 +432,7 @@ impl Worker {
                     &mut out,
                     &mut input,
                     &mut inflight,
+                    &mut issued,
                 )
                 .await;
             if let Err(kind) = lost {
@@ -380,6 +446,7 @@ impl Worker {
     }
 
     /// One connection's life; `Err` when it broke with the requests still in `inflight`.
+    #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
         stream: &mut TcpStream,
@@ -388,10 +455,20 @@ impl Worker {
         out: &mut Vec<u8>,
         input: &mut Vec<u8>,
         inflight: &mut VecDeque<(Expect, Instant)>,
+        issued: &mut u64,
     ) -> Result<(), ErrorKind> {
         let (mut rd, mut wr) = stream.split();
         loop {
-            let n = self.shared.take(self.depth - inflight.len());
+            let room = self.depth - inflight.len();
+            let want = match &self.pace {
+                Some(p) => {
+                    let due = p.due(Instant::now()).saturating_sub(*issued);
+                    room.min(usize::try_from(due).unwrap_or(usize::MAX))
+                }
+                None => room,
+            };
+            let n = self.shared.take(want);
+            *issued += u64::try_from(n).unwrap_or(0);
             if n > 0 {
                 let sent = Instant::now();
                 out.clear();
@@ -404,13 +481,35 @@ impl Worker {
                     Err(_) => return Err(ErrorKind::Timeout),
                 }
             }
+            // Under --rate with room for more: the next turn, else never.
+            let next_turn = self
+                .pace
+                .filter(|_| inflight.len() < self.depth && self.shared.more())
+                .map(|p| p.at(*issued));
             if inflight.is_empty() {
-                return Ok(());
+                match next_turn {
+                    Some(_) if self.shared.more() => {
+                        if let Some(p) = &self.pace {
+                            p.wait_turn(*issued, &self.shared).await;
+                        }
+                        continue;
+                    }
+                    _ => return Ok(()),
+                }
             }
             if input.capacity() - input.len() < 4096 {
                 input.reserve(16 * 1024);
             }
-            match tokio::time::timeout(self.timeout, rd.read_buf(input)).await {
+            let read = tokio::time::timeout(self.timeout, rd.read_buf(input));
+            let read = match next_turn {
+                None => read.await,
+                Some(turn) => tokio::select! {
+                    r = read => r,
+                    // Reading is cancel-safe: nothing read is lost by sending first.
+                    () = tokio::time::sleep_until(turn.into()) => continue,
+                },
+            };
+            match read {
                 Ok(Ok(0)) => return Err(ErrorKind::Closed),
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(ErrorKind::Io),
@@ -448,7 +547,15 @@ impl Worker {
         let mut stats = Stats::new();
         let mut out = Vec::with_capacity(256);
         let mut input = Vec::with_capacity(16 * 1024);
-        while self.shared.take(1) == 1 {
+        let mut issued = 0u64;
+        loop {
+            if let Some(p) = &self.pace {
+                p.wait_turn(issued, &self.shared).await;
+            }
+            if self.shared.take(1) != 1 {
+                break;
+            }
+            issued += 1;
             let started = Instant::now();
             out.clear();
             let expect = gen.write(&mut out);
@@ -662,6 +769,7 @@ pub(crate) async fn run(g: &Global, a: LoadArgs) -> Result<u8, Failure> {
             shared: Arc::clone(&shared),
             timeout: g.timeout,
             depth: a.depth,
+            pace: a.rate.map(|r| Pace::new(started, r, i, a.connections)),
         };
         let gen = Gen::new(Arc::clone(&plan), u64::try_from(i).unwrap_or(0), workers);
         handles.push(match a.mode {
@@ -738,6 +846,8 @@ struct Summary<'a> {
     targets: Vec<&'a str>,
     connections: usize,
     depth: Option<usize>,
+    /// `--rate`, if given.
+    rate_limit: Option<u64>,
     secs: f64,
     ok: u64,
     errors: Vec<(&'static str, u64)>,
@@ -757,6 +867,7 @@ impl<'a> Summary<'a> {
             targets: targets.iter().map(|t| t.label.as_str()).collect(),
             connections: a.connections,
             depth: (a.mode == Mode::Pipelined).then_some(a.depth),
+            rate_limit: a.rate,
             secs: elapsed.as_secs_f64().max(1e-9),
             ok: total.ok,
             errors: KINDS
@@ -790,6 +901,7 @@ impl<'a> Summary<'a> {
             "targets": self.targets,
             "connections": self.connections,
             "depth": self.depth,
+            "rate_limit": self.rate_limit,
             "elapsed_s": self.secs,
             "ok": self.ok,
             "errors": errors,
@@ -803,8 +915,12 @@ impl<'a> Summary<'a> {
             .depth
             .map(|d| format!(", depth {d}"))
             .unwrap_or_default();
+        let paced = self
+            .rate_limit
+            .map(|r| format!(", paced at {r} requests/s"))
+            .unwrap_or_default();
         println!(
-            "load {} against {}: {} connections{depth}",
+            "load {} against {}: {} connections{depth}{paced}",
             self.mode,
             self.targets.join(", "),
             self.connections
@@ -935,6 +1051,22 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn paced_workers_interleave_into_one_even_stream() {
+        let t0 = Instant::now();
+        // 1000 requests/s over 4 workers: worker i's k-th request is due at (i + 4k) ms.
+        let paces: Vec<Pace> = (0..4).map(|i| Pace::new(t0, 1000, i, 4)).collect();
+        let ms = |m: f64| t0 + Duration::from_secs_f64(m / 1000.0);
+        assert_eq!(paces[0].due(t0), 1);
+        assert_eq!(paces[3].due(t0), 0);
+        assert_eq!(paces[3].due(ms(3.000_01)), 1);
+        // After 100 ms (plus a hair), each worker has had 25 turns: 100 in all.
+        let total: u64 = paces.iter().map(|p| p.due(ms(99.999))).sum();
+        assert_eq!(total, 100);
+        let at = paces[2].at(10).duration_since(t0).as_secs_f64() * 1000.0;
+        assert!((at - 42.0).abs() < 1e-6, "{at}");
     }
 
     #[test]

@@ -357,6 +357,57 @@ fn load_pipelined_and_classic_against_a_real_server() {
 }
 
 #[test]
+fn load_with_a_rate_sends_no_faster_than_asked() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let a = herd.addr("Goloman");
+    // 200 requests/s for 1.5 s over 4 connections: at most 300 (plus one turn per
+    // connection at the start). Unpaced, this server answers tens of thousands in that time.
+    // The lower bound only checks that the run did send: a loaded machine may fall behind.
+    for mode in ["pipelined", "classic"] {
+        let out = run(&[
+            "--server",
+            a,
+            "--json",
+            "load",
+            "--mode",
+            mode,
+            "--rate",
+            "200",
+            "--duration",
+            "1500ms",
+            "-c",
+            "4",
+            "-d",
+            "4",
+            "-k",
+            "40",
+            "--fresh",
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let v = &json_lines(&out)[0];
+        let ok = v["ok"].as_u64().unwrap();
+        assert!((30..=304).contains(&ok), "{mode}: {v}");
+        assert_eq!(v["rate_limit"], 200, "{v}");
+        assert!(
+            v["errors"].as_object().unwrap().values().all(|n| n == 0),
+            "{v}"
+        );
+    }
+    // A count at a rate: 60 requests at 100/s cannot end before the 60th is due (0.59 s).
+    let out = run(&[
+        "--server", a, "--json", "load", "--rate", "100", "-n", "60", "-c", "3", "-k", "30",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["ok"], 60, "{v}");
+    assert!(v["elapsed_s"].as_f64().unwrap() >= 0.55, "{v}");
+    // A rate of 0 is refused.
+    let out = run(&["--server", a, "load", "--rate", "0", "-n", "1"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--rate"), "{}", stderr(&out));
+}
+
+#[test]
 fn load_all_spreads_over_a_herd_and_floods() {
     let names = ["A", "B", "C"];
     let herd = herd_or_skip!(Herd::start(&names, &[("A", "B"), ("B", "C")]));
