@@ -388,10 +388,14 @@ struct Worker {
 }
 
 impl Worker {
-    async fn connect(&self) -> Result<TcpStream, ErrorKind> {
+    /// Connects; `nodelay` sets TCP_NODELAY (a classic connection writes once and
+    /// half-closes, which Nagle's algorithm never holds back, so it saves the system call).
+    async fn connect(&self, nodelay: bool) -> Result<TcpStream, ErrorKind> {
         match tokio::time::timeout(self.timeout, connect_spread(&self.addr)).await {
             Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
+                if nodelay {
+                    let _ = s.set_nodelay(true);
+                }
                 Ok(s)
             }
             Ok(Err(_)) => {
@@ -411,7 +415,7 @@ impl Worker {
         // Requests this worker issued (for --rate), over all its connections.
         let mut issued = 0u64;
         while self.shared.more() {
-            let mut stream = match self.connect().await {
+            let mut stream = match self.connect(true).await {
                 Ok(s) => s,
                 // A failed connect uses up one request, so a count-bounded run against a
                 // server that is down ends.
@@ -559,7 +563,7 @@ impl Worker {
             let started = Instant::now();
             out.clear();
             let expect = gen.write(&mut out);
-            let result = match self.connect().await {
+            let result = match self.connect(false).await {
                 Ok(stream) => self.one_shot(stream, &out, &mut input).await,
                 Err(kind) => Err(kind),
             };

@@ -91,12 +91,37 @@ struct Conn {
     log_prefix: Vec<u8>,
     /// The batch's log lines, formatted here and handed over in one call (reused).
     log_text: Vec<u8>,
+    /// Something was written to the client already.
+    wrote: bool,
+    /// TCP_NODELAY is set (from the second write on).
+    nodelay: bool,
+}
+
+/// What answering a connection at once, before the runtime watches it, came to.
+enum AtOnce {
+    /// Answered in full and closed.
+    Done,
+    /// The first line opens a peer handshake.
+    Handshake(BytesMut),
+    /// More to do: go on in the runtime (with what was read and answered so far).
+    Continue,
+    /// Nothing new has arrived (the client is still open): go on in the runtime.
+    Nothing,
+    /// The socket failed.
+    Failed(std::io::Error),
 }
 
 /// Serves a client connection (or hands it to the peer handshake if it opens with one).
+///
+/// `stream` comes straight from `accept4`, non-blocking and not yet watched by the runtime.
+/// A classic client (connect, one request, half-close) has usually sent everything by the
+/// time its connection is accepted: then it is answered here with plain non-blocking system
+/// calls and closed, without registering the socket with the runtime's poller (two
+/// `epoll_ctl` calls and a wake-up saved per connection). Anything else goes on in the
+/// runtime where this left off.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: std::net::TcpStream,
     addr: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
@@ -115,12 +140,47 @@ pub(crate) async fn serve(
         log_enabled: true,
         log_prefix: Vec::new(),
         log_text: Vec::new(),
+        wrote: false,
+        nodelay: false,
     };
     debug!(%addr, "connection opened");
-    match conn.run(&mut stream).await {
+    let mut at_once = conn.answer_at_once(&stream);
+    if matches!(at_once, AtOnce::Nothing) {
+        // Accepted before the request arrived (the client writes once its connect completes):
+        // let the other tasks run once and look again before registering the socket.
+        tokio::task::yield_now().await;
+        at_once = conn.answer_at_once(&stream);
+    }
+    let first_line = match at_once {
+        AtOnce::Done => {
+            debug!(%addr, reason = ?conn.stop, "connection closed");
+            return;
+        }
+        AtOnce::Failed(e) => {
+            debug!(%addr, error = %e, "connection failed");
+            return;
+        }
+        AtOnce::Handshake(line) => Some(line),
+        AtOnce::Continue | AtOnce::Nothing => None,
+    };
+    let mut stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot register a connection");
+            return;
+        }
+    };
+    let result = match first_line {
+        Some(line) => Ok(Some(line)),
+        None => conn.run(&mut stream).await,
+    };
+    match result {
         Ok(Some(first_line)) => {
             // A peer: it does not count against the client limit.
             drop(permit);
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(%addr, error = %e, "cannot set TCP_NODELAY");
+            }
             let Conn { shared, buf, .. } = conn;
             crate::link::accept(shared, stream, addr, first_line, buf).await;
         }
@@ -130,6 +190,59 @@ pub(crate) async fn serve(
 }
 
 impl Conn {
+    /// Reads what has arrived, answers it and, when the client has ended its stream and every
+    /// reply fits the socket at once, writes the replies and is done (the caller closes).
+    fn answer_at_once(&mut self, stream: &std::net::TcpStream) -> AtOnce {
+        use std::io::{ErrorKind, Read, Write};
+        let mut chunk = [0u8; 4096];
+        let mut stream_ref = stream;
+        let mut got = false;
+        while self.buf.len() < READ_CHUNK {
+            match stream_ref.read(&mut chunk) {
+                Ok(0) => {
+                    self.stop = Stop::Eof;
+                    break;
+                }
+                Ok(n) => {
+                    got = true;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return AtOnce::Failed(e),
+            }
+        }
+        if !got && self.stop != Stop::Eof {
+            return AtOnce::Nothing;
+        }
+        let mut more = false;
+        if !self.buf.is_empty() {
+            more = match self.process_lines() {
+                Ok(more) => more,
+                Err(handshake) => return AtOnce::Handshake(handshake),
+            };
+        }
+        self.collect_ready();
+        if more || self.stop != Stop::Eof || !self.queue.is_empty() {
+            return AtOnce::Continue;
+        }
+        let mut written = 0;
+        while written < self.out.len() {
+            match stream_ref.write(&self.out[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return AtOnce::Failed(e),
+            }
+        }
+        self.wrote |= written > 0;
+        if written == self.out.len() {
+            return AtOnce::Done;
+        }
+        self.out.drain(..written);
+        AtOnce::Continue
+    }
+
     /// Runs until the connection is done; returns the first line if it is a peer handshake.
     async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
         let idle_limit = self.shared.spec.limits.idle_timeout;
@@ -143,6 +256,15 @@ impl Conn {
             };
             self.collect_ready();
             if !self.out.is_empty() {
+                if std::mem::replace(&mut self.wrote, true) && !self.nodelay {
+                    // The first write of a connection is never held back by Nagle's
+                    // algorithm (nothing is in flight yet), so a connection answered once
+                    // (a classic client) saves the system call.
+                    self.nodelay = true;
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(addr = %self.addr, error = %e, "cannot set TCP_NODELAY");
+                    }
+                }
                 // A client that reads nothing for the idle time loses its connection.
                 match timeout(idle_limit, stream.write_all(&self.out)).await {
                     Ok(r) => r?,

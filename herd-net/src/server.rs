@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use herd_core::{Node, NodeConfig, NodeEvent, NodeStats, PeerId, PlacesLookup, Record, ServerName};
+use socket2::SockRef;
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -432,10 +434,34 @@ fn restore(
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    // Accepted sockets are taken without the runtime's registration (see `client::serve`):
+    // the listener is watched through an `AsyncFd` and each connection accepted non-blocking
+    // with one `accept4`. `AsyncFd::try_new` is deprecated because a type whose `as_raw_fd`
+    // changes over its life would make it unsound; a `std::net::TcpListener` owns one
+    // descriptor for its whole life, which is what the replacement's safety contract asks.
+    #[allow(deprecated)]
+    let listener = match listener.into_std().map(AsyncFd::try_new) {
+        Ok(Ok(fd)) => fd,
+        Ok(Err(e)) => {
+            let (std_listener, e) = e.into_parts();
+            warn!(error = %e, "cannot watch the listener directly; accepting through tokio");
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => return tokio_accept_loop(shared, l).await,
+                Err(e) => {
+                    warn!(error = %e, "cannot accept connections");
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot accept connections");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             () = shared.token.cancelled() => break,
-            r = listener.accept() => r,
+            r = accept_one(&listener) => r,
         };
         match accepted {
             Ok((stream, addr)) => admit(&shared, stream, addr),
@@ -449,14 +475,52 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     info!("stopped accepting connections");
 }
 
-fn admit(shared: &Arc<Shared>, stream: TcpStream, addr: SocketAddr) {
+/// The accept loop when the listener cannot be watched directly.
+async fn tokio_accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.token.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let admitted = accepted.and_then(|(stream, addr)| Ok((stream.into_std()?, addr)));
+        match admitted {
+            Ok((stream, addr)) => admit(&shared, stream, addr),
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    info!("stopped accepting connections");
+}
+
+/// Accepts one connection: a non-blocking, close-on-exec socket from one system call. The
+/// listener stays readable until `accept4` would block, so a burst is accepted without
+/// waiting again.
+async fn accept_one(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            let (socket, addr) =
+                SockRef::from(l.get_ref()).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+            let addr = addr
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("accepted a non-IP connection"))?;
+            Ok((std::net::TcpStream::from(socket), addr))
+        });
+        if let Ok(result) = accepted {
+            return result;
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, addr: SocketAddr) {
     let Ok(permit) = shared.clients.clone().try_acquire_owned() else {
         warn!(%addr, limit = shared.spec.limits.max_clients, "too many client connections; closed at once");
         return;
     };
-    if let Err(e) = stream.set_nodelay(true) {
-        warn!(%addr, error = %e, "cannot set TCP_NODELAY");
-    }
     shared.spawn(crate::client::serve(shared.clone(), stream, addr, permit));
 }
 
