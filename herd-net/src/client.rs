@@ -41,6 +41,9 @@ const LINGER_BYTES: usize = 64 * 1024 * 1024;
 /// Most replies one connection may have waiting (on Places or the herd) before it stops
 /// reading: a client pipelining WHATSATs cannot make the server hold unbounded work.
 const MAX_WAITING: usize = 1024;
+/// How many more times a new connection with nothing to read yet is looked at (after letting
+/// the other tasks run) before it is registered with the runtime's poller.
+const AT_ONCE_RETRIES: usize = 1;
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
 
@@ -145,9 +148,12 @@ pub(crate) async fn serve(
     };
     debug!(%addr, "connection opened");
     let mut at_once = conn.answer_at_once(&stream);
-    if matches!(at_once, AtOnce::Nothing) {
+    for _ in 0..AT_ONCE_RETRIES {
+        if !matches!(at_once, AtOnce::Nothing) {
+            break;
+        }
         // Accepted before the request arrived (the client writes once its connect completes):
-        // let the other tasks run once and look again before registering the socket.
+        // let the other tasks run and look again before registering the socket.
         tokio::task::yield_now().await;
         at_once = conn.answer_at_once(&stream);
     }
