@@ -28,6 +28,7 @@ async fn server() -> (ServerHandle, CancellationToken) {
         places_backend: "static",
         log_index: 0,
         message_log: None,
+        journal: None,
     };
     let token = CancellationToken::new();
     let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();
