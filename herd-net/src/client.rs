@@ -398,7 +398,7 @@ impl Conn {
         let mut warm_left = 0usize;
         loop {
             if warm_left == 0 && matches!(self.stop, Stop::No | Stop::Shutdown | Stop::Eof) {
-                warm_left = warm_store(core, &self.buf);
+                warm_left = warm_store(core, &self.buf, Lines::Client);
             }
             warm_left = warm_left.saturating_sub(1);
             let decoded = match self.stop {
@@ -521,9 +521,39 @@ impl Conn {
     }
 }
 
+/// Whose lines [`warm_store`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lines {
+    /// A client's: `IAMAT client ...` or `WHATSAT client ...` (fields split by white space).
+    Client,
+    /// A peer's: `U seq AT server diff client ...` (single spaces).
+    Peer,
+}
+
+/// The client id a line of `kind` touches in the store, if any.
+fn client_of(line: &[u8], kind: Lines) -> Option<&[u8]> {
+    match kind {
+        Lines::Client => {
+            let mut fields = line.split(|&b| is_space(b)).filter(|f| !f.is_empty());
+            match fields.next() {
+                Some(b"IAMAT" | b"WHATSAT") => fields.next(),
+                _ => None,
+            }
+        }
+        Lines::Peer => {
+            let mut fields = line.split(|&b| b == b' ');
+            match fields.next() {
+                Some(b"U") => fields.nth(4),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// Warms the store ([`herd_core::LocationStore::warm`]) for the client ids of the next
-/// complete lines in `buf`; returns how many lines it looked at (0: no complete line).
-fn warm_store(core: &Core, buf: &[u8]) -> usize {
+/// complete lines in `buf` (at most [`WARM_MAX`]); returns how many lines it looked at (0: no
+/// complete line). Call it before handling those lines one by one under the same lock.
+pub(crate) fn warm_store(core: &Core, buf: &[u8], kind: Lines) -> usize {
     let mut clients: [&[u8]; WARM_MAX] = [&[]; WARM_MAX];
     let mut found = 0;
     let mut lines = 0;
@@ -535,12 +565,9 @@ fn warm_store(core: &Core, buf: &[u8]) -> usize {
         let (line, tail) = rest.split_at(end);
         rest = &tail[1..];
         lines += 1;
-        let mut fields = line.split(|&b| is_space(b)).filter(|f| !f.is_empty());
-        if matches!(fields.next(), Some(b"IAMAT" | b"WHATSAT")) {
-            if let Some(client) = fields.next() {
-                clients[found] = client;
-                found += 1;
-            }
+        if let Some(client) = client_of(line, kind) {
+            clients[found] = client;
+            found += 1;
         }
     }
     // One lookup has nothing to overlap with.
@@ -548,6 +575,28 @@ fn warm_store(core: &Core, buf: &[u8]) -> usize {
         core.node.store().warm(&clients[..found]);
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client_of, Lines};
+
+    #[test]
+    fn the_client_id_of_client_and_peer_lines() {
+        assert_eq!(
+            client_of(b"IAMAT  kiwi\t+1+1 5", Lines::Client),
+            Some(&b"kiwi"[..])
+        );
+        assert_eq!(client_of(b"WHATSAT k 1 1", Lines::Client), Some(&b"k"[..]));
+        assert_eq!(client_of(b"HELLO k", Lines::Client), None);
+        assert_eq!(client_of(b"IAMAT", Lines::Client), None);
+        assert_eq!(
+            client_of(b"U 7 AT Goloman +0.1 kiwi +1+1 5", Lines::Peer),
+            Some(&b"kiwi"[..])
+        );
+        assert_eq!(client_of(b"S 7", Lines::Peer), None);
+        assert_eq!(client_of(b"U 7 AT", Lines::Peer), None);
+    }
 }
 
 /// Waits for the reply at the front of the queue (which is `Waiting`).

@@ -24,6 +24,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::client::{warm_store, Lines};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
 use crate::escape::Escaped;
@@ -392,6 +393,8 @@ impl Session {
             return Err(LinkError::Closed);
         }
         let mut result = Ok(());
+        // The store's lookups of a batch of updates overlap their cache misses (client.rs).
+        let mut warm_left = warm_store(&core, buf, Lines::Peer);
         while let Some(line) = codec.decode(buf).transpose() {
             let handled = line.map_err(LinkError::from).and_then(|line| {
                 core.node.handle_peer_line(now, self.peer, &line).map_err(|e| {
@@ -402,6 +405,10 @@ impl Session {
             if let Err(e) = handled {
                 result = Err(e);
                 break;
+            }
+            warm_left = warm_left.saturating_sub(1);
+            if warm_left == 0 {
+                warm_left = warm_store(&core, buf, Lines::Peer);
             }
         }
         core.drain_events();
