@@ -577,28 +577,6 @@ pub(crate) fn warm_store(core: &Core, buf: &[u8], kind: Lines) -> usize {
     lines
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{client_of, Lines};
-
-    #[test]
-    fn the_client_id_of_client_and_peer_lines() {
-        assert_eq!(
-            client_of(b"IAMAT  kiwi\t+1+1 5", Lines::Client),
-            Some(&b"kiwi"[..])
-        );
-        assert_eq!(client_of(b"WHATSAT k 1 1", Lines::Client), Some(&b"k"[..]));
-        assert_eq!(client_of(b"HELLO k", Lines::Client), None);
-        assert_eq!(client_of(b"IAMAT", Lines::Client), None);
-        assert_eq!(
-            client_of(b"U 7 AT Goloman +0.1 kiwi +1+1 5", Lines::Peer),
-            Some(&b"kiwi"[..])
-        );
-        assert_eq!(client_of(b"S 7", Lines::Peer), None);
-        assert_eq!(client_of(b"U 7 AT", Lines::Peer), None);
-    }
-}
-
 /// Waits for the reply at the front of the queue (which is `Waiting`).
 async fn front_reply(queue: &mut VecDeque<Slot>) -> Vec<u8> {
     match queue.front_mut() {
@@ -673,5 +651,27 @@ async fn herd_reply(
             log_reply(shared, addr, &out);
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client_of, Lines};
+
+    #[test]
+    fn the_client_id_of_client_and_peer_lines() {
+        assert_eq!(
+            client_of(b"IAMAT  kiwi\t+1+1 5", Lines::Client),
+            Some(&b"kiwi"[..])
+        );
+        assert_eq!(client_of(b"WHATSAT k 1 1", Lines::Client), Some(&b"k"[..]));
+        assert_eq!(client_of(b"HELLO k", Lines::Client), None);
+        assert_eq!(client_of(b"IAMAT", Lines::Client), None);
+        assert_eq!(
+            client_of(b"U 7 AT Goloman +0.1 kiwi +1+1 5", Lines::Peer),
+            Some(&b"kiwi"[..])
+        );
+        assert_eq!(client_of(b"S 7", Lines::Peer), None);
+        assert_eq!(client_of(b"U 7 AT", Lines::Peer), None);
     }
 }
