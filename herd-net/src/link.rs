@@ -440,7 +440,9 @@ impl Session {
                 Take::Empty => tokio::select! {
                     () = self.kill.cancelled() => return,
                     () = self.shared.token.cancelled() => {}
-                    () = queue.wait() => {}
+                    // Let the tasks that are ready run before taking: updates queued by
+                    // them meanwhile go out in the same write.
+                    () = queue.wait() => tokio::task::yield_now().await,
                 },
                 Take::Closed { overflowed: true } => {
                     warn!(peer = %self.shared.peer_name(self.peer), "peer queue overflowed; dropping link");
