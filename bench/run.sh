@@ -12,6 +12,7 @@
 #   STARTUP_RUNS [10/5]  start-up runs
 #   MEM_CLIENTS [1000000] clients stored for the memory figure
 #   WARN_ROWS [1]        also measure with RUST_LOG=warn (per-message logging off)
+#   JOURNAL_ROWS [1]     also measure T1/T2 with the journal on (--data-dir; durability cost)
 #   SKIP_BUILD [0]       use the binaries already in $CARGO_TARGET_DIR/release
 #   CARGO_TARGET_DIR     cargo's target dir [<repo>/target]
 #   RESULTS              output file [bench/results.md]
@@ -31,6 +32,7 @@ else
 fi
 MEM_CLIENTS=${MEM_CLIENTS:-1000000}
 WARN_ROWS=${WARN_ROWS:-1}
+JOURNAL_ROWS=${JOURNAL_ROWS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_MD=${RESULTS:-$HERE/results.md}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -38,7 +40,7 @@ CONNS=64
 KEYS=100000
 LON=-118.445127
 LAT=34.068930
-COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS WARN_ROWS=$WARN_ROWS bench/run.sh"
+COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS bench/run.sh"
 T_START=$(date +%s)
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -48,6 +50,7 @@ die() { log "error: $*"; exit 1; }
 
 TMP=$(mktemp -d /tmp/herd-bench.XXXXXX)
 SERVER_PID=""
+SERVER_ARGS=()   # extra herd-server options for the next start_herd (e.g. --data-dir)
 REDIS_PID=""
 BG_PID=""
 
@@ -168,9 +171,9 @@ start_herd() { # start_herd KIND(default|single) LOGLEVEL(''=default) : sets CFG
         fi
         mkdir -p "$LOGDIR"; rm -f "$LOGDIR"/*.log
         if [[ -n $level ]]; then
-            RUST_LOG=$level "$SERVER" --config "$CFG" --all --log-dir "$LOGDIR" 2>"$TMP/server.err" &
+            RUST_LOG=$level "$SERVER" --config "$CFG" --all --log-dir "$LOGDIR" "${SERVER_ARGS[@]}" 2>"$TMP/server.err" &
         else
-            env -u RUST_LOG "$SERVER" --config "$CFG" --all --log-dir "$LOGDIR" 2>"$TMP/server.err" &
+            env -u RUST_LOG "$SERVER" --config "$CFG" --all --log-dir "$LOGDIR" "${SERVER_ARGS[@]}" 2>"$TMP/server.err" &
         fi
         SERVER_PID=$!
         local i
@@ -280,6 +283,31 @@ bench_single() { # bench_single LEVEL LABEL
             "note=herd-cli load --mode classic -c $CONNS; redis-benchmark -k 0 -c $CONNS (reference only: a redis client does not half-close and wait for the close; its rounds run before herd's, not interleaved)${REDIS_ERRORS:+; redis-benchmark failures (rounds left out): $REDIS_ERRORS}"
     fi
     stop_herd
+}
+
+bench_journal() { # T1/T2 with the journal on: what write-before-reply durability costs
+    local p hv r herd refv errs_total=0
+    rm -rf "$TMP/data"
+    SERVER_ARGS=(--data-dir "$TMP/data")
+    start_herd single ""
+    SERVER_ARGS=()
+    for p in 1 16; do
+        hv=""
+        for ((r = 1; r <= ROUNDS; r++)); do
+            herd_load "$TMP/l.json" --to Goloman load -c "$CONNS" -d "$p" --duration "${ROUND_S}s" --fresh -k "$KEYS"
+            herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
+            errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
+            hv+=" $herd"; trim_logs
+            log "one server, pipeline $p, journal on, round $r: herd $herd/s"
+        done
+        [[ $p == 1 ]] && refv=$SINGLE_P1 || refv=$SINGLE_P16
+        row "order=$p.7" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p, journal on (--data-dir)" \
+            "herd=$hv" "ref=$refv" unit=/s "ref_label=same without journal" kind=info \
+            "target_text=(durability cost)" \
+            "note=herd-server --data-dir: every stored record written to the journal before its reply (no fsync); herd-cli load -c $CONNS -d $p --fresh -k $KEYS; errors: $errs_total"
+    done
+    stop_herd
+    rm -rf "$TMP/data"
 }
 
 # ---- rows 4–6: the default herd ---------------------------------------------------------
@@ -471,6 +499,7 @@ start_redis
 
 bench_single "" ""
 [[ $WARN_ROWS == 1 ]] && bench_single warn ", RUST_LOG=warn"
+[[ $JOURNAL_ROWS == 1 ]] && bench_journal
 stop_pid "$REDIS_PID"; REDIS_PID=""
 
 start_herd default ""
