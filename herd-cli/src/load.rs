@@ -100,8 +100,9 @@ pub(crate) struct LoadArgs {
     pub(crate) threads: Option<usize>,
     /// Pace the run at N requests/s in all, spread evenly over the connections (each sends
     /// every connections/N s, their turns interleaved); a connection that falls behind
-    /// catches up as fast as --depth allows. Without it, every connection sends as fast as
-    /// replies come back.
+    /// catches up as fast as --depth allows. A paced connection takes its replies at its
+    /// next turn (no wake-up per reply), so its latency figures are high by up to one turn.
+    /// Without it, every connection sends as fast as replies come back.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
 }
@@ -376,6 +377,48 @@ fn frame(buf: &[u8], expect: Expect) -> Framed {
     }
 }
 
+/// Makes room in `input` for the next read.
+fn reserve_input(input: &mut Vec<u8>) {
+    if input.capacity() - input.len() < 4096 {
+        input.reserve(16 * 1024);
+    }
+}
+
+/// Counts the whole replies at the start of `input` against the oldest requests in flight
+/// (latency up to now) and drops them from `input`.
+fn settle(
+    input: &mut Vec<u8>,
+    inflight: &mut VecDeque<(Expect, Instant)>,
+    stats: &mut Stats,
+    shared: &Shared,
+) -> Result<(), ErrorKind> {
+    let now = Instant::now();
+    let mut pos = 0;
+    let mut done = 0;
+    while let Some(&(expect, sent)) = inflight.front() {
+        let Framed::Reply(len, error) = frame(&input[pos..], expect) else {
+            break;
+        };
+        pos += len;
+        done += 1;
+        inflight.pop_front();
+        match error {
+            None => {
+                stats.ok += 1;
+                let ns = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
+                stats.latency.saturating_record(ns.max(1));
+            }
+            Some(kind) => stats.error(kind, 1),
+        }
+    }
+    input.drain(..pos);
+    shared.done.fetch_add(done, Ordering::Relaxed);
+    if input.len() > MAX_REPLY {
+        return Err(ErrorKind::Malformed);
+    }
+    Ok(())
+}
+
 /// A worker's fixed inputs.
 #[derive(Debug, Clone)]
 struct Worker {
@@ -463,6 +506,17 @@ impl Worker {
     ) -> Result<(), ErrorKind> {
         let (mut rd, mut wr) = stream.split();
         loop {
+            if self.pace.is_some() {
+                // Paced: take the replies that are already here, at this turn, instead of
+                // waking up for each one as it comes (one wake-up per connection per turn).
+                reserve_input(input);
+                match rd.try_read_buf(input) {
+                    Ok(0) => return Err(ErrorKind::Closed),
+                    Ok(_) => settle(input, inflight, stats, &self.shared)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(ErrorKind::Io),
+                }
+            }
             let room = self.depth - inflight.len();
             let want = match &self.pace {
                 Some(p) => {
@@ -485,64 +539,30 @@ impl Worker {
                     Err(_) => return Err(ErrorKind::Timeout),
                 }
             }
-            // Under --rate with room for more: the next turn, else never.
-            let next_turn = self
-                .pace
-                .filter(|_| inflight.len() < self.depth && self.shared.more())
-                .map(|p| p.at(*issued));
-            if inflight.is_empty() {
-                match next_turn {
-                    Some(_) if self.shared.more() => {
-                        if let Some(p) = &self.pace {
-                            p.wait_turn(*issued, &self.shared).await;
+            if let Some(p) = &self.pace {
+                if inflight.len() < self.depth && self.shared.more() {
+                    // Room for the next turn: sleep until it; the replies are taken then.
+                    if let Some(&(_, oldest)) = inflight.front() {
+                        if oldest.elapsed() > self.timeout {
+                            return Err(ErrorKind::Timeout);
                         }
-                        continue;
                     }
-                    _ => return Ok(()),
+                    p.wait_turn(*issued, &self.shared).await;
+                    continue;
                 }
             }
-            if input.capacity() - input.len() < 4096 {
-                input.reserve(16 * 1024);
+            if inflight.is_empty() {
+                return Ok(());
             }
-            let read = tokio::time::timeout(self.timeout, rd.read_buf(input));
-            let read = match next_turn {
-                None => read.await,
-                Some(turn) => tokio::select! {
-                    r = read => r,
-                    // Reading is cancel-safe: nothing read is lost by sending first.
-                    () = tokio::time::sleep_until(turn.into()) => continue,
-                },
-            };
-            match read {
+            // Unpaced, a full window, or the run is over: wait for replies.
+            reserve_input(input);
+            match tokio::time::timeout(self.timeout, rd.read_buf(input)).await {
                 Ok(Ok(0)) => return Err(ErrorKind::Closed),
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(ErrorKind::Io),
                 Err(_) => return Err(ErrorKind::Timeout),
             }
-            let now = Instant::now();
-            let mut pos = 0;
-            let mut done = 0;
-            while let Some(&(expect, sent)) = inflight.front() {
-                let Framed::Reply(len, error) = frame(&input[pos..], expect) else {
-                    break;
-                };
-                pos += len;
-                done += 1;
-                inflight.pop_front();
-                match error {
-                    None => {
-                        stats.ok += 1;
-                        let ns = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
-                        stats.latency.saturating_record(ns.max(1));
-                    }
-                    Some(kind) => stats.error(kind, 1),
-                }
-            }
-            input.drain(..pos);
-            self.shared.done.fetch_add(done, Ordering::Relaxed);
-            if input.len() > MAX_REPLY {
-                return Err(ErrorKind::Malformed);
-            }
+            settle(input, inflight, stats, &self.shared)?;
         }
     }
 
