@@ -392,9 +392,11 @@ bench_probe_loaded() { # p99 with a background load paced at half the herd's max
     local half
     # herd-cli load --rate paces the whole run at exactly this many requests/s, spread evenly
     # over the connections (the same 64 × depth 16 as row 4, so only the rate differs).
+    # --threads 1: the paced load needs well under a core, and one thread (no worker thread
+    # beside it) takes less CPU and wakes less often on the cores it shares with the herd.
     half=$(python3 -c "print(max(1, round($HERD_MAX / 2)))")
     "${TOOLS[@]}" wait-quiet "$CFG" 60 >/dev/null
-    "$CLI" --config "$CFG" load --all -c "$CONNS" -d 16 --rate "$half" --duration "${BG_S}s" --fresh -k "$KEYS" \
+    "$CLI" --config "$CFG" load --all -c "$CONNS" -d 16 --threads 1 --rate "$half" --duration "${BG_S}s" --fresh -k "$KEYS" \
         --json >"$TMP/bg.json" 2>"$TMP/bg.err" &
     BG_PID=$!
     sleep 0.5
@@ -411,7 +413,7 @@ bench_probe_loaded() { # p99 with a background load paced at half the herd's max
     p50=$("${TOOLS[@]}" json "$TMP/p.json" propagation_us.p50)
     row order=44 "figure=T5: propagation Welsh → Hands, p99 under half of the maximum load" "herd=$p99" unit=us \
         kind=abs_le target=10000 "target_text=≤ 10 ms" \
-        "note=background herd-cli load --all --fresh -c $CONNS -d 16 --rate $half (half of the row-4 median, $(printf '%.0f' "$HERD_MAX")/s) ran at $(printf '%.0f' "$bg_rate")/s over its run = $(python3 -c "print(round(100*$bg_rate/$HERD_MAX))")% of the maximum (load errors: $bg_errs); p50 under load $(printf '%.0f' "$p50") µs; $PROBE_ROUNDS rounds"
+        "note=background herd-cli load --all --fresh -c $CONNS -d 16 --threads 1 --rate $half (half of the row-4 median, $(printf '%.0f' "$HERD_MAX")/s) ran at $(printf '%.0f' "$bg_rate")/s over its run = $(python3 -c "print(round(100*$bg_rate/$HERD_MAX))")% of the maximum (load errors: $bg_errs); p50 under load $(printf '%.0f' "$p50") µs; $PROBE_ROUNDS rounds"
     "${TOOLS[@]}" wait-quiet "$CFG" 60 >/dev/null
     trim_logs
 }

@@ -95,7 +95,7 @@ pub(crate) struct LoadArgs {
     /// Skip the warm-up (one IAMAT per client per target before a run with WHATSATs).
     #[arg(long)]
     no_warmup: bool,
-    /// Runtime worker threads (all cores by default).
+    /// Runtime worker threads (all cores by default; 1 runs everything on the main thread).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
     /// Pace the run at N requests/s in all, spread evenly over the connections (each sends

@@ -99,13 +99,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
-    let multi_threaded = matches!(cli.command, Command::Load(_) | Command::EchoServer(_));
-    let runtime = if multi_threaded {
-        let threads = match &cli.command {
-            Command::Load(a) => a.threads,
-            Command::EchoServer(a) => a.threads,
-            _ => None,
-        };
+    let threads = match &cli.command {
+        Command::Load(a) => a.threads,
+        Command::EchoServer(a) => a.threads,
+        _ => Some(1),
+    };
+    // One thread means the current-thread runtime: no worker thread beside the main one, so
+    // no cross-thread wake-ups and one runnable thread at most.
+    let runtime = if threads != Some(1) {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         if let Some(n) = threads {
             b.worker_threads(n.max(1));
