@@ -24,10 +24,15 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// Bytes a log file may have waiting for its writer thread before loggers wait for the disk
 /// (lines are never dropped).
 const MAX_PENDING: usize = 8 * 1024 * 1024;
-/// How long the writer lets lines gather after each write (a line reaches its file within
-/// about this long; under load it keeps the writer threads' wake-ups, which compete with the
-/// servers' threads for the cores, to about a hundred per second per file).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the writer lets lines gather after a small write (a line reaches its file within
+/// about this long). Under a moderate load it keeps the writer threads' wake-ups, which
+/// compete with the servers' threads for the cores, to about a hundred per second per file.
+const GATHER_QUIET: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the writer lets lines gather after a large write: under heavy logging the
+/// batches stay small enough to be cheap to fill and the pending buffer stays small.
+const GATHER_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
+/// A write of at least this many bytes is large (the next gather is [`GATHER_BUSY`]).
+const BUSY_BATCH: usize = 64 * 1024;
 /// A writer batch buffer grown past this is given back after its write.
 const KEEP_CAPACITY: usize = 1024 * 1024;
 
@@ -110,13 +115,18 @@ impl LogFile {
                     eprintln!("herd-server: cannot write a log file: {e}");
                 }
             }
+            let gather = if batch.len() >= BUSY_BATCH {
+                GATHER_BUSY
+            } else {
+                GATHER_QUIET
+            };
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
             }
             // Let lines gather for a moment: loggers do not wake a writer that is not asleep,
             // so under load the file gets a few large writes instead of one per batch.
-            std::thread::sleep(GATHER);
+            std::thread::sleep(gather);
         }
     }
 
