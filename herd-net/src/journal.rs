@@ -60,6 +60,9 @@ pub struct Journal {
     written: AtomicU64,
     /// Lines in the file now (written, not pending).
     lines: AtomicU64,
+    /// Bytes of whole lines in the file now; a compaction copies what was written after the
+    /// value it saw when its snapshot was taken.
+    file_len: AtomicU64,
     compacting: AtomicBool,
     floor: u64,
     fsync: bool,
@@ -160,6 +163,7 @@ impl Journal {
             Err(e) => return Err(e),
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file_len = file.metadata()?.len();
         let lines = restored.records.len() as u64 + restored.bad_lines;
         let journal = Arc::new(Self {
             path: path.to_owned(),
@@ -168,6 +172,7 @@ impl Journal {
             appended: AtomicU64::new(0),
             written: AtomicU64::new(0),
             lines: AtomicU64::new(lines),
+            file_len: AtomicU64::new(file_len),
             compacting: AtomicBool::new(false),
             floor,
             fsync,
@@ -225,6 +230,7 @@ impl Journal {
         match written {
             Ok(()) => {
                 self.lines.fetch_add(lines, Ordering::Relaxed);
+                self.file_len.fetch_add(n, Ordering::Release);
             }
             Err(e) => {
                 f.errors += 1;
@@ -261,20 +267,55 @@ impl Journal {
         self.lines() > limit
     }
 
-    /// Rewrites the file as `snapshot` (the store's records) plus whatever is pending, then
-    /// swaps it in atomically (a crash meanwhile leaves the old file whole). Flushes wait
-    /// while it runs.
+    /// Bytes of whole lines in the file now. Read it while nothing can be appended (under the
+    /// node's lock, where the snapshot for [`Journal::compact_from`] is taken).
+    pub fn len(&self) -> u64 {
+        self.file_len.load(Ordering::Acquire)
+    }
+
+    /// Whether the file holds no line.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`Journal::compact_from`] when nothing has been written since `snapshot` was taken
+    /// (at start).
+    ///
+    /// # Errors
+    /// As [`Journal::compact_from`].
+    pub fn compact(&self, snapshot: &[Arc<Record>]) -> std::io::Result<()> {
+        self.compact_from(snapshot, self.len())
+    }
+
+    /// Rewrites the file as `snapshot` (the store's records when [`Journal::len`] was `since`),
+    /// then what the file received after `since` (flushes that ran between the snapshot and
+    /// this call), then whatever is pending; and swaps it in atomically (a crash meanwhile
+    /// leaves the old file whole). Flushes wait while it runs.
     ///
     /// # Errors
     /// The new file cannot be written or renamed; the old one is then kept.
-    pub fn compact(&self, snapshot: &[Arc<Record>]) -> std::io::Result<()> {
+    pub fn compact_from(&self, snapshot: &[Arc<Record>], since: u64) -> std::io::Result<()> {
         let mut f = lock(&self.file);
         let tmp = self.path.with_extension("journal.tmp");
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut bytes = 0u64;
         for r in snapshot {
             out.write_all(r.at_line())?;
             out.write_all(b"\n")?;
+            bytes += r.at_line().len() as u64 + 1;
         }
+        // Records flushed to the old file after the snapshot was taken are in no snapshot:
+        // copy them (records flushed before are in it; a few may be in both, which is harmless).
+        let mut tail = Vec::new();
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut old = File::open(&self.path)?;
+            old.seek(SeekFrom::Start(since))?;
+            old.read_to_end(&mut tail)?;
+        }
+        let tail_lines = tail.iter().filter(|&&b| b == b'\n').count() as u64;
+        out.write_all(&tail)?;
+        bytes += tail.len() as u64;
         let (buf, lines) = {
             let mut p = lock(&self.pending);
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.lines))
@@ -299,8 +340,11 @@ impl Journal {
         match result {
             Ok(file) => {
                 f.file = file;
-                self.lines
-                    .store(snapshot.len() as u64 + lines, Ordering::Relaxed);
+                self.lines.store(
+                    snapshot.len() as u64 + tail_lines + lines,
+                    Ordering::Relaxed,
+                );
+                self.file_len.store(bytes + n, Ordering::Release);
                 self.written.fetch_add(n, Ordering::Release);
                 Ok(())
             }
@@ -310,6 +354,7 @@ impl Journal {
                 match f.file.write_all(&buf) {
                     Ok(()) => {
                         self.lines.fetch_add(lines, Ordering::Relaxed);
+                        self.file_len.fetch_add(n, Ordering::Release);
                     }
                     Err(_) => f.errors += 1,
                 }
@@ -319,17 +364,20 @@ impl Journal {
         }
     }
 
-    /// Starts [`Journal::compact`] on its own thread (at most one at a time).
+    /// Starts [`Journal::compact_from`] on its own thread (at most one at a time). Call it
+    /// under the node's lock, right after taking `snapshot` there: the file's length is read
+    /// now, so whatever is flushed after this call is copied into the new file.
     pub fn compact_in_background(self: &Arc<Self>, snapshot: Vec<Arc<Record>>) {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
+        let since = self.len();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("herd-journal".into())
             .spawn(move || {
                 let before = me.lines();
-                match me.compact(&snapshot) {
+                match me.compact_from(&snapshot, since) {
                     Ok(()) => info!(path = %me.path.display(), before, after = me.lines(), "journal compacted"),
                     Err(e) => warn!(path = %me.path.display(), error = %e, "journal compaction failed; kept the old file"),
                 }
@@ -420,6 +468,38 @@ mod tests {
         assert!(std::fs::read(&path)
             .unwrap()
             .ends_with(b"AT A +0.100000000 fig +1+1 1\n"));
+    }
+
+    #[test]
+    fn records_flushed_between_the_snapshot_and_the_compaction_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.journal");
+        let (j, _) = Journal::open_with_floor(&path, 1).unwrap();
+        let old = rec("AT A +0.100000000 kiwi +1+1 5");
+        j.append(&old);
+        j.flush();
+        // The snapshot is taken (the store holds `old`), then a newer record is appended and
+        // flushed to the old file before the compaction thread gets the file.
+        let snapshot = vec![old.clone()];
+        let since = j.len();
+        let new = rec("AT A +0.100000000 kiwi +1+1 6");
+        j.append(&new);
+        j.flush();
+        j.compact_from(&snapshot, since).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 5\nAT A +0.100000000 kiwi +1+1 6\n"
+        );
+        assert_eq!((j.lines(), j.len()), (2, 60));
+        // Appends after it land after it.
+        j.append(&rec("AT A +0.100000000 pear +1+1 1"));
+        j.flush();
+        assert_eq!(j.len(), 90);
+        let (_, restored) = {
+            drop(j);
+            Journal::open(&path).unwrap()
+        };
+        assert_eq!(restored.records.len(), 3);
     }
 
     #[test]
