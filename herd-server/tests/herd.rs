@@ -386,7 +386,9 @@ async fn a_resync_far_larger_than_the_peer_queue_is_paced_through_it() {
     let (sa, sb) = (a.servers()[0].stats(), b.servers()[0].stats());
     assert!(converged, "B holds {} of 5000 records", sb.records);
     assert_eq!(sa.node.send_failures, 0, "A's queue never overflowed");
-    assert_eq!(sa.node.updates_sent, 5000, "each record sent once");
+    // Each record at least once; a session replaced mid-delta (both ends dialling at once on a
+    // loaded machine) resumes from what B saw, which may resend a few.
+    assert!(sa.node.updates_sent >= 5000, "{}", sa.node.updates_sent);
     a.shutdown().await;
     b.shutdown().await;
 }
