@@ -100,16 +100,8 @@ impl Journal {
         Self::open_with(path, COMPACT_FLOOR, false)
     }
 
-    /// [`Journal::open`] with another compaction floor: the file is never compacted below
-    /// `floor` lines.
-    ///
-    /// # Errors
-    /// As [`Journal::open`].
-    pub fn open_with_floor(path: &Path, floor: u64) -> std::io::Result<(Arc<Self>, Restored)> {
-        Self::open_with(path, floor, false)
-    }
-
-    /// [`Journal::open_with_floor`], with `fdatasync` after every write when `fsync` is set.
+    /// [`Journal::open`] with another compaction floor (the file is never compacted below
+    /// `floor` lines), and `fdatasync` after every write when `fsync` is set.
     ///
     /// # Errors
     /// As [`Journal::open`].
@@ -442,7 +434,7 @@ mod tests {
     fn compaction_keeps_pending_records_and_is_asked_for_past_twice_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("A.journal");
-        let (j, _) = Journal::open_with_floor(&path, 4).unwrap();
+        let (j, _) = Journal::open_with(&path, 4, false).unwrap();
         let kiwi: Vec<_> = (0..10)
             .map(|t| rec(&format!("AT A +0.100000000 kiwi +1+1 {t}")))
             .collect();
@@ -474,7 +466,7 @@ mod tests {
     fn records_flushed_between_the_snapshot_and_the_compaction_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("A.journal");
-        let (j, _) = Journal::open_with_floor(&path, 1).unwrap();
+        let (j, _) = Journal::open_with(&path, 1, false).unwrap();
         let old = rec("AT A +0.100000000 kiwi +1+1 5");
         j.append(&old);
         j.flush();

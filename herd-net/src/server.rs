@@ -433,26 +433,45 @@ fn restore(
     Ok(journal)
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    // Accepted sockets are taken without the runtime's registration (see `client::serve`):
-    // the listener is watched through an `AsyncFd` and each connection accepted non-blocking
-    // with one `accept4`. `AsyncFd::try_new` is deprecated because a type whose `as_raw_fd`
-    // changes over its life would make it unsound; a `std::net::TcpListener` owns one
-    // descriptor for its whole life, which is what the replacement's safety contract asks.
-    #[allow(deprecated)]
-    let listener = match listener.into_std().map(AsyncFd::try_new) {
-        Ok(Ok(fd)) => fd,
-        Ok(Err(e)) => {
-            let (std_listener, e) = e.into_parts();
-            warn!(error = %e, "cannot watch the listener directly; accepting through tokio");
-            match TcpListener::from_std(std_listener) {
-                Ok(l) => return tokio_accept_loop(shared, l).await,
-                Err(e) => {
-                    warn!(error = %e, "cannot accept connections");
-                    return;
-                }
+/// Where connections come from: the listener watched directly (each connection taken with
+/// one `accept4`, see `accept_one`), or through tokio when that is not possible.
+enum Listener {
+    Direct(AsyncFd<std::net::TcpListener>),
+    Tokio(TcpListener),
+}
+
+impl Listener {
+    /// Accepted sockets are taken without the runtime's registration (see `client::serve`):
+    /// the listener is watched through an `AsyncFd` and each connection accepted non-blocking
+    /// with one `accept4`. `AsyncFd::try_new` is deprecated because a type whose `as_raw_fd`
+    /// changes over its life would make it unsound; a `std::net::TcpListener` owns one
+    /// descriptor for its whole life, which is what the replacement's safety contract asks.
+    fn new(listener: TcpListener) -> std::io::Result<Self> {
+        #[allow(deprecated)]
+        match AsyncFd::try_new(listener.into_std()?) {
+            Ok(fd) => Ok(Self::Direct(fd)),
+            Err(e) => {
+                let (std_listener, e) = e.into_parts();
+                warn!(error = %e, "cannot watch the listener directly; accepting through tokio");
+                TcpListener::from_std(std_listener).map(Self::Tokio)
             }
         }
+    }
+
+    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+        match self {
+            Self::Direct(fd) => accept_one(fd).await,
+            Self::Tokio(l) => {
+                let (stream, addr) = l.accept().await?;
+                Ok((stream.into_std()?, addr))
+            }
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let listener = match Listener::new(listener) {
+        Ok(l) => l,
         Err(e) => {
             warn!(error = %e, "cannot accept connections");
             return;
@@ -461,31 +480,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
             () = shared.token.cancelled() => break,
-            r = accept_one(&listener) => r,
+            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, addr)) => admit(&shared, stream, addr),
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    info!("stopped accepting connections");
-}
-
-/// The accept loop when the listener cannot be watched directly.
-async fn tokio_accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            () = shared.token.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let admitted = accepted.and_then(|(stream, addr)| Ok((stream.into_std()?, addr)));
-        match admitted {
-            Ok((stream, addr)) => admit(&shared, stream, addr),
-            Err(e) => {
                 warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -4,35 +4,17 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
-use herd_core::testing::StaticPlaces;
-use herd_core::ServerName;
-use herd_net::{Limits, ServerHandle, ServerSpec};
-use tokio::net::TcpListener;
+mod common;
+
+use common::start_server;
+use herd_net::ServerHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Starts a lone server G; the test talks to it with blocking sockets on other threads.
 async fn server() -> (ServerHandle, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let spec = ServerSpec {
-        name: ServerName::new("G").unwrap(),
-        neighbours: vec![],
-        limits: Limits::default(),
-        secret: None,
-        places: Arc::new(StaticPlaces::new(
-            serde_json::json!({"results": [], "status": "OK"}),
-        )),
-        places_backend: "static",
-        log_index: 0,
-        message_log: None,
-        journal: None,
-    };
-    let token = CancellationToken::new();
-    let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();
-    (handle, token)
+    start_server("G", vec![], None).await
 }
 
 fn connect(handle: &ServerHandle) -> TcpStream {

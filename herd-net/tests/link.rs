@@ -4,19 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{name, start_server};
 use herd_core::peer::Dialler;
-use herd_core::testing::StaticPlaces;
-use herd_core::{PeerMsg, ServerName};
-use herd_net::{Limits, Neighbour, ServerHandle, ServerSpec};
+use herd_core::PeerMsg;
+use herd_net::{Neighbour, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-fn name(s: &str) -> ServerName {
-    ServerName::new(s).unwrap()
-}
 
 /// Starts server S whose only neighbour is P (dialled at an address nobody listens on).
 async fn server(secret: Option<&str>) -> (ServerHandle, CancellationToken) {
@@ -33,26 +30,15 @@ async fn server_dialling(
     secret: Option<&str>,
     dead: std::net::SocketAddr,
 ) -> (ServerHandle, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let spec = ServerSpec {
-        name: name("S"),
-        neighbours: vec![Neighbour {
+    start_server(
+        "S",
+        vec![Neighbour {
             name: name("P"),
             addr: dead.to_string(),
         }],
-        limits: Limits::default(),
-        secret: secret.map(|s| Arc::from(s.as_bytes())),
-        places: Arc::new(StaticPlaces::new(
-            serde_json::json!({"results": [], "status": "OK"}),
-        )),
-        places_backend: "static",
-        log_index: 0,
-        message_log: None,
-        journal: None,
-    };
-    let token = CancellationToken::new();
-    let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();
-    (handle, token)
+        secret,
+    )
+    .await
 }
 
 struct FakePeer {
