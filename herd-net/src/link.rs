@@ -1,10 +1,9 @@
 //! Peer links: dialling with back-off, the handshake, and one session's reader and writer.
 //!
-//! Both ends of a link dial each other, so a returning server is relinked at once. When both
-//! dials succeed, each side keeps the same one: a newer session replaces the current one when
-//! the peer restarted (another epoch) or when it comes from the same direction (its dialler
-//! gave the old one up); of two sessions dialled in opposite directions, the one dialled by the
-//! lexicographically smaller name is kept.
+//! Both ends of a link dial each other, so a returning server is relinked at once; which of
+//! two simultaneous sessions is kept is the link table's rule ([`crate::links`]). Every event
+//! of a session goes to the [`Driver`]: its handshake's success (`link_up`), its lines
+//! (`peer_batch`), its queue taken (`drained`) and its end (`link_down`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +23,10 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::{warm_store, Lines};
-use crate::clock;
 use crate::codec::{LineCodec, LineError};
+use crate::driver::{Driver, Live, PeerBatchError};
 use crate::escape::Escaped;
-use crate::server::{ActiveSession, Core, Shared};
-use crate::sink::{PeerQueue, Take};
+use crate::queue::{PeerQueue, Take};
 
 /// First redial delay after a link goes down.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -130,21 +127,22 @@ impl Backoff {
 }
 
 /// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
-pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::Receiver<bool>) {
+pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
     let mut first = true;
+    let token = driver.token().clone();
     loop {
         while *up.borrow_and_update() {
             tokio::select! {
-                () = shared.token.cancelled() => return,
+                () = token.cancelled() => return,
                 r = up.changed() => if r.is_err() { return },
             }
         }
         if !std::mem::take(&mut first) {
             let jittered = backoff.delay(rand::thread_rng().gen_range(0.0..1.0));
             tokio::select! {
-                () = shared.token.cancelled() => return,
+                () = token.cancelled() => return,
                 () = sleep(jittered) => {}
             }
         }
@@ -152,7 +150,7 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
             backoff.reset();
             continue;
         }
-        let result = match timeout(HANDSHAKE_TIMEOUT, dial(&shared, peer)).await {
+        let result = match timeout(HANDSHAKE_TIMEOUT, dial(&driver, peer)).await {
             Ok(r) => r,
             Err(_) => Err(LinkError::Timeout),
         };
@@ -163,7 +161,7 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
             }
             Err(e) => {
                 failures += 1;
-                let name = shared.peer_name(peer);
+                let name = driver.peer_name(peer);
                 if failures == 1 || matches!(e, LinkError::Handshake(_)) {
                     info!(peer = %name, error = %e, "cannot link to peer; retrying with back-off");
                 } else {
@@ -175,36 +173,34 @@ pub(crate) async fn dial_loop(shared: Arc<Shared>, peer: PeerId, mut up: watch::
 }
 
 /// Dials `peer`, runs the dialler's side of the handshake and starts the session.
-async fn dial(shared: &Arc<Shared>, peer: PeerId) -> Result<(), LinkError> {
-    let addr = &shared.spec.neighbours[peer.0].addr;
+async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
+    let addr = &driver.spec().neighbours[peer.0].addr;
     let mut stream = TcpStream::connect(addr.as_str()).await?;
     stream.set_nodelay(true)?;
     let remote = stream.peer_addr()?;
-    let epoch = shared.lock().node.epoch();
-    let me = shared.name().clone();
     let dialler = Dialler::new(
-        me,
-        shared.peer_name(peer).clone(),
-        epoch,
+        driver.name().clone(),
+        driver.peer_name(peer).clone(),
+        driver.epoch(),
         rand::random(),
-        shared.spec.secret.clone(),
+        driver.spec().secret.clone(),
     );
     write_msg(&mut stream, &dialler.hello()).await?;
-    let mut codec = LineCodec::new(shared.spec.limits.max_peer_line());
+    let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let mut buf = BytesMut::with_capacity(4096);
     let line = read_line(&mut stream, &mut codec, &mut buf).await?;
     let reply = PeerMsg::parse(&line)?;
     let (peer_epoch, auth) = dialler.on_reply(&reply).inspect_err(|e| {
-        warn!(peer = %shared.peer_name(peer), %remote, error = %e, "peer handshake refused");
+        warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
     })?;
     write_msg(&mut stream, &auth).await?;
-    start_session(shared.clone(), peer, stream, codec, buf, peer_epoch, true);
+    start_session(driver, peer, stream, codec, buf, peer_epoch, true);
     Ok(())
 }
 
 /// Runs the acceptor's side of the handshake on a connection whose first line is a hello.
 pub(crate) async fn accept(
-    shared: Arc<Shared>,
+    driver: Arc<Driver>,
     mut stream: TcpStream,
     addr: SocketAddr,
     first: BytesMut,
@@ -212,13 +208,13 @@ pub(crate) async fn accept(
 ) {
     let result = timeout(
         HANDSHAKE_TIMEOUT,
-        accept_handshake(&shared, &mut stream, &first, &mut buf),
+        accept_handshake(&driver, &mut stream, &first, &mut buf),
     )
     .await;
     let result = result.unwrap_or(Err(LinkError::Timeout));
     match result {
         Ok((peer, peer_epoch, codec)) => {
-            start_session(shared, peer, stream, codec, buf, peer_epoch, false)
+            start_session(&driver, peer, stream, codec, buf, peer_epoch, false)
         }
         Err(e) => {
             warn!(%addr, hello = %Escaped(&first), error = %e, "peer handshake refused");
@@ -228,21 +224,18 @@ pub(crate) async fn accept(
 }
 
 async fn accept_handshake(
-    shared: &Arc<Shared>,
+    driver: &Driver,
     stream: &mut TcpStream,
     first: &[u8],
     buf: &mut BytesMut,
 ) -> Result<(PeerId, u64, LineCodec), LinkError> {
     let hello = PeerMsg::parse(first)?;
-    let (epoch, neighbours) = {
-        let core = shared.lock();
-        (core.node.epoch(), core.node.neighbours().to_vec())
-    };
+    let neighbours = driver.neighbour_names();
     let mut acceptor = Acceptor::new(
-        shared.name().clone(),
-        epoch,
+        driver.name().clone(),
+        driver.epoch(),
         rand::random(),
-        shared.spec.secret.clone(),
+        driver.spec().secret.clone(),
     );
     let (name, peer_epoch, reply) = acceptor.on_hello(&hello, &neighbours)?;
     let peer = neighbours
@@ -251,57 +244,16 @@ async fn accept_handshake(
         .map(PeerId)
         .ok_or(LinkError::NotNeighbour)?;
     write_msg(stream, &reply).await?;
-    let mut codec = LineCodec::new(shared.spec.limits.max_peer_line());
+    let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let line = read_line(stream, &mut codec, buf).await?;
     acceptor.on_auth(&PeerMsg::parse(&line)?)?;
     Ok((peer, peer_epoch, codec))
 }
 
-/// Whether a session dialled in this direction is the one kept among simultaneous dials.
-fn preferred(shared: &Shared, peer: PeerId, dialled_by_me: bool) -> bool {
-    dialled_by_me == (shared.name() < shared.peer_name(peer))
-}
-
-/// Installs a new session as the link's current one, or refuses it (a duplicate).
-/// What [`install`] did with a new session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Installed {
-    /// The link was down; the session is now its current one.
-    New,
-    /// The session replaced the link's previous one.
-    Replaced,
-    /// The current session is kept; the new one is closed.
-    Refused,
-}
-
-fn install(shared: &Shared, core: &mut Core, peer: PeerId, new: ActiveSession) -> Installed {
-    let slot = &mut core.links[peer.0];
-    let mut outcome = Installed::New;
-    if let Some(cur) = &slot.session {
-        let replace = new.peer_epoch != cur.peer_epoch
-            || new.dialled_by_me == cur.dialled_by_me
-            || (preferred(shared, peer, new.dialled_by_me)
-                && !preferred(shared, peer, cur.dialled_by_me));
-        if !replace {
-            return Installed::Refused;
-        }
-        outcome = Installed::Replaced;
-        if let Some(old) = slot.session.take() {
-            old.kill.cancel();
-            core.node.sink_mut().detach(peer, &old.queue);
-        }
-    }
-    core.node.sink_mut().attach(peer, new.queue.clone());
-    core.links[peer.0].session = Some(new);
-    core.links[peer.0].up.send_replace(true);
-    // A link already up in the node is taken down and up again: the new session reconciles.
-    core.node.handle_link_up(clock::now(), peer);
-    core.drain_events();
-    outcome
-}
-
+/// Installs a session after its handshake and starts its reader and writer (or closes it, a
+/// duplicate of the link's current session).
 fn start_session(
-    shared: Arc<Shared>,
+    driver: &Arc<Driver>,
     peer: PeerId,
     stream: TcpStream,
     codec: LineCodec,
@@ -309,57 +261,50 @@ fn start_session(
     peer_epoch: u64,
     dialled_by_me: bool,
 ) {
-    let id = shared.session_id();
-    let queue = PeerQueue::new(shared.spec.limits.peer_queue_bytes);
-    let kill = CancellationToken::new();
-    let session = ActiveSession {
+    let name = driver.peer_name(peer);
+    let Some(Live {
         id,
-        peer_epoch,
-        dialled_by_me,
-        queue: queue.clone(),
-        kill: kill.clone(),
+        queue,
+        kill,
+        replaced,
+    }) = driver.link_up(peer, peer_epoch, dialled_by_me)
+    else {
+        debug!(peer = %name, dialled = dialled_by_me, "duplicate link session; keeping the current one");
+        return;
     };
-    let installed = {
-        let mut core = shared.lock();
-        install(&shared, &mut core, peer, session)
-    };
-    let name = shared.peer_name(peer).clone();
-    match installed {
-        Installed::Refused => {
-            debug!(peer = %name, dialled = dialled_by_me, "duplicate link session; keeping the current one");
-            return;
-        }
-        Installed::New => info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up"),
-        Installed::Replaced => {
-            info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up (replaces the previous session)");
-        }
+    if replaced {
+        info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up (replaces the previous session)");
+    } else {
+        info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up");
     }
     let (read, write) = stream.into_split();
-    let writer = Session {
-        shared: shared.clone(),
+    let writer = SessionTask {
+        driver: driver.clone(),
         peer,
         id,
         kill: kill.clone(),
     };
-    shared.spawn(async move { writer.write_loop(write, queue).await });
-    let reader = Session {
-        shared: shared.clone(),
+    driver.spawn(async move { writer.write_loop(write, queue).await });
+    let reader = SessionTask {
+        driver: driver.clone(),
         peer,
         id,
         kill,
     };
-    shared.spawn(async move { reader.read_loop(read, codec, buf).await });
+    driver.spawn(async move { reader.read_loop(read, codec, buf).await });
 }
 
-struct Session {
-    shared: Arc<Shared>,
+/// One side (reader or writer) of a session.
+struct SessionTask {
+    driver: Arc<Driver>,
     peer: PeerId,
     id: u64,
     kill: CancellationToken,
 }
 
-impl Session {
+impl SessionTask {
     async fn read_loop(self, mut read: OwnedReadHalf, mut codec: LineCodec, mut buf: BytesMut) {
+        let token = self.driver.token().clone();
         let reason = loop {
             if let Err(e) = self.feed(&mut codec, &mut buf) {
                 break e;
@@ -370,7 +315,7 @@ impl Session {
             tokio::select! {
                 () = self.kill.cancelled() => return,
                 // At shutdown the writer flushes and ends the session.
-                () = self.shared.token.cancelled() => return,
+                () = token.cancelled() => return,
                 r = read.read_buf(&mut buf) => match r {
                     Ok(0) => break LinkError::Closed,
                     Ok(_) => {}
@@ -381,49 +326,27 @@ impl Session {
         self.end(&reason);
     }
 
-    /// Feeds every complete buffered line to the node under one lock.
+    /// Feeds every complete buffered line to the node.
     fn feed(&self, codec: &mut LineCodec, buf: &mut BytesMut) -> Result<(), LinkError> {
-        let now = clock::now();
-        let mut core = self.shared.lock();
-        if core.links[self.peer.0]
-            .session
-            .as_ref()
-            .is_none_or(|s| s.id != self.id)
-        {
-            return Err(LinkError::Closed);
-        }
-        let mut result = Ok(());
-        // The store's lookups of a batch of updates overlap their cache misses (client.rs).
-        let mut warm_left = warm_store(&core, buf, Lines::Peer);
-        while let Some(line) = codec.decode(buf).transpose() {
-            let handled = line.map_err(LinkError::from).and_then(|line| {
-                core.node.handle_peer_line(now, self.peer, &line).map_err(|e| {
-                    warn!(peer = %self.shared.peer_name(self.peer), line = %Escaped(&line), error = %e, "malformed peer message; dropping link");
-                    LinkError::Parse(e)
-                })
-            });
-            if let Err(e) = handled {
-                result = Err(e);
-                break;
-            }
-            warm_left = warm_left.saturating_sub(1);
-            if warm_left == 0 {
-                warm_left = warm_store(&core, buf, Lines::Peer);
+        match self.driver.peer_batch(self.peer, self.id, codec, buf) {
+            Ok(()) => Ok(()),
+            Err(PeerBatchError::Stale) => Err(LinkError::Closed),
+            Err(PeerBatchError::Line(e)) => Err(e.into()),
+            Err(PeerBatchError::Parse(e, line)) => {
+                warn!(peer = %self.driver.peer_name(self.peer), line = %Escaped(&line), error = %e, "malformed peer message; dropping link");
+                Err(LinkError::Parse(e))
             }
         }
-        core.drain_events();
-        result
     }
 
     async fn write_loop(self, mut write: OwnedWriteHalf, queue: Arc<PeerQueue>) {
+        let token = self.driver.token().clone();
         let mut chunk = Vec::with_capacity(64 * 1024);
         let reason = loop {
             if queue.take_drain_request() {
                 // The node paces a reconciliation delta: let it queue the next window while
                 // this task writes the one it takes below.
-                let mut core = self.shared.lock();
-                core.node.handle_link_drained(clock::now(), self.peer);
-                core.drain_events();
+                self.driver.drained(self.peer);
             }
             match queue.take(&mut chunk) {
                 Take::Data => {
@@ -433,19 +356,19 @@ impl Session {
                     }
                     chunk.clear();
                 }
-                Take::Empty if self.shared.token.is_cancelled() => {
+                Take::Empty if token.is_cancelled() => {
                     let _ = write.shutdown().await;
                     break LinkError::ShuttingDown;
                 }
                 Take::Empty => tokio::select! {
                     () = self.kill.cancelled() => return,
-                    () = self.shared.token.cancelled() => {}
+                    () = token.cancelled() => {}
                     // Let the tasks that are ready run before taking: updates queued by
                     // them meanwhile go out in the same write.
                     () = queue.wait() => tokio::task::yield_now().await,
                 },
                 Take::Closed { overflowed: true } => {
-                    warn!(peer = %self.shared.peer_name(self.peer), "peer queue overflowed; dropping link");
+                    warn!(peer = %self.driver.peer_name(self.peer), "peer queue overflowed; dropping link");
                     break LinkError::Overflow;
                 }
                 Take::Closed { overflowed: false } => return,
@@ -457,19 +380,9 @@ impl Session {
     /// Ends this session if it is still the link's current one.
     fn end(&self, reason: &LinkError) {
         self.kill.cancel();
-        let mut core = self.shared.lock();
-        let slot = &mut core.links[self.peer.0];
-        if slot.session.as_ref().is_none_or(|s| s.id != self.id) {
-            return;
+        if self.driver.link_down(self.peer, self.id) {
+            info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
         }
-        if let Some(s) = slot.session.take() {
-            core.node.sink_mut().detach(self.peer, &s.queue);
-        }
-        core.links[self.peer.0].up.send_replace(false);
-        core.node.handle_link_down(clock::now(), self.peer);
-        core.drain_events();
-        drop(core);
-        info!(peer = %self.shared.peer_name(self.peer), reason = %reason, "peer link down");
     }
 }
 

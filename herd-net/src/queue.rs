@@ -1,20 +1,20 @@
-//! `TcpPeerSink`: the node's peer messages, encoded into one bounded buffer per link.
+//! `PeerQueue`: the outbound buffer of one link session, bounded.
 //!
-//! The node calls [`PeerSink::send`] under its lock; the message is encoded straight into the
-//! link's outbound buffer and the link's writer task is woken. The writer takes the whole
+//! The node's sink ([`crate::links::LinkTable`]) encodes each message straight into the
+//! link's buffer and wakes the link's writer task. The writer takes the whole
 //! buffer at once and writes it with one large write, so a burst of updates costs one system
 //! call. When a buffer would exceed its bound the queue is *poisoned*: its content is thrown
 //! away, the writer stops without sending anything more of that session, and the link is
 //! dropped; reconciliation on reconnect repairs what was lost.
 //!
 //! A reconciliation delta never gets near that bound: the node hands it over a window at a
-//! time ([`PeerSink::backlog`]) and asks to hear when the writer has taken the queue
-//! ([`PeerSink::notify_drained`]); the writer then calls `Node::handle_link_drained`.
+//! time (`PeerSink::backlog`) and asks to hear when the writer has taken the queue
+//! (`PeerSink::notify_drained`); the writer then calls `Node::handle_link_drained`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use herd_core::{PeerId, PeerMsg, PeerSendError, PeerSink};
+use herd_core::{PeerMsg, PeerSendError};
 use tokio::sync::Notify;
 
 /// The outbound queue of one link session.
@@ -133,119 +133,9 @@ impl PeerQueue {
     }
 }
 
-/// The node's [`PeerSink`]: one optional queue per neighbour (present while its link is up).
-#[derive(Debug)]
-pub struct TcpPeerSink {
-    queues: Vec<Option<Arc<PeerQueue>>>,
-}
-
-impl TcpPeerSink {
-    /// A sink for `neighbours` links, all down.
-    pub fn new(neighbours: usize) -> Self {
-        Self {
-            queues: vec![None; neighbours],
-        }
-    }
-
-    /// Routes `peer`'s messages to `queue` (a new session).
-    pub fn attach(&mut self, peer: PeerId, queue: Arc<PeerQueue>) {
-        if let Some(slot) = self.queues.get_mut(peer.0) {
-            if let Some(old) = slot.replace(queue) {
-                old.close();
-            }
-        }
-    }
-
-    /// Detaches `peer`'s queue if it is `queue`, closing it.
-    pub fn detach(&mut self, peer: PeerId, queue: &Arc<PeerQueue>) {
-        if let Some(slot) = self.queues.get_mut(peer.0) {
-            if slot.as_ref().is_some_and(|q| Arc::ptr_eq(q, queue)) {
-                *slot = None;
-            }
-        }
-        queue.close();
-    }
-}
-
-impl PeerSink for TcpPeerSink {
-    fn send(&mut self, to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError> {
-        let slot = self.queues.get(to.0).ok_or(PeerSendError::Unknown)?;
-        let queue = slot.as_ref().ok_or(PeerSendError::Down)?;
-        queue.push(msg)
-    }
-
-    fn backlog(&self, to: PeerId) -> usize {
-        self.queues
-            .get(to.0)
-            .and_then(Option::as_ref)
-            .map_or(0, |q| q.queued())
-    }
-
-    fn notify_drained(&mut self, to: PeerId) {
-        if let Some(q) = self.queues.get(to.0).and_then(Option::as_ref) {
-            q.want_drain();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overflow_poisons_the_queue_and_discards_its_content() {
-        let q = PeerQueue::new(20);
-        let mut sink = TcpPeerSink::new(2);
-        sink.attach(PeerId(1), q.clone());
-        assert_eq!(
-            sink.send(PeerId(0), &PeerMsg::Synced { seq: 1 }),
-            Err(PeerSendError::Down)
-        );
-        assert_eq!(
-            sink.send(PeerId(5), &PeerMsg::Synced { seq: 1 }),
-            Err(PeerSendError::Unknown)
-        );
-        assert_eq!(sink.send(PeerId(1), &PeerMsg::Synced { seq: 1 }), Ok(()));
-        assert_eq!(q.queued(), 4);
-        assert_eq!(
-            sink.send(
-                PeerId(1),
-                &PeerMsg::Synced {
-                    seq: 123_456_789_012
-                }
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            sink.send(PeerId(1), &PeerMsg::Synced { seq: 3 }),
-            Err(PeerSendError::Backlogged)
-        );
-        assert_eq!(
-            sink.send(PeerId(1), &PeerMsg::Synced { seq: 3 }),
-            Err(PeerSendError::Down)
-        );
-        let mut out = Vec::new();
-        assert_eq!(q.take(&mut out), Take::Closed { overflowed: true });
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn backlog_counts_untaken_bytes_and_a_drain_request_is_taken_once() {
-        let q = PeerQueue::new(1000);
-        let mut sink = TcpPeerSink::new(1);
-        assert_eq!(sink.backlog(PeerId(0)), 0, "down: nothing queued");
-        sink.notify_drained(PeerId(0));
-        sink.attach(PeerId(0), q.clone());
-        assert!(!q.take_drain_request(), "a request on a down link is void");
-        sink.send(PeerId(0), &PeerMsg::Synced { seq: 12 }).unwrap();
-        assert_eq!(sink.backlog(PeerId(0)), 5);
-        sink.notify_drained(PeerId(0));
-        let mut out = Vec::new();
-        assert_eq!(q.take(&mut out), Take::Data);
-        assert_eq!(sink.backlog(PeerId(0)), 0);
-        assert!(q.take_drain_request());
-        assert!(!q.take_drain_request());
-    }
 
     #[test]
     fn take_swaps_out_everything_queued() {

@@ -1,0 +1,135 @@
+//! The client messages of one batch, logged together once the node's lock is released.
+//!
+//! Every client message and its reply is logged at `info`. With a bulk message log
+//! ([`crate::msglog`]) the batch's lines are formatted into one buffer and handed over in one
+//! call; without one each is a `tracing` event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use herd_core::Timestamp;
+use tracing::info;
+
+use crate::clock;
+use crate::escape::Escaped;
+use crate::msglog::{self, MessageLog};
+
+/// What the log says about a line handled under the node lock.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Note {
+    /// Answered at once; the reply is `out[start..end]`.
+    Replied(usize, usize),
+    /// Waiting on Places.
+    Places,
+    /// Waiting on the herd.
+    Herd,
+}
+
+/// One connection's log lines of the batch under way.
+pub(super) struct BatchLog {
+    addr: SocketAddr,
+    bulk: Option<Arc<dyn MessageLog>>,
+    enabled: bool,
+    notes: Vec<(BytesMut, Note)>,
+    /// This connection's fixed part of its message log lines (made on first use).
+    prefix: Vec<u8>,
+    /// The batch's log lines, formatted here and handed over in one call (reused).
+    text: Vec<u8>,
+}
+
+impl BatchLog {
+    pub(super) fn new(addr: SocketAddr, bulk: Option<Arc<dyn MessageLog>>) -> Self {
+        Self {
+            addr,
+            bulk,
+            enabled: true,
+            notes: Vec::new(),
+            prefix: Vec::new(),
+            text: Vec::new(),
+        }
+    }
+
+    /// Starts a batch: whether anything is logged is decided once per batch.
+    pub(super) fn begin(&mut self) {
+        self.enabled = tracing::enabled!(tracing::Level::INFO);
+    }
+
+    /// Notes a line for the log, written by [`BatchLog::write`].
+    pub(super) fn note(&mut self, line: BytesMut, note: Note) {
+        if self.enabled {
+            self.notes.push((line, note));
+        }
+    }
+
+    /// Logs the noted lines; `out` holds the replies that [`Note::Replied`] points into.
+    pub(super) fn write(&mut self, now: Timestamp, out: &[u8]) {
+        if self.notes.is_empty() {
+            return;
+        }
+        let mut notes = std::mem::take(&mut self.notes);
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let mut stamp = Vec::with_capacity(32);
+        let bulk = self.bulk.is_some();
+        if bulk {
+            msglog::push_timestamp(&mut stamp, now);
+            if self.prefix.is_empty() {
+                self.prefix = msglog::message_prefix(self.addr);
+            }
+        }
+        for (line, note) in &notes {
+            let msg = Escaped(line);
+            match *note {
+                Note::Replied(s, e) => {
+                    let reply = out.get(s..e).unwrap_or_default();
+                    if bulk {
+                        msglog::push_message_with(&mut text, &stamp, &self.prefix, line, reply);
+                    } else {
+                        info!(addr = %self.addr, %msg, reply = %Escaped(reply), "client message");
+                    }
+                }
+                Note::Places if bulk => msglog::push_event(
+                    &mut text,
+                    &stamp,
+                    "client message; looking up places",
+                    self.addr,
+                    "msg",
+                    line,
+                ),
+                Note::Herd if bulk => msglog::push_event(
+                    &mut text,
+                    &stamp,
+                    "client message; asking the herd",
+                    self.addr,
+                    "msg",
+                    line,
+                ),
+                Note::Places => info!(addr = %self.addr, %msg, "client message; looking up places"),
+                Note::Herd => info!(addr = %self.addr, %msg, "client message; asking the herd"),
+            }
+        }
+        if let Some(log) = self.bulk.as_ref().filter(|_| !text.is_empty()) {
+            log.write_lines(&text);
+        }
+        text.clear();
+        self.text = text;
+        notes.clear();
+        self.notes = notes;
+    }
+}
+
+/// Logs a reply that was not ready at once (in bulk when the server has a message log).
+pub(super) fn log_reply(bulk: Option<&Arc<dyn MessageLog>>, addr: SocketAddr, out: &[u8]) {
+    match bulk {
+        Some(log) => {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let mut text = Vec::with_capacity(out.len() + out.len() / 8 + 96);
+                msglog::push_timestamp(&mut text, clock::now());
+                msglog::push_event(&mut text, &[], "client reply", addr, "reply", out);
+                log.write_lines(&text);
+            }
+        }
+        None => info!(%addr, reply = %Escaped(out), "client reply"),
+    }
+}

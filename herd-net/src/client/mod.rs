@@ -1,0 +1,406 @@
+//! One client connection: lines in, replies out, in order.
+//!
+//! The task reads whatever the socket has, hands every complete line to the node in one
+//! [`Driver::client_batch`], and writes all the replies that are ready with one write. A
+//! WHATSAT's Places lookup runs in its own task ([`reply`]), outside any lock; replies that
+//! follow it wait in order behind it. After the client's end-of-stream every pending reply is
+//! finished and flushed, then the connection is closed. The first line decides whether the
+//! connection is a peer's: then it is handed back to the listener ([`Served::Peer`]).
+//!
+//! A connection whose request is already there when it is accepted is answered before the
+//! runtime ever watches it ([`at_once`]); the batch's log lines are written once the node's
+//! lock is released ([`log`]).
+
+mod at_once;
+mod log;
+mod reply;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use herd_core::{ClientAction, Timestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::codec::Decoder;
+use tracing::{debug, info, warn};
+
+use self::at_once::AtOnce;
+use self::log::{BatchLog, Note};
+use crate::clock;
+use crate::codec::{LineCodec, LineError};
+use crate::driver::{ClientTurn, Driver};
+use crate::escape::Escaped;
+
+/// Replies are flushed once this many bytes are ready, even mid-batch.
+const FLUSH_AT: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// After closing for an over-long line, how long unread input is drained so that the
+/// replies already sent are not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes drained while lingering.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// Most replies one connection may have waiting (on Places or the herd) before it stops
+/// reading: a client pipelining WHATSATs cannot make the server hold unbounded work.
+const MAX_WAITING: usize = 1024;
+
+/// How a connection ended.
+pub(crate) enum Served {
+    /// The client was served and the connection closed.
+    Done,
+    /// The first line opens a peer handshake: the connection is a peer's.
+    Peer {
+        /// The connection.
+        stream: TcpStream,
+        /// Its first line (the hello).
+        first: BytesMut,
+        /// What was read after it.
+        buf: BytesMut,
+    },
+}
+
+enum Slot {
+    Ready(Vec<u8>),
+    Waiting(oneshot::Receiver<Vec<u8>>),
+}
+
+/// Why the connection stops reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Still reading.
+    No,
+    /// The client ended its stream (half-close or close).
+    Eof,
+    /// The server is shutting down.
+    Shutdown,
+    /// A line over the limit: close without reading further.
+    TooLong,
+    /// No input for the idle timeout.
+    Idle,
+}
+
+/// What comes in: the buffered bytes, their framing and whether reading goes on.
+struct Input {
+    codec: LineCodec,
+    buf: BytesMut,
+    stop: Stop,
+    /// The next line is the connection's first.
+    first: bool,
+    /// When the bytes in `buf` arrived.
+    now: Timestamp,
+}
+
+/// What goes out: replies ready to write, and replies waiting in order behind a lookup.
+struct Output {
+    out: Vec<u8>,
+    queue: VecDeque<Slot>,
+    /// Something was written to the client already.
+    wrote: bool,
+    /// TCP_NODELAY is set (from the second write on).
+    nodelay: bool,
+}
+
+struct Conn {
+    driver: Arc<Driver>,
+    addr: SocketAddr,
+    input: Input,
+    output: Output,
+    log: BatchLog,
+}
+
+/// Serves a client connection, or hands it back when it opens with a peer handshake.
+///
+/// `stream` comes straight from the listener, non-blocking and not yet watched by the
+/// runtime; [`at_once`] tries to finish it before it is.
+pub(crate) async fn serve(
+    driver: Arc<Driver>,
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+) -> Served {
+    let max = driver.limits().max_line_bytes;
+    let log = BatchLog::new(addr, driver.spec().message_log.clone());
+    let mut conn = Conn {
+        driver,
+        addr,
+        input: Input {
+            codec: LineCodec::new(max),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            stop: Stop::No,
+            first: true,
+            now: clock::now(),
+        },
+        output: Output {
+            out: Vec::with_capacity(4096),
+            queue: VecDeque::new(),
+            wrote: false,
+            nodelay: false,
+        },
+        log,
+    };
+    debug!(%addr, "connection opened");
+    let first_line = match at_once::serve(&mut conn, &stream).await {
+        AtOnce::Done => {
+            debug!(%addr, reason = ?conn.input.stop, "connection closed");
+            return Served::Done;
+        }
+        AtOnce::Failed(e) => {
+            debug!(%addr, error = %e, "connection failed");
+            return Served::Done;
+        }
+        AtOnce::Handshake(line) => Some(line),
+        AtOnce::Continue | AtOnce::Nothing => None,
+    };
+    let mut stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(%addr, error = %e, "cannot register a connection");
+            return Served::Done;
+        }
+    };
+    let result = match first_line {
+        Some(line) => Ok(Some(line)),
+        None => conn.run(&mut stream).await,
+    };
+    match result {
+        Ok(Some(first)) => Served::Peer {
+            stream,
+            first,
+            buf: conn.input.buf,
+        },
+        Ok(None) => {
+            conn.close(stream).await;
+            Served::Done
+        }
+        Err(e) => {
+            debug!(%addr, error = %e, "connection failed");
+            Served::Done
+        }
+    }
+}
+
+impl Conn {
+    /// Runs until the connection is done; returns the first line if it is a peer handshake.
+    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
+        let idle_limit = self.driver.limits().idle_timeout;
+        let idle = sleep(idle_limit);
+        tokio::pin!(idle);
+        let token = self.driver.token().clone();
+        loop {
+            let more = match self.process_lines() {
+                Ok(more) => more,
+                Err(handshake) => return Ok(Some(handshake)),
+            };
+            self.output.collect_ready();
+            if !self.output.out.is_empty() {
+                if std::mem::replace(&mut self.output.wrote, true) && !self.output.nodelay {
+                    // The first write of a connection is never held back by Nagle's
+                    // algorithm (nothing is in flight yet), so a connection answered once
+                    // (a classic client) saves the system call.
+                    self.output.nodelay = true;
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(addr = %self.addr, error = %e, "cannot set TCP_NODELAY");
+                    }
+                }
+                // A client that reads nothing for the idle time loses its connection.
+                match timeout(idle_limit, stream.write_all(&self.output.out)).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        info!(addr = %self.addr, "client does not read its replies; closing connection");
+                        return Ok(None);
+                    }
+                }
+                self.output.out.clear();
+                // Idle means no input and no output: a slow reply restarts the clock.
+                idle.as_mut().reset(Instant::now() + idle_limit);
+            }
+            if more {
+                continue;
+            }
+            let input = &mut self.input;
+            let queue = &mut self.output.queue;
+            if input.stop != Stop::No && queue.is_empty() {
+                return Ok(None);
+            }
+            let waiting_front = matches!(queue.front(), Some(Slot::Waiting(_)));
+            tokio::select! {
+                biased;
+                reply = front_reply(queue), if waiting_front => {
+                    queue.pop_front();
+                    self.output.out.extend_from_slice(&reply);
+                }
+                () = token.cancelled(), if input.stop == Stop::No => input.stop = Stop::Shutdown,
+                r = stream.read_buf(&mut input.buf), if input.stop == Stop::No && queue.len() < MAX_WAITING => {
+                    if r? == 0 {
+                        input.stop = Stop::Eof;
+                    }
+                    input.now = clock::now();
+                    idle.as_mut().reset(Instant::now() + idle_limit);
+                    if input.buf.capacity() - input.buf.len() < READ_CHUNK / 4 {
+                        input.buf.reserve(READ_CHUNK);
+                    }
+                }
+                () = &mut idle, if input.stop == Stop::No && queue.is_empty() => {
+                    info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
+                    input.stop = Stop::Idle;
+                }
+            }
+        }
+    }
+
+    /// Handles the complete lines buffered; `Ok(true)` when it stopped early to flush.
+    /// `Err(line)` when the first line opens a peer handshake.
+    fn process_lines(&mut self) -> Result<bool, BytesMut> {
+        self.log.begin();
+        let driver = self.driver.clone();
+        // The driver writes the journal before returning: every update acknowledged in the
+        // output is durable before the reply leaves.
+        let result = driver.client_batch(|turn| self.process_batch(turn));
+        self.log.write(self.input.now, &self.output.out);
+        result
+    }
+
+    fn process_batch(&mut self, turn: &mut ClientTurn<'_>) -> Result<bool, BytesMut> {
+        // Lines handled since the store was last warmed for the lines ahead.
+        let mut warm_left = 0usize;
+        loop {
+            let input = &mut self.input;
+            if warm_left == 0 && matches!(input.stop, Stop::No | Stop::Shutdown | Stop::Eof) {
+                warm_left = turn.warm(&input.buf);
+            }
+            warm_left = warm_left.saturating_sub(1);
+            let decoded = match input.stop {
+                Stop::Eof => input.codec.decode_eof(&mut input.buf),
+                // At shutdown, complete lines already received are still answered.
+                Stop::No | Stop::Shutdown => input.codec.decode(&mut input.buf),
+                Stop::TooLong | Stop::Idle => return Ok(false),
+            };
+            let line = match decoded {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(false),
+                Err(LineError::TooLong { max }) => {
+                    warn!(addr = %self.addr, max, "client line over the length limit; closing connection");
+                    input.stop = Stop::TooLong;
+                    return Ok(false);
+                }
+                Err(LineError::Io(e)) => {
+                    warn!(addr = %self.addr, error = %e, "client read failed");
+                    input.stop = Stop::TooLong;
+                    return Ok(false);
+                }
+            };
+            if std::mem::take(&mut input.first) && herd_core::peer::is_handshake(&line) {
+                return Err(line);
+            }
+            self.handle_line(turn, line);
+            if self.output.out.len() >= FLUSH_AT {
+                return Ok(true);
+            }
+            if self.output.queue.len() >= MAX_WAITING {
+                // Read no further until the oldest waiting replies are sent.
+                return Ok(false);
+            }
+        }
+    }
+
+    fn handle_line(&mut self, turn: &mut ClientTurn<'_>, line: BytesMut) {
+        let output = &mut self.output;
+        let direct = output.queue.is_empty();
+        let mut side = Vec::new();
+        let target = if direct { &mut output.out } else { &mut side };
+        let start = target.len();
+        let action = turn.line(self.input.now, &line, target);
+        match action {
+            ClientAction::Silent => debug!(addr = %self.addr, msg = %Escaped(&line), "blank line"),
+            ClientAction::Replied if direct => {
+                let end = output.out.len();
+                self.log.note(line, Note::Replied(start, end));
+            }
+            ClientAction::Replied => {
+                info!(addr = %self.addr, msg = %Escaped(&line), reply = %Escaped(&side), "client message");
+                output.queue.push_back(Slot::Ready(side));
+            }
+            ClientAction::Places { record, query } => {
+                self.log.note(line, Note::Places);
+                let (tx, rx) = oneshot::channel();
+                let driver = self.driver.clone();
+                let addr = self.addr;
+                self.driver.spawn(async move {
+                    let _ = tx.send(reply::places(&driver, addr, record, query).await);
+                });
+                output.queue.push_back(Slot::Waiting(rx));
+            }
+            ClientAction::Pending {
+                ticket,
+                radius,
+                max_items,
+            } => {
+                let line_copy = line.to_vec();
+                self.log.note(line, Note::Herd);
+                let answer = turn.wait_for(ticket);
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let driver = self.driver.clone();
+                let (addr, line) = (self.addr, line_copy);
+                self.driver.spawn(async move {
+                    let reply = reply::herd(&driver, addr, answer, line, radius, max_items).await;
+                    let _ = reply_tx.send(reply);
+                });
+                output.queue.push_back(Slot::Waiting(reply_rx));
+            }
+        }
+    }
+
+    async fn close(self, mut stream: TcpStream) {
+        let stop = self.input.stop;
+        if stop != Stop::Eof {
+            // After the client's end of stream everything it sent has been read, so closing
+            // the socket sends the FIN by itself (one system call fewer per connection).
+            let _ = stream.shutdown().await;
+        }
+        if stop == Stop::TooLong {
+            // Closing with unread input would reset the connection and could destroy replies
+            // the client has not read yet: drain (bounded) until the client closes.
+            let mut sink = vec![0u8; READ_CHUNK];
+            let mut drained = 0usize;
+            let deadline = Instant::now() + LINGER;
+            while drained < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+        }
+        debug!(addr = %self.addr, reason = ?stop, "connection closed");
+    }
+}
+
+impl Output {
+    /// Moves replies at the front of the queue that are finished into the output buffer.
+    fn collect_ready(&mut self) {
+        while let Some(front) = self.queue.front_mut() {
+            match front {
+                Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
+                Slot::Waiting(rx) => match rx.try_recv() {
+                    Ok(bytes) => self.out.extend_from_slice(&bytes),
+                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    // The task died without answering (it cannot, but never hang on it).
+                    Err(oneshot::error::TryRecvError::Closed) => {}
+                },
+            }
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Waits for the reply at the front of the queue (which is `Waiting`).
+async fn front_reply(queue: &mut VecDeque<Slot>) -> Vec<u8> {
+    match queue.front_mut() {
+        Some(Slot::Waiting(rx)) => rx.await.unwrap_or_default(),
+        Some(Slot::Ready(bytes)) => std::mem::take(bytes),
+        None => std::future::pending().await,
+    }
+}

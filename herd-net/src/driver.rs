@@ -1,0 +1,451 @@
+//! The driver: one server's node, link table, waiting queries and journal behind one lock.
+//!
+//! quinn's driver over quinn-proto is the model. Socket tasks (client connections, peer
+//! sessions, the dialler, the timer) hold an `Arc<Driver>` and call the method named for what
+//! happened: [`Driver::client_batch`], [`Driver::peer_batch`], [`Driver::link_up`],
+//! [`Driver::link_down`], [`Driver::drained`], the timer's [`Driver::run_timer`]. Each ends
+//! in the same private `settle`, which moves every output of the node where it goes: stored
+//! records to the journal, finished herd queries to the WHATSATs waiting on them, and the next
+//! deadline to the timer. Peer messages go straight to the link table, the node's sink. No
+//! caller can forget an output, and nothing outside this module reaches into the node.
+//!
+//! The lock is a `std::sync::Mutex` and is never held across an await.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use herd_core::{
+    ClientAction, MaxItems, Node, NodeEvent, PeerId, PeerParseError, RadiusKm, Record, ServerName,
+    Timestamp,
+};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock;
+use crate::codec::{LineCodec, LineError};
+use crate::journal::Journal;
+use crate::limits::Limits;
+use crate::links::{Installed, LinkTable, Session};
+use crate::queue::PeerQueue;
+use crate::scope::Scoped;
+use crate::spec::ServerSpec;
+use crate::stats::ServerStats;
+use crate::warm::{warm, Lines};
+
+/// Records from peers reach the journal file within this time (a client's records are
+/// written before its reply leaves).
+const JOURNAL_PEER_FLUSH: Duration = Duration::from_millis(20);
+
+/// What a WHATSAT waiting on the herd gets: the client's newest record, if the herd knows it.
+pub(crate) type QueryAnswer = Option<Arc<Record>>;
+
+/// One server's state and the tasks' context.
+pub(crate) struct Driver {
+    spec: ServerSpec,
+    state: Mutex<State>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    clients: Arc<Semaphore>,
+    next_session: AtomicU64,
+    /// The journal, reachable without the lock for writing out what was appended under it.
+    journal: Option<Arc<Journal>>,
+    /// Wakes the timer when `settle` arms an earlier deadline.
+    timer: Notify,
+}
+
+/// What the lock protects.
+struct State {
+    node: Node<LinkTable>,
+    waiters: HashMap<u64, oneshot::Sender<QueryAnswer>>,
+    /// The deadline the timer sleeps until (`None`: until woken).
+    timer_at: Option<Timestamp>,
+    /// Records from peers are in the journal's buffer and must be written by then.
+    journal_due: Option<Timestamp>,
+}
+
+/// Who writes out what a call appended to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// The caller, before it sends the replies that acknowledge it.
+    ByCaller,
+    /// The timer, within [`JOURNAL_PEER_FLUSH`].
+    Soon,
+}
+
+/// Why [`Driver::peer_batch`] stopped feeding a session's lines.
+#[derive(Debug)]
+pub(crate) enum PeerBatchError {
+    /// The session is no longer the link's current one.
+    Stale,
+    /// A line over the peer line limit, or a read error.
+    Line(LineError),
+    /// A malformed line (returned for the log).
+    Parse(PeerParseError, BytesMut),
+}
+
+/// The node, lent to a client connection for one batch of lines.
+pub(crate) struct ClientTurn<'a> {
+    state: &'a mut State,
+}
+
+impl ClientTurn<'_> {
+    /// Warms the store for the lines ahead in `buf` ([`crate::warm`]); returns how many.
+    pub(crate) fn warm(&self, buf: &[u8]) -> usize {
+        warm(self.state.node.store(), buf, Lines::Client)
+    }
+
+    /// Handles one client line; a direct reply is appended to `out`.
+    pub(crate) fn line(&mut self, now: Timestamp, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
+        self.state.node.handle_client_line(now, line, out)
+    }
+
+    /// The answer of herd query `ticket` (from [`ClientAction::Pending`]), when it comes.
+    pub(crate) fn wait_for(&mut self, ticket: u64) -> oneshot::Receiver<QueryAnswer> {
+        let (tx, rx) = oneshot::channel();
+        self.state.waiters.insert(ticket, tx);
+        rx
+    }
+}
+
+/// A session installed by [`Driver::link_up`]: what its reader and writer need.
+pub(crate) struct Live {
+    /// The session's id.
+    pub(crate) id: u64,
+    /// Its outbound queue.
+    pub(crate) queue: Arc<PeerQueue>,
+    /// Stops its tasks.
+    pub(crate) kill: CancellationToken,
+    /// Whether it replaced a previous session of the link.
+    pub(crate) replaced: bool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The node's invariants hold between calls; a panicked task cannot break them halfway in a
+    // way a later caller could observe worse than losing that one call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl Driver {
+    /// A driver over `node` (its store already restored from `journal`, if any).
+    pub(crate) fn new(
+        spec: ServerSpec,
+        node: Node<LinkTable>,
+        journal: Option<Arc<Journal>>,
+        token: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        let clients = Arc::new(Semaphore::new(spec.limits.max_clients));
+        Arc::new(Self {
+            spec,
+            state: Mutex::new(State {
+                node,
+                waiters: HashMap::new(),
+                timer_at: None,
+                journal_due: None,
+            }),
+            token,
+            tracker,
+            clients,
+            next_session: AtomicU64::new(1),
+            journal,
+            timer: Notify::new(),
+        })
+    }
+
+    // === context ===
+
+    /// This server's spec.
+    pub(crate) fn spec(&self) -> &ServerSpec {
+        &self.spec
+    }
+
+    /// This server's limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.spec.limits
+    }
+
+    /// This server's name.
+    pub(crate) fn name(&self) -> &ServerName {
+        &self.spec.name
+    }
+
+    /// Neighbour `peer`'s name.
+    pub(crate) fn peer_name(&self, peer: PeerId) -> &ServerName {
+        &self.spec.neighbours[peer.0].name
+    }
+
+    /// Cancelled when the server shuts down.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Spawns a task of this server (tracked for shutdown, logged to this server's file).
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(Scoped::new(self.spec.log_index, fut));
+    }
+
+    /// A place for one more client connection, if the limit allows.
+    pub(crate) fn admit_client(&self) -> Option<OwnedSemaphorePermit> {
+        self.clients.clone().try_acquire_owned().ok()
+    }
+
+    /// This incarnation's epoch (for handshakes).
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.state).node.epoch()
+    }
+
+    /// The neighbours' names, in [`PeerId`] order.
+    pub(crate) fn neighbour_names(&self) -> Vec<ServerName> {
+        self.spec
+            .neighbours
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// A watch of whether `peer`'s link has a session.
+    pub(crate) fn link_watch(&self, peer: PeerId) -> Option<watch::Receiver<bool>> {
+        lock(&self.state).node.sink().watch(peer)
+    }
+
+    // === what happens ===
+
+    /// Runs `f` with the node for one batch of a client's lines, then settles and writes the
+    /// journal up to everything stored, so the replies in the batch may leave.
+    pub(crate) fn client_batch<R>(&self, f: impl FnOnce(&mut ClientTurn<'_>) -> R) -> R {
+        let mut st = lock(&self.state);
+        let r = f(&mut ClientTurn { state: &mut st });
+        self.settle(&mut st, Flush::ByCaller);
+        drop(st);
+        self.write_journal();
+        r
+    }
+
+    /// Finishes a WHATSAT that waited on the herd (see [`Node::resume_whatsat`]).
+    pub(crate) fn resume_whatsat(
+        &self,
+        record: QueryAnswer,
+        line: &[u8],
+        radius: RadiusKm,
+        max_items: MaxItems,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        lock(&self.state)
+            .node
+            .resume_whatsat(record, line, radius, max_items, out)
+    }
+
+    /// Feeds every complete line buffered for session `id` of `peer` to the node.
+    pub(crate) fn peer_batch(
+        &self,
+        peer: PeerId,
+        id: u64,
+        codec: &mut LineCodec,
+        buf: &mut BytesMut,
+    ) -> Result<(), PeerBatchError> {
+        let now = clock::now();
+        let mut st = lock(&self.state);
+        if !st.node.sink().is_current(peer, id) {
+            return Err(PeerBatchError::Stale);
+        }
+        let mut result = Ok(());
+        let mut warm_left = warm(st.node.store(), buf, Lines::Peer);
+        while let Some(line) = codec.decode(buf).transpose() {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    result = Err(PeerBatchError::Line(e));
+                    break;
+                }
+            };
+            if let Err(e) = st.node.handle_peer_line(now, peer, &line) {
+                result = Err(PeerBatchError::Parse(e, line));
+                break;
+            }
+            warm_left = warm_left.saturating_sub(1);
+            if warm_left == 0 {
+                warm_left = warm(st.node.store(), buf, Lines::Peer);
+            }
+        }
+        self.settle(&mut st, Flush::Soon);
+        result
+    }
+
+    /// A handshake with `peer` succeeded: installs the session as the link's current one
+    /// (the node reconciles), or `None` when the current one is kept.
+    pub(crate) fn link_up(
+        &self,
+        peer: PeerId,
+        peer_epoch: u64,
+        dialled_by_me: bool,
+    ) -> Option<Live> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let queue = PeerQueue::new(self.spec.limits.peer_queue_bytes);
+        let kill = CancellationToken::new();
+        let session = Session {
+            id,
+            peer_epoch,
+            dialled_by_me,
+            queue: queue.clone(),
+            kill: kill.clone(),
+        };
+        let mut st = lock(&self.state);
+        let installed = st.node.sink_mut().install(peer, session);
+        if installed == Installed::Refused {
+            return None;
+        }
+        // A link already up in the node is taken down and up again: the new session reconciles.
+        st.node.handle_link_up(clock::now(), peer);
+        self.settle(&mut st, Flush::Soon);
+        Some(Live {
+            id,
+            queue,
+            kill,
+            replaced: installed == Installed::Replaced,
+        })
+    }
+
+    /// Session `id` of `peer` ended; returns whether it was the link's current one (then the
+    /// link is down).
+    pub(crate) fn link_down(&self, peer: PeerId, id: u64) -> bool {
+        let mut st = lock(&self.state);
+        if !st.node.sink_mut().end(peer, id) {
+            return false;
+        }
+        st.node.handle_link_down(clock::now(), peer);
+        self.settle(&mut st, Flush::Soon);
+        true
+    }
+
+    /// The writer of `peer`'s link took the queue after the node asked to hear of it: the
+    /// reconciliation under way goes on.
+    pub(crate) fn drained(&self, peer: PeerId) {
+        let mut st = lock(&self.state);
+        st.node.handle_link_drained(clock::now(), peer);
+        self.settle(&mut st, Flush::Soon);
+    }
+
+    /// Runs the node's timers and the journal's peer flush, each at its deadline, until
+    /// shutdown (then writes the journal out).
+    pub(crate) async fn run_timer(self: Arc<Self>) {
+        loop {
+            let wait = lock(&self.state).timer_at.map(|t| t.since(clock::now()));
+            tokio::select! {
+                () = self.token.cancelled() => break,
+                () = self.timer.notified() => {}
+                () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+            self.tick();
+        }
+        self.write_journal();
+    }
+
+    fn tick(&self) {
+        let now = clock::now();
+        let mut st = lock(&self.state);
+        let journal_due = st.journal_due.is_some_and(|t| t <= now);
+        if journal_due {
+            st.journal_due = None;
+        }
+        if st.node.poll_timeout().is_some_and(|t| t <= now) {
+            st.node.handle_timeout(now);
+        }
+        st.timer_at = None;
+        self.settle(&mut st, Flush::Soon);
+        drop(st);
+        if journal_due {
+            self.write_journal();
+        }
+    }
+
+    /// Moves every output of the last node call where it goes.
+    fn settle(&self, st: &mut State, flush: Flush) {
+        if let Some(j) = &self.journal {
+            let mut any = false;
+            for r in st.node.drain_journal() {
+                j.append(&r);
+                any = true;
+            }
+            if any {
+                if j.wants_compaction(st.node.store().len()) {
+                    j.compact_in_background(st.node.store().records().cloned().collect());
+                }
+                if flush == Flush::Soon && st.journal_due.is_none() {
+                    st.journal_due = Some(clock::now().plus(JOURNAL_PEER_FLUSH));
+                }
+            }
+        }
+        while let Some(event) = st.node.poll_event() {
+            match event {
+                NodeEvent::QueryDone { ticket, record } => {
+                    if let Some(tx) = st.waiters.remove(&ticket) {
+                        // The connection may be gone; its answer is then moot.
+                        let _ = tx.send(record);
+                    }
+                }
+            }
+        }
+        let next = earliest(st.node.poll_timeout(), st.journal_due);
+        if next.is_some() && (st.timer_at.is_none() || next < st.timer_at) {
+            st.timer_at = next;
+            self.timer.notify_one();
+        }
+    }
+
+    /// Writes the journal up to everything appended so far (outside the lock).
+    fn write_journal(&self) {
+        if let Some(j) = &self.journal {
+            j.flush_to(j.appended());
+        }
+    }
+
+    // === reading ===
+
+    /// The counters and store summary now.
+    pub(crate) fn stats(&self) -> ServerStats {
+        let limit = self.spec.limits.max_clients;
+        let clients = limit.saturating_sub(self.clients.available_permits());
+        let st = lock(&self.state);
+        let node = &st.node;
+        let links_up = (0..node.neighbours().len())
+            .map(PeerId)
+            .filter(|&p| node.is_linked(p))
+            .map(|p| node.neighbours()[p.0].clone())
+            .collect();
+        ServerStats {
+            server: node.name().clone(),
+            node: node.stats().clone(),
+            records: node.store().len(),
+            digest: node.store().digest(),
+            links_up,
+            clients,
+            journal: self.journal.as_ref().map(|j| (j.lines(), j.errors())),
+        }
+    }
+
+    /// The client's newest record as this server holds it (its AT line).
+    pub(crate) fn record(&self, client: &[u8]) -> Option<Vec<u8>> {
+        lock(&self.state)
+            .node
+            .store()
+            .get(client)
+            .map(|r| r.at_line().to_vec())
+    }
+}
