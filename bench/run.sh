@@ -535,7 +535,7 @@ json.dump({
     "settings": "$ROUNDS rounds of $ROUND_S s per throughput figure, $PROBE_ROUNDS probe rounds, $STARTUP_RUNS start-up runs; redis $REDIS_VERSION; herd-server with --places offline (the default without a key); load generator, servers and redis share the same $(nproc) cores over loopback",
     "load_start": "$LOAD_START",
     "load_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
-    "logging": "rows without a label run with the default logging (RUST_LOG unset = info: every client message and reply is logged, PROTOCOL.md §4); rows labelled RUST_LOG=warn turn per-message logging off",
+    "logging": "rows without a label run with the default logging (RUST_LOG unset = info: every client message and reply is logged, docs/client-protocol.md §5); rows labelled RUST_LOG=warn turn per-message logging off",
     "elapsed": "${ELAPSED} s",
 }, open(sys.argv[1], "w"))
 EOF

@@ -1,4 +1,4 @@
-//! Line framing for client and peer connections (PROTOCOL.md §1).
+//! Line framing for client and peer connections (docs/client-protocol.md §1).
 //!
 //! Lines are bytes, not text. A line ends at `\n`; a `\r` just before it belongs to the
 //! terminator. A final line without `\n` at end-of-stream is still a line. A line whose

@@ -16,7 +16,7 @@ const EXIT_CONFIG: u8 = 64;
 /// Exit status for a failure to start (port in use, log file, ...).
 const EXIT_START: u8 = 1;
 
-/// Run servers of a herd (the proxy herd of PROTOCOL.md).
+/// Run servers of a herd (the proxy herd of docs/client-protocol.md).
 #[derive(Debug, Parser)]
 #[command(name = "herd-server", version)]
 struct Cli {

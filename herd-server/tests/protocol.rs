@@ -1,4 +1,4 @@
-//! One server on a real loopback socket: the client protocol of PROTOCOL.md, byte for byte.
+//! One server on a real loopback socket: the client protocol of docs/client-protocol.md, byte for byte.
 
 mod common;
 
