@@ -283,6 +283,20 @@ impl RawLimits {
 }
 
 impl HerdConfig {
+    /// The config in file `path`, or the built-in default herd when there is none.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a valid config (the message names the file).
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let Some(path) = path else {
+            return Ok(Self::default_herd());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config {}", path.display()))
+    }
+
     /// Parses and validates a config's JSON text.
     ///
     /// # Errors

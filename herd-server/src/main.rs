@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use anyhow::Context as _;
 use clap::Parser;
-use herd_places::{BackendKind, PlacesConfig};
-use herd_server::{config::HerdConfig, logging, Herd};
+use herd_server::{config::HerdConfig, logging, places, Herd};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
@@ -56,38 +54,6 @@ fn config_err(e: impl Into<anyhow::Error>) -> Failure {
     Failure(EXIT_CONFIG, e.into())
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<HerdConfig, Failure> {
-    let Some(path) = path else {
-        return Ok(HerdConfig::default_herd());
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))
-        .map_err(config_err)?;
-    HerdConfig::parse(&text)
-        .with_context(|| format!("config {}", path.display()))
-        .map_err(config_err)
-}
-
-fn places_config(cli: &Cli, config: &HerdConfig) -> Result<PlacesConfig, Failure> {
-    let api_key = std::env::var("PLACES_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
-    let kind = match &cli.places {
-        Some(p) => BackendKind::from_str(p).map_err(config_err)?,
-        None if api_key.is_some() => BackendKind::Google,
-        None => BackendKind::Offline,
-    };
-    Ok(PlacesConfig {
-        kind,
-        base_url: cli.places_url.clone(),
-        api_key,
-        timeout: config.limits.places_timeout,
-        max_concurrent: config.places.max_concurrent,
-        cache_ttl: config.places.cache_ttl,
-        cache_entries: config.places.cache_entries,
-    })
-}
-
 async fn shutdown_signal() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -112,7 +78,7 @@ async fn serve(herd: Herd) -> anyhow::Result<bool> {
 }
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
-    let mut config = load_config(cli.config.as_ref())?;
+    let mut config = HerdConfig::load(cli.config.as_deref()).map_err(config_err)?;
     if let Some(dir) = &cli.data_dir {
         config.data_dir = Some(dir.clone());
     }
@@ -122,18 +88,15 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
         cli.names.clone()
     };
     let names = herd_server::select(&config, &names).map_err(config_err)?;
-    let pc = places_config(&cli, &config)?;
+    let pc = places::choose(
+        &config,
+        cli.places.as_deref(),
+        cli.places_url.clone(),
+        std::env::var("PLACES_API_KEY").ok(),
+    )
+    .map_err(config_err)?;
     let backend = pc.kind.name();
-    let places: std::sync::Arc<dyn herd_core::PlacesLookup> = if pc.kind == BackendKind::Offline {
-        // Decoding the gazetteer takes tens of milliseconds: the listeners do not wait for it.
-        herd_server::places::Background::start(move || {
-            herd_places::build(pc).map_err(|e| format!("cannot set up the places backend: {e}"))
-        })
-    } else {
-        herd_places::build(pc)
-            .context("cannot set up the places backend")
-            .map_err(config_err)?
-    };
+    let places = places::build(pc).map_err(config_err)?;
     let _guards = logging::init(&cli.log_dir, &names).map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await

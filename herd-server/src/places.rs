@@ -1,14 +1,61 @@
-//! A Places backend built on a background thread, so the listeners need not wait for it.
+//! Which Places backend a server uses, and building it.
 //!
-//! The offline gazetteer takes tens of milliseconds to decode; the servers bind and accept
-//! at once while it decodes, and a WHATSAT that arrives before it is ready waits for it
-//! (within the Places timeout, like any lookup).
+//! The backend is chosen from the command line and the environment ([`choose`]). The offline
+//! gazetteer takes tens of milliseconds to decode, so it is built on a background thread
+//! ([`Background`]): the servers bind and accept at once while it decodes, and a WHATSAT that
+//! arrives before it is ready waits for it (within the Places timeout, like any lookup).
 
+use std::str::FromStr;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use herd_core::{LookupError, PlacesLookup, PlacesQuery};
+use herd_places::{BackendKind, PlacesConfig};
 use tokio::sync::watch;
+
+use crate::config::HerdConfig;
+
+/// The Places settings of `config` with the backend asked for: `kind` (`offline`, `google`,
+/// `google-legacy`; default: `google` when `api_key` is given, else `offline`).
+///
+/// # Errors
+/// An unknown backend name.
+pub fn choose(
+    config: &HerdConfig,
+    kind: Option<&str>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+) -> anyhow::Result<PlacesConfig> {
+    let api_key = api_key.filter(|k| !k.is_empty());
+    let kind = match kind {
+        Some(p) => BackendKind::from_str(p)?,
+        None if api_key.is_some() => BackendKind::Google,
+        None => BackendKind::Offline,
+    };
+    Ok(PlacesConfig {
+        kind,
+        base_url,
+        api_key,
+        timeout: config.limits.places_timeout,
+        max_concurrent: config.places.max_concurrent,
+        cache_ttl: config.places.cache_ttl,
+        cache_entries: config.places.cache_entries,
+    })
+}
+
+/// Builds the backend `pc` names: the offline one in the background, the others at once.
+///
+/// # Errors
+/// A Google backend that cannot be set up (no key, a bad URL).
+pub fn build(pc: PlacesConfig) -> anyhow::Result<Arc<dyn PlacesLookup>> {
+    if pc.kind == BackendKind::Offline {
+        return Ok(Background::start(move || {
+            herd_places::build(pc).map_err(|e| format!("cannot set up the places backend: {e}"))
+        }));
+    }
+    herd_places::build(pc).context("cannot set up the places backend")
+}
 
 /// What the background build produced: the backend, or why it could not be built.
 type Built = Option<Result<Arc<dyn PlacesLookup>, String>>;
