@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# A/B benchmark: two herd-server builds side by side in one run, rounds interleaved (A, B, A,
+# B, ...), both driven by the same herd-cli (B's). Rows T1 (one server, pipeline 1), T2 (one
+# server, pipeline 16) and T4 (the default herd of five servers, pipeline 16 over all), as in
+# bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
+#
+#   bench/ab.sh OLD_TARGET_DIR [NEW_TARGET_DIR]
+#
+# Each TARGET_DIR must hold release/herd-server (NEW_TARGET_DIR also release/herd-cli);
+# NEW_TARGET_DIR defaults to <repo>/target, built here unless SKIP_BUILD=1. To measure the
+# commit before yours:
+#   git worktree add /tmp/herd-old HEAD~1 && (cd /tmp/herd-old && cargo build --release -p herd-server)
+#   bench/ab.sh /tmp/herd-old/target
+#
+# Environment: ROUNDS [5] rounds per build and row, ROUND_S [2] seconds per round,
+# RESULTS [bench/ab-results.md] where the table goes.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+TOOLS=(python3 "$HERE/tools.py")
+export BENCH_TOOLS=$HERE/tools.py
+OLD=${1:?usage: bench/ab.sh OLD_TARGET_DIR [NEW_TARGET_DIR]}
+NEW=${2:-$REPO/target}
+ROUNDS=${ROUNDS:-5}
+ROUND_S=${ROUND_S:-2}
+RESULTS=${RESULTS:-$HERE/ab-results.md}
+CONNS=64
+KEYS=100000
+
+log() { printf 'ab: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [[ ${SKIP_BUILD:-0} != 1 && $NEW == "$REPO/target" ]]; then
+    (cd "$REPO" && cargo build --release -p herd-server -p herd-cli)
+fi
+CLI=$NEW/release/herd-cli
+for f in "$OLD/release/herd-server" "$NEW/release/herd-server" "$CLI"; do
+    [[ -x $f ]] || die "missing $f"
+done
+
+TMP=$(mktemp -d /tmp/herd-ab.XXXXXX)
+PID=""
+stop() {
+    [[ -n $PID ]] || return 0
+    kill -TERM "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=""
+}
+trap 'stop; rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
+
+start() { # start BINARY KIND(single|default): sets CFG, PID
+    local bin=$1 kind=$2 want=1 i
+    CFG=$TMP/herd-$kind.json
+    if [[ $kind == default ]]; then
+        "${TOOLS[@]}" config "$CFG" default "$REPO/deploy/herd.json"; want=5
+    else
+        "${TOOLS[@]}" config "$CFG" single Goloman
+    fi
+    rm -rf "$TMP/logs"; mkdir -p "$TMP/logs"
+    env -u RUST_LOG "$bin" --config "$CFG" --all --log-dir "$TMP/logs" 2>"$TMP/server.err" &
+    PID=$!
+    for ((i = 0; i < 150; i++)); do
+        if [[ $(grep -c ' listening on ' "$TMP/server.err" 2>/dev/null || true) -ge $want ]]; then
+            [[ $want == 1 ]] && return 0
+            # Every link up: the stats of each server list all its neighbours.
+            if python3 - "$CFG" <<'EOF'
+import json, os, subprocess, sys
+cfg = json.load(open(sys.argv[1]))
+stats = json.loads(subprocess.check_output(["python3", os.environ["BENCH_TOOLS"], "stats", sys.argv[1]]))
+deg = {n: 0 for n in cfg["servers"]}
+for a, b in cfg["links"]:
+    deg[a] += 1; deg[b] += 1
+sys.exit(0 if all(len(stats[n]["links_up"]) == deg[n] for n in deg) else 1)
+EOF
+            then return 0; fi
+        fi
+        sleep 0.1
+    done
+    die "herd-server $bin did not start: $(cat "$TMP/server.err")"
+}
+
+round() { # round BINARY KIND LOAD-ARGS...: prints requests/s of one round (errors fail it)
+    local bin=$1 kind=$2; shift 2
+    start "$bin" "$kind"
+    timeout $((ROUND_S + 60)) "$CLI" --config "$CFG" "$@" --duration "${ROUND_S}s" --fresh -k "$KEYS" --json >"$TMP/l.json" ||
+        die "herd-cli load failed: $(cat "$TMP/l.json")"
+    local errs
+    errs=$("${TOOLS[@]}" json "$TMP/l.json" errors | python3 -c 'import json,sys; print(sum(json.load(sys.stdin).values()))')
+    [[ $errs == 0 ]] || die "round with $errs load errors against $bin"
+    stop
+    "${TOOLS[@]}" json "$TMP/l.json" requests_per_s
+}
+
+{
+    echo "# A/B: $(date -u +%Y-%m-%dT%H:%MZ), $ROUNDS interleaved rounds of ${ROUND_S}s per build and row"
+    echo
+    echo "- A: $OLD/release/herd-server"
+    echo "- B: $NEW/release/herd-server"
+    echo "- load: $CLI (B's herd-cli for both), $CONNS connections, a new client id per IAMAT (--fresh -k $KEYS), default logging"
+    echo
+    echo "| row | A median /s | B median /s | B / A | A rounds | B rounds |"
+    echo "| --- | ---: | ---: | ---: | --- | --- |"
+} >"$RESULTS"
+
+row() { # row NAME KIND LOAD-ARGS...
+    local name=$1 kind=$2; shift 2
+    local a="" b="" r
+    for ((r = 1; r <= ROUNDS; r++)); do
+        a+=" $(round "$OLD/release/herd-server" "$kind" "$@")"
+        b+=" $(round "$NEW/release/herd-server" "$kind" "$@")"
+        log "$name round $r: A$a | B$b"
+    done
+    python3 - "$name" "$a" "$b" >>"$RESULTS" <<'EOF'
+import statistics, sys
+name, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+ma, mb = statistics.median(a), statistics.median(b)
+f = lambda v: " ".join(f"{x:,.0f}" for x in v)
+print(f"| {name} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.3f} | {f(a)} | {f(b)} |")
+EOF
+}
+
+row "T1: 1 server, IAMAT, pipeline 1" single --to Goloman load -c "$CONNS" -d 1
+row "T2: 1 server, IAMAT, pipeline 16" single --to Goloman load -c "$CONNS" -d 16
+row "T4: 5 servers, IAMAT, pipeline 16 over all" default load --all -c "$CONNS" -d 16
+cat "$RESULTS"
