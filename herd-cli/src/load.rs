@@ -21,8 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{Herd, Target};
-use crate::conn::{Conn, Expect};
+use crate::conn::Conn;
 use crate::error::{Failure, EXIT_INVALID, EXIT_NET};
+use crate::reply::{self, Expect, Kind};
 use crate::util::{now_nanos, write_posix, write_u128};
 use crate::Global;
 
@@ -356,24 +357,13 @@ enum Framed {
     Reply(usize, Option<ErrorKind>),
 }
 
+/// Frames with [`reply::frame`], then counts by the reply's kind.
 fn frame(buf: &[u8], expect: Expect) -> Framed {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        return Framed::Partial;
-    };
-    let line = &buf[..nl];
-    if line.starts_with(b"? ") {
-        return Framed::Reply(nl + 1, Some(ErrorKind::Invalid));
-    }
-    if !line.starts_with(b"AT ") {
-        return Framed::Reply(nl + 1, Some(ErrorKind::Malformed));
-    }
-    if expect != Expect::Places {
-        return Framed::Reply(nl + 1, None);
-    }
-    // The JSON ends at the first empty line.
-    match buf[nl..].windows(2).position(|w| w == b"\n\n") {
-        Some(at) => Framed::Reply(nl + at + 2, None),
+    match reply::frame(buf, expect) {
         None => Framed::Partial,
+        Some((len, Kind::At)) => Framed::Reply(len, None),
+        Some((len, Kind::Invalid)) => Framed::Reply(len, Some(ErrorKind::Invalid)),
+        Some((len, Kind::Malformed)) => Framed::Reply(len, Some(ErrorKind::Malformed)),
     }
 }
 
