@@ -8,7 +8,7 @@
 //!
 //! Layout: [`args`] holds the arguments and the checked plan; [`pace`] the shared budget and
 //! `--rate` turns; [`gen`] the request generator; [`workers`] the connections that send and
-//! count; [`report`] the counts, the progress bar and the summary. This module runs them.
+//! count; [`report`](mod@report) the counts, the progress bar and the summary. This module runs them.
 
 mod args;
 mod gen;
