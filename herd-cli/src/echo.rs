@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use clap::Args;
 use herd_core::{ServerName, Timestamp};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::Failure;
-use crate::reply::write_stateless_answer;
+use crate::reply::{write_stateless_answer, FixedPlaces};
 use crate::util::now_nanos;
 use crate::Global;
 
@@ -43,7 +42,7 @@ pub(crate) struct EchoArgs {
 pub(crate) struct Echo {
     name: ServerName,
     /// The places of every WHATSAT reply.
-    places: Value,
+    places: FixedPlaces,
 }
 
 impl Echo {
@@ -51,7 +50,10 @@ impl Echo {
     pub(crate) fn new(name: ServerName) -> Self {
         let places =
             serde_json::json!({"html_attributions": [], "results": [], "status": "ZERO_RESULTS"});
-        Self { name, places }
+        Self {
+            name,
+            places: FixedPlaces::new(places),
+        }
     }
 
     /// Answers every complete line of `input` into `out`; returns the bytes consumed.

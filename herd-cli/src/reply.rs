@@ -9,7 +9,9 @@
 //! grammar, the node and this module.
 
 use herd_core::protocol::{write_iamat, write_invalid, write_whatsat_reply};
-use herd_core::{parse_client_line, ClientLine, FieldError, Record, ServerName, Timestamp};
+use herd_core::{
+    parse_client_line, ClientLine, FieldError, MaxItems, Record, ServerName, Timestamp,
+};
 use serde_json::{json, Map, Value};
 
 /// How an AT line starts.
@@ -227,6 +229,43 @@ fn record_fields(record: &Record) -> Map<String, Value> {
     m
 }
 
+/// The places of a stateless server's WHATSAT replies, with what `write_whatsat_reply` appends
+/// after the AT line written once for each max items (so a reply costs no JSON work).
+#[derive(Debug)]
+pub(crate) struct FixedPlaces {
+    places: Value,
+    /// `tails[n - 1]`: the reply after the AT line for max items `n`.
+    tails: Vec<Vec<u8>>,
+}
+
+impl FixedPlaces {
+    /// Every WHATSAT reply carries `places` (cut to its max items).
+    pub(crate) fn new(places: Value) -> Self {
+        let tails = (1..=MaxItems::MAX)
+            .filter_map(|n| MaxItems::new(n).ok())
+            .map(|max| {
+                let mut tail = Vec::new();
+                write_whatsat_reply(b"", Ok(places.clone()), max, &mut tail);
+                tail
+            })
+            .collect();
+        Self { places, tails }
+    }
+
+    /// Appends the whole WHATSAT reply for `at_line`, as `write_whatsat_reply` writes it.
+    fn write(&self, at_line: &[u8], max: MaxItems, out: &mut Vec<u8>) {
+        match self.tails.get(max.get().wrapping_sub(1)) {
+            // `write_whatsat_reply` writes the AT line as given, then what only the places
+            // and max items decide.
+            Some(tail) => {
+                out.extend_from_slice(at_line);
+                out.extend_from_slice(tail);
+            }
+            None => write_whatsat_reply(at_line, Ok(self.places.clone()), max, out),
+        }
+    }
+}
+
 /// Appends the reply of a server called `server` that has no store, no peers and no Places
 /// (the echo server) to `line` (without terminator), received at `now`.
 ///
@@ -237,7 +276,7 @@ pub(crate) fn write_stateless_answer(
     server: &ServerName,
     now: Timestamp,
     line: &[u8],
-    places: &Value,
+    places: &FixedPlaces,
     out: &mut Vec<u8>,
 ) {
     match parse_client_line(line) {
@@ -254,7 +293,7 @@ pub(crate) fn write_stateless_answer(
                 return;
             };
             let record = Record::from_iamat(server, Timestamp(0), &zero);
-            write_whatsat_reply(record.at_line(), Ok(places.clone()), req.max_items, out);
+            places.write(record.at_line(), req.max_items, out);
         }
         ClientLine::Invalid(_) => write_invalid(line, out),
     }
@@ -336,7 +375,15 @@ mod tests {
     #[test]
     fn stateless_answers_follow_the_grammar() {
         let name = ServerName::new("E").unwrap();
-        let places = json!({"results": [1, 2, 3], "status": "OK"});
+        let json = json!({"results": [1, 2, 3], "status": "OK"});
+        let places = FixedPlaces::new(json.clone());
+        for n in 0..=MaxItems::MAX {
+            let Ok(max) = MaxItems::new(n) else { continue };
+            let (mut fixed, mut direct) = (Vec::new(), Vec::new());
+            places.write(b"AT x", max, &mut fixed);
+            write_whatsat_reply(b"AT x", Ok(json.clone()), max, &mut direct);
+            assert_eq!(fixed, direct, "max {n}");
+        }
         let mut out = Vec::new();
         let now = Timestamp(12_000_000_000);
         write_stateless_answer(&name, now, b"IAMAT k +1+2 10.5", &places, &mut out);
