@@ -7,9 +7,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::config::single_target;
-use crate::conn::{Conn, Expect, Reply, ReplyReader, Writer, MAX_REPLY_LINE};
+use crate::conn::{Conn, ReplyReader, Writer, MAX_REPLY_LINE};
 use crate::error::{Failure, EXIT_INVALID};
 use crate::output::print_reply;
+use crate::reply::{Expect, Reply};
 use crate::util::{now_nanos, write_posix};
 use crate::Global;
 
@@ -123,9 +124,10 @@ async fn one_request(g: &Global, line: Vec<u8>) -> Result<u8, Failure> {
 }
 
 fn exit_code(reply: &Reply) -> u8 {
-    match reply {
-        Reply::Invalid(_) => EXIT_INVALID,
-        Reply::At(_) | Reply::Places { .. } => 0,
+    if reply.is_invalid() {
+        EXIT_INVALID
+    } else {
+        0
     }
 }
 

@@ -1,87 +1,24 @@
 //! One client connection, with every network wait bounded, and reply framing.
 //!
-//! A reply's shape follows from the request, read with herd-core's grammar: a blank line gets
-//! no reply, an IAMAT or an invalid line one line, a WHATSAT either `? <line>` or the AT line
-//! followed by JSON lines up to an empty line.
+//! A reply's shape follows from the request (see [`crate::reply`]): a blank line gets no
+//! reply, an IAMAT or an invalid line one line, a WHATSAT either `? <line>` or the AT line
+//! followed by JSON lines up to an empty line. This module brings the lines, bounded in size
+//! and time; [`Reply`] makes a reply of them.
 
 use std::time::Duration;
 
-use herd_core::protocol::{parse_client_line, ClientLine};
-use herd_core::store::Record;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::error::Failure;
+use crate::reply::{Expect, Reply, Step};
 
 /// Longest reply line accepted (a reply echoes a line of at most the server's limit, 64 KiB
 /// by default); a longer one is a malformed reply.
 pub(crate) const MAX_REPLY_LINE: usize = 1 << 20;
 /// Most lines accepted in one WHATSAT reply's JSON.
 pub(crate) const MAX_JSON_LINES: usize = 100_000;
-
-/// What reply a request line gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expect {
-    /// A blank line: no reply.
-    Nothing,
-    /// One line: an AT reply to IAMAT, or `? ` for an invalid line.
-    Line,
-    /// A WHATSAT: `? ` or the AT line, JSON lines and an empty line.
-    Places,
-}
-
-impl Expect {
-    /// The reply `line` (without terminator) gets, per herd-core's grammar.
-    pub(crate) fn of(line: &[u8]) -> Self {
-        match parse_client_line(line) {
-            ClientLine::Blank => Self::Nothing,
-            ClientLine::IAmAt(_) | ClientLine::Invalid(_) => Self::Line,
-            ClientLine::WhatsAt(_) => Self::Places,
-        }
-    }
-}
-
-/// One reply from a server.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Reply {
-    /// An AT line (the reply to IAMAT).
-    At(Record),
-    /// A WHATSAT reply: the stored AT line and the places JSON text (without the final `\n\n`).
-    Places {
-        /// The stored record.
-        record: Record,
-        /// The JSON text as received.
-        json: Vec<u8>,
-    },
-    /// `? <line>`: the echoed line.
-    Invalid(Vec<u8>),
-}
-
-impl Reply {
-    /// The reply's bytes exactly as the protocol writes them.
-    pub(crate) fn wire(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self {
-            Reply::At(r) => {
-                out.extend_from_slice(r.at_line());
-                out.push(b'\n');
-            }
-            Reply::Places { record, json } => {
-                out.extend_from_slice(record.at_line());
-                out.push(b'\n');
-                out.extend_from_slice(json);
-                out.extend_from_slice(b"\n\n");
-            }
-            Reply::Invalid(line) => {
-                out.extend_from_slice(b"? ");
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            }
-        }
-        out
-    }
-}
 
 /// Connects to `addr`, bounded by `timeout`.
 pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, Failure> {
@@ -170,46 +107,34 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
                 self.peer
             )));
         };
-        if let Some(echo) = first.strip_prefix(b"? ") {
-            return Ok(Reply::Invalid(echo.to_vec()));
-        }
-        let record = Record::parse(&first).map_err(|e| {
+        let mut step = Reply::head(&first, expect).map_err(|e| {
             Failure::net(format!(
                 "malformed reply from {} ({e}): {:?}",
                 self.peer,
                 String::from_utf8_lossy(&first)
             ))
         })?;
-        if expect != Expect::Places {
-            return Ok(Reply::At(record));
-        }
-        let json = self.json_lines().await?;
-        Ok(Reply::Places { record, json })
-    }
-
-    /// JSON lines up to the empty line that ends a WHATSAT reply, joined with `\n`.
-    async fn json_lines(&mut self) -> Result<Vec<u8>, Failure> {
-        let mut json = Vec::new();
+        // JSON lines follow up to the empty line that ends a WHATSAT reply.
         for _ in 0..MAX_JSON_LINES {
+            let body = match step {
+                Step::Done(reply) => return Ok(reply),
+                Step::More(body) => body,
+            };
             let Some(line) = self.line().await? else {
                 return Err(Failure::net(format!(
                     "{} closed the connection before the end of a WHATSAT reply",
                     self.peer
                 )));
             };
-            if line.is_empty() {
-                if json.last() == Some(&b'\n') {
-                    json.pop();
-                }
-                return Ok(json);
-            }
-            json.extend_from_slice(&line);
-            json.push(b'\n');
+            step = body.line(&line);
         }
-        Err(Failure::net(format!(
-            "malformed reply from {}: a WHATSAT reply over {MAX_JSON_LINES} lines",
-            self.peer
-        )))
+        match step {
+            Step::Done(reply) => Ok(reply),
+            Step::More(_) => Err(Failure::net(format!(
+                "malformed reply from {}: a WHATSAT reply over {MAX_JSON_LINES} lines",
+                self.peer
+            ))),
+        }
     }
 
     /// Waits for the server to close after a half-close; extra bytes are a malformed reply.
@@ -315,15 +240,6 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-    }
-
-    #[test]
-    fn expectations_follow_the_grammar() {
-        assert_eq!(Expect::of(b"  \t"), Expect::Nothing);
-        assert_eq!(Expect::of(b"IAMAT a +1+2 3"), Expect::Line);
-        assert_eq!(Expect::of(b"WHATSAT a 10 5"), Expect::Places);
-        assert_eq!(Expect::of(b"WHATSAT a 51 5"), Expect::Line);
-        assert_eq!(Expect::of(b"HELLO"), Expect::Line);
     }
 
     #[test]

@@ -4,19 +4,19 @@
 //!
 //! Answers: IAMAT → `AT <name> <diff> <client> <location> <time>` with a real diff; WHATSAT →
 //! `AT <name> +0.000000000 <client> +0+0 0`, an empty `ZERO_RESULTS` places JSON and the empty
-//! line; anything else → `? <line>`; blank lines → nothing. Every batch of lines read at once
-//! is answered with one write.
+//! line; anything else → `? <line>`; blank lines → nothing (herd-cli's reply type writes them:
+//! [`write_stateless_answer`]). Every batch of lines read at once is answered with one write.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use herd_core::protocol::{parse_client_line, write_invalid, write_places_json, ClientLine};
-use herd_core::{ServerName, TimeDiff, Timestamp};
+use herd_core::{ServerName, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::Failure;
+use crate::reply::{write_stateless_answer, FixedPlaces};
 use crate::util::now_nanos;
 use crate::Global;
 
@@ -41,18 +41,19 @@ pub(crate) struct EchoArgs {
 #[derive(Debug)]
 pub(crate) struct Echo {
     name: ServerName,
-    places: Vec<u8>,
+    /// The places of every WHATSAT reply.
+    places: FixedPlaces,
 }
 
 impl Echo {
     /// An echo server calling itself `name`.
     pub(crate) fn new(name: ServerName) -> Self {
-        let mut places = Vec::new();
-        write_places_json(
-            &serde_json::json!({"html_attributions": [], "results": [], "status": "ZERO_RESULTS"}),
-            &mut places,
-        );
-        Self { name, places }
+        let places =
+            serde_json::json!({"html_attributions": [], "results": [], "status": "ZERO_RESULTS"});
+        Self {
+            name,
+            places: FixedPlaces::new(places),
+        }
     }
 
     /// Answers every complete line of `input` into `out`; returns the bytes consumed.
@@ -78,31 +79,7 @@ impl Echo {
     }
 
     fn answer_line(&self, line: &[u8], now: Timestamp, out: &mut Vec<u8>) {
-        let name = self.name.as_str().as_bytes();
-        match parse_client_line(line) {
-            ClientLine::Blank => {}
-            ClientLine::IAmAt(req) => {
-                out.extend_from_slice(b"AT ");
-                out.extend_from_slice(name);
-                out.push(b' ');
-                TimeDiff::between(now, req.time_value).write_to(out);
-                for field in [req.client, req.location, req.time] {
-                    out.push(b' ');
-                    out.extend_from_slice(field);
-                }
-                out.push(b'\n');
-            }
-            ClientLine::WhatsAt(req) => {
-                out.extend_from_slice(b"AT ");
-                out.extend_from_slice(name);
-                out.extend_from_slice(b" +0.000000000 ");
-                out.extend_from_slice(req.client);
-                out.extend_from_slice(b" +0+0 0\n");
-                out.extend_from_slice(&self.places);
-                out.extend_from_slice(b"\n\n");
-            }
-            ClientLine::Invalid(_) => write_invalid(line, out),
-        }
+        write_stateless_answer(&self.name, now, line, &self.places, out);
     }
 }
 

@@ -1,8 +1,9 @@
 //! herd-cli: the herd's client for people and scripts, its load generator and its
 //! propagation probe.
 //!
-//! Layout: [`config`] reads a herd config (server name → dial address); [`conn`] is one client
-//! connection that frames replies by what the request was, using herd-core's grammar;
+//! Layout: [`config`] reads a herd config (server name → dial address); [`reply`] is the one
+//! reply type (what a request gets, read, written, shown as JSON, answered by the echo server),
+//! built on herd-core's grammar; [`conn`] is one client connection that brings a reply's lines;
 //! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat` and `send`;
 //! [`load`] the benchmark client; [`echo`] the trivial in-process server that shows the load
 //! generator is not the bottleneck; [`probe`] measures propagation between two servers.
@@ -21,6 +22,7 @@ mod error;
 mod load;
 mod output;
 mod probe;
+mod reply;
 mod util;
 
 use std::process::ExitCode;

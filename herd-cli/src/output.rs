@@ -1,6 +1,6 @@
 //! Printing replies: the protocol's own bytes, or one JSON object per reply.
 //!
-//! JSON objects:
+//! JSON objects, made by [`Reply::to_json`]:
 //! - `{"reply": "at", "server", "diff", "client", "location", "time", "latitude", "longitude",
 //!   "line", "request"}` for an IAMAT's AT line;
 //! - the same with `"reply": "places"` and `"places": <the JSON>` for a WHATSAT;
@@ -10,61 +10,21 @@
 
 use std::io::Write;
 
-use herd_core::store::Record;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::conn::Reply;
 use crate::error::Failure;
+use crate::reply::Reply;
 
-fn text(bytes: &[u8]) -> Value {
-    Value::String(String::from_utf8_lossy(bytes).into_owned())
-}
-
-/// The fields of a record's AT line, as a JSON object.
-fn record_fields(record: &Record) -> Map<String, Value> {
-    // `Record::parse` has validated the line: exactly six fields separated by single spaces.
-    let mut f = record.at_line().split(|&b| b == b' ').skip(1);
-    let mut next = || f.next().map_or(Value::Null, text);
-    let mut m = Map::new();
-    m.insert("server".into(), next());
-    m.insert("diff".into(), next());
-    m.insert("client".into(), next());
-    m.insert("location".into(), next());
-    m.insert("time".into(), next());
-    m.insert("latitude".into(), json!(record.lat()));
-    m.insert("longitude".into(), json!(record.lon()));
-    m.insert("line".into(), text(record.at_line()));
-    m
-}
-
-/// The JSON object for one reply to `request`.
+/// The JSON object for one reply to `request` (see [`Reply::to_json`]).
 ///
 /// # Errors
 /// A WHATSAT reply whose places text is not JSON (a malformed reply, exit 2).
 pub(crate) fn reply_json(reply: &Reply, request: &[u8]) -> Result<Value, Failure> {
-    let mut m = Map::new();
-    match reply {
-        Reply::At(record) => {
-            m.insert("reply".into(), json!("at"));
-            m.extend(record_fields(record));
-        }
-        Reply::Places { record, json } => {
-            let places: Value = serde_json::from_slice(json).map_err(|e| {
-                Failure::net(format!(
-                    "malformed reply: the places text is not JSON ({e})"
-                ))
-            })?;
-            m.insert("reply".into(), json!("places"));
-            m.extend(record_fields(record));
-            m.insert("places".into(), places);
-        }
-        Reply::Invalid(line) => {
-            m.insert("reply".into(), json!("invalid"));
-            m.insert("line".into(), text(line));
-        }
-    }
-    m.insert("request".into(), text(request));
-    Ok(Value::Object(m))
+    reply.to_json(request).map_err(|e| {
+        Failure::net(format!(
+            "malformed reply: the places text is not JSON ({e})"
+        ))
+    })
 }
 
 /// Prints one reply to stdout: its wire bytes, or its JSON object on one line.
@@ -86,6 +46,8 @@ pub(crate) fn print_reply(reply: &Reply, request: &[u8], as_json: bool) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use herd_core::Record;
+
     use super::*;
 
     #[test]

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use herd_core::protocol::{write_iamat, write_whatsat};
-use herd_core::{Location, MaxItems, RadiusKm};
+use herd_core::{ClientId, Location, MaxItems, RadiusKm};
 use serde_json::json;
 
 use crate::config::{Herd, Target};
-use crate::conn::{Conn, Reply};
+use crate::conn::Conn;
 use crate::error::Failure;
 use crate::util::{micros, now_nanos, quantile, write_posix};
 use crate::Global;
@@ -102,16 +102,16 @@ impl Probe {
         write_posix(nanos, &mut time);
         let mut line = Vec::new();
         write_iamat(client, &self.location, &time, &mut line);
-        match self
+        let reply = self
             .a
             .request(line.strip_suffix(b"\n").unwrap_or(&line))
-            .await?
-        {
-            Reply::At(record) => Ok(record.at_line().to_vec()),
-            other => Err(Failure::net(format!(
+            .await?;
+        match reply.record() {
+            Some(record) => Ok(record.at_line().to_vec()),
+            None => Err(Failure::net(format!(
                 "{} did not accept the probe's IAMAT: {:?}",
                 self.a_label,
-                String::from_utf8_lossy(&other.wire())
+                String::from_utf8_lossy(&reply.wire())
             ))),
         }
     }
@@ -129,10 +129,8 @@ impl Probe {
             let reply = self.b.request(&request).await?;
             self.whatsat_rtts.push(sent.elapsed());
             polls += 1;
-            if let Reply::Places { record, .. } = &reply {
-                if record.at_line() == want {
-                    return Ok(polls);
-                }
+            if reply.record().is_some_and(|r| r.at_line() == want) {
+                return Ok(polls);
             }
             if started.elapsed() >= self.deadline {
                 return Err(Failure::net(format!(
@@ -194,7 +192,7 @@ pub(crate) async fn run(g: &Global, a: ProbeArgs) -> Result<u8, Failure> {
     let mut rounds = Vec::with_capacity(a.repeat);
     for i in 0..a.repeat {
         let client = format!("{}-{}-{run_id}-{i}", a.prefix, std::process::id());
-        if client.bytes().any(herd_core::types::is_space) {
+        if ClientId::new(client.as_bytes()).is_err() {
             return Err(Failure::usage("--prefix must not hold white space"));
         }
         rounds.push(probe.round(client.as_bytes()).await?);
