@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use herd_core::protocol::{parse_client_line, ClientLine};
-use herd_core::store::Record;
+use herd_core::Record;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 
-use herd_core::store::Record;
+use herd_core::Record;
 use serde_json::{json, Map, Value};
 
 use crate::conn::Reply;

@@ -22,10 +22,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
-use crate::ports::{IdSource, PeerId, PeerSink, PlacesQuery};
+use crate::ports::{IdSource, PeerId, PeerSink};
 use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
-use crate::store::{LocationStore, Offer, Record};
+use crate::record::Record;
+use crate::store::{LocationStore, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
 /// Default time a WHATSAT for an unknown client waits for the herd's answer.

@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
-use crate::store::Record;
+use crate::record::Record;
 use crate::types::{push_u128, ServerName};
 
 /// The protocol version this build speaks.

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::ports::LookupError;
+use crate::lookup::LookupError;
 use crate::types::{is_space, FieldError, Location, MaxItems, RadiusKm, TimeValue};
 
 /// An `IAMAT` request, borrowing its fields from the line.

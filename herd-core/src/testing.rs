@@ -10,10 +10,9 @@ use std::task::{Context, Poll, Waker};
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::lookup::{LookupError, PlacesLookup, PlacesQuery};
 use crate::peer::PeerMsg;
-use crate::ports::{
-    Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery,
-};
+use crate::ports::{Clock, IdSource, PeerId, PeerSendError, PeerSink};
 use crate::types::Timestamp;
 
 /// A clock that always reads the same time.
