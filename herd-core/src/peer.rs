@@ -373,6 +373,17 @@ fn expect(ok: bool) -> Result<(), PeerParseError> {
     }
 }
 
+/// The client id of an `Update` line (`U seq AT server diff client ...`, single spaces),
+/// whether or not the rest of the line is valid; `None` for any other line. Cheap: it reads
+/// no further than the client id.
+pub fn update_client_of(line: &[u8]) -> Option<&[u8]> {
+    let mut fields = line.split(|&b| b == b' ');
+    match fields.next() {
+        Some(b"U") => fields.nth(4),
+        _ => None,
+    }
+}
+
 /// Whether a connection's first line opens the peer handshake.
 pub fn is_handshake(first_line: &[u8]) -> bool {
     first_line.starts_with(HANDSHAKE_TAG) && first_line.get(HANDSHAKE_TAG.len()) == Some(&b' ')
