@@ -25,7 +25,7 @@ pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
 pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats};
-pub use peer::{PeerMsg, PeerParseError};
+pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{Clock, IdSource, PeerId, PeerSendError, PeerSink};
 pub use protocol::{parse_client_line, ClientLine};
 pub use record::Record;

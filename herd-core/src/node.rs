@@ -507,7 +507,6 @@ impl<S: PeerSink> Node<S> {
                 }
                 self.on_answer(now, from, (origin, qid), record);
             }
-            PeerMsg::Hello { .. } | PeerMsg::Auth { .. } => self.stats.peer_errors += 1,
         }
     }
 

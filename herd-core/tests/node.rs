@@ -255,3 +255,18 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
     b.handle_peer_msg(Timestamp(3), PeerId(0), first_digest());
     assert_eq!(update_seqs(&b.sink_mut().take()), vec![1, 2]);
 }
+
+#[test]
+fn a_handshake_line_after_the_handshake_is_a_protocol_error() {
+    let cfg = NodeConfig::new(name("A"), vec![name("B")]);
+    let mut a = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(5));
+    a.handle_link_up(Timestamp(0), PeerId(0));
+    for line in [
+        &b"HERD/1 HELLO B A 1 0000000000000000000000000000000a -"[..],
+        b"HERD/1 AUTH -",
+    ] {
+        assert!(herd_core::Handshake::parse(line).is_ok());
+        assert!(a.handle_peer_line(Timestamp(1), PeerId(0), line).is_err());
+    }
+    assert_eq!(a.stats().peer_errors, 2);
+}

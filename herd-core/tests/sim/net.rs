@@ -152,7 +152,6 @@ pub(crate) enum Kind {
     Synced,
     Query,
     Answer,
-    Handshake,
 }
 
 fn kind(msg: &PeerMsg) -> Kind {
@@ -162,7 +161,6 @@ fn kind(msg: &PeerMsg) -> Kind {
         PeerMsg::Synced { .. } => Kind::Synced,
         PeerMsg::Query { .. } => Kind::Query,
         PeerMsg::Answer { .. } => Kind::Answer,
-        PeerMsg::Hello { .. } | PeerMsg::Auth { .. } => Kind::Handshake,
     }
 }
 
