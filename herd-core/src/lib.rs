@@ -24,7 +24,7 @@ pub mod types;
 pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
-pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats};
+pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats, QueryOutcome};
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{Clock, IdSource, PeerId, PeerSendError, PeerSink};
 pub use protocol::{parse_client_line, ClientLine};

@@ -74,6 +74,7 @@ impl NodeConfig {
 
 /// What the caller must do for a client line after [`Node::handle_client_line`].
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a WHATSAT's reply is only written once the caller acts on it"]
 pub enum ClientAction {
     /// A blank line: nothing to send.
     Silent,
@@ -87,16 +88,28 @@ pub enum ClientAction {
         /// The lookup to make.
         query: PlacesQuery,
     },
-    /// A WHATSAT for a client this node does not know: wait for the [`NodeEvent::QueryDone`]
-    /// with this ticket, then call [`Node::resume_whatsat`].
+    /// A WHATSAT for a client this node does not know: the herd is asked. The node keeps
+    /// what the reply needs; wait for the [`NodeEvent::QueryDone`] with this ticket, which
+    /// always comes (by the query's deadline at the latest).
     Pending {
         /// Identifies the answer.
         ticket: u64,
-        /// The radius asked for.
-        radius: RadiusKm,
-        /// The item count asked for.
-        max_items: MaxItems,
     },
+}
+
+/// How a WHATSAT that waited on the herd ends ([`NodeEvent::QueryDone`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    /// The herd knows the client: look the places up, then write the reply with
+    /// [`crate::protocol::write_whatsat_reply`] using `record.at_line()`.
+    Places {
+        /// The client's newest record.
+        record: Arc<Record>,
+        /// The lookup to make.
+        query: PlacesQuery,
+    },
+    /// The herd does not know the client: the complete reply, `? <line>\n`.
+    Reply(Vec<u8>),
 }
 
 /// Something the node tells its driver outside a direct reply.
@@ -106,8 +119,8 @@ pub enum NodeEvent {
     QueryDone {
         /// The ticket given in [`ClientAction::Pending`].
         ticket: u64,
-        /// The client's newest record, if the herd knows it.
-        record: Option<Arc<Record>>,
+        /// What to do for the WHATSAT.
+        outcome: QueryOutcome,
     },
 }
 
@@ -171,10 +184,28 @@ struct Resync {
 
 type QueryKey = (ServerName, u64);
 
+/// What a WHATSAT that waits on the herd needs to be answered.
+#[derive(Debug, Clone)]
+struct Asker {
+    /// The client's line, for the `? ` reply.
+    line: Box<[u8]>,
+    radius: RadiusKm,
+    max_items: MaxItems,
+}
+
+/// Where a query's answer goes.
+#[derive(Debug, Clone)]
+enum Parent {
+    /// The neighbour the query came from.
+    Peer(PeerId),
+    /// This node's own client.
+    Local(Asker),
+}
+
 #[derive(Debug, Clone)]
 struct QueryState {
-    /// Where answers go: a neighbour, or `None` for this node's own client.
-    parent: Option<PeerId>,
+    /// Where answers go.
+    parent: Parent,
     client: Box<[u8]>,
     waiting: Vec<PeerId>,
     done: bool,
@@ -323,33 +354,18 @@ impl<S: PeerSink> Node<S> {
         out: &mut Vec<u8>,
     ) -> ClientAction {
         if let Some(record) = self.store.get(req.client) {
-            return places_action(record.clone(), req.radius, req.max_items);
+            return ClientAction::Places {
+                query: places_query(record, req.radius, req.max_items),
+                record: record.clone(),
+            };
         }
-        match self.start_query(now, req.client) {
-            Some(ticket) => ClientAction::Pending {
-                ticket,
-                radius: req.radius,
-                max_items: req.max_items,
-            },
-            None => {
-                write_invalid(line, out);
-                ClientAction::Replied
-            }
-        }
-    }
-
-    /// Finishes a WHATSAT that waited on the herd: with the record found it asks for a Places
-    /// lookup; without one it writes `? <line>` into `out`.
-    pub fn resume_whatsat(
-        &self,
-        record: Option<Arc<Record>>,
-        line: &[u8],
-        radius: RadiusKm,
-        max_items: MaxItems,
-        out: &mut Vec<u8>,
-    ) -> ClientAction {
-        match record {
-            Some(r) => places_action(r, radius, max_items),
+        let asker = Asker {
+            line: line.into(),
+            radius: req.radius,
+            max_items: req.max_items,
+        };
+        match self.start_query(now, req.client, asker) {
+            Some(ticket) => ClientAction::Pending { ticket },
             None => {
                 write_invalid(line, out);
                 ClientAction::Replied
@@ -358,6 +374,7 @@ impl<S: PeerSink> Node<S> {
     }
 
     /// Takes the next event for the driver.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
     }
@@ -365,6 +382,7 @@ impl<S: PeerSink> Node<S> {
     /// The records stored (from clients and peers) since the last call, in store order, when
     /// [`NodeConfig::journal`] is set. An adapter that writes them out before it sends the
     /// replies of the same call makes every acknowledged update survive a crash.
+    #[must_use = "the drained records are gone from the node once dropped"]
     pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Arc<Record>> {
         self.journal.drain(..)
     }
@@ -593,7 +611,7 @@ impl<S: PeerSink> Node<S> {
     }
 
     /// Starts a query for a local client; `None` when it can be answered "unknown" at once.
-    fn start_query(&mut self, now: Timestamp, client: &[u8]) -> Option<u64> {
+    fn start_query(&mut self, now: Timestamp, client: &[u8], asker: Asker) -> Option<u64> {
         let targets = self.up_links_except(None);
         if targets.is_empty() || self.queries.len() >= self.cfg.max_queries {
             return None;
@@ -601,14 +619,14 @@ impl<S: PeerSink> Node<S> {
         self.stats.queries_started += 1;
         self.next_qid = self.next_qid.wrapping_add(1);
         let key = (self.cfg.name.clone(), self.next_qid);
-        self.forward_query(now, None, key, client.into(), targets);
+        self.forward_query(now, Parent::Local(asker), key, client.into(), targets);
         Some(self.next_qid)
     }
 
     fn forward_query(
         &mut self,
         now: Timestamp,
-        parent: Option<PeerId>,
+        parent: Parent,
         key: QueryKey,
         client: Box<[u8]>,
         targets: Vec<PeerId>,
@@ -653,14 +671,14 @@ impl<S: PeerSink> Node<S> {
         }
         if let Some(record) = self.store.get(&client).cloned() {
             self.send(from, &answer(Some(record)));
-            self.forward_query(now, Some(from), key, client, Vec::new());
+            self.forward_query(now, Parent::Peer(from), key, client, Vec::new());
             return;
         }
         let targets = self.up_links_except(Some(from));
         if targets.is_empty() {
             self.send(from, &answer(None));
         }
-        self.forward_query(now, Some(from), key, client, targets);
+        self.forward_query(now, Parent::Peer(from), key, client, targets);
     }
 
     fn on_answer(
@@ -681,15 +699,15 @@ impl<S: PeerSink> Node<S> {
             return;
         }
         q.done = true;
-        let (parent, client) = (q.parent, q.client.clone());
+        let (parent, client) = (q.parent.clone(), q.client.clone());
         self.finish_query(parent, key, &client);
     }
 
     /// Reports a query's result: to the parent neighbour, or as an event for a local client.
-    fn finish_query(&mut self, parent: Option<PeerId>, key: QueryKey, client: &[u8]) {
+    fn finish_query(&mut self, parent: Parent, key: QueryKey, client: &[u8]) {
         let record = self.store.get(client).cloned();
         match parent {
-            Some(p) => {
+            Parent::Peer(p) => {
                 let msg = PeerMsg::Answer {
                     origin: key.0,
                     qid: key.1,
@@ -697,16 +715,30 @@ impl<S: PeerSink> Node<S> {
                 };
                 self.send(p, &msg);
             }
-            None => self.events.push_back(NodeEvent::QueryDone {
-                ticket: key.1,
-                record,
-            }),
+            Parent::Local(asker) => {
+                let outcome = match record {
+                    Some(record) => QueryOutcome::Places {
+                        query: places_query(&record, asker.radius, asker.max_items),
+                        record,
+                    },
+                    None => {
+                        let mut reply = Vec::new();
+                        write_invalid(&asker.line, &mut reply);
+                        QueryOutcome::Reply(reply)
+                    }
+                };
+                self.events.push_back(NodeEvent::QueryDone {
+                    ticket: key.1,
+                    outcome,
+                });
+            }
         }
     }
 
     // === timers ===
 
     /// When [`Node::handle_timeout`] should next be called, if ever.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.query_order.front().map(|(t, _)| *t)
     }
@@ -730,8 +762,8 @@ impl<S: PeerSink> Node<S> {
             let Some(q) = self.queries.remove(&key) else {
                 continue;
             };
-            if !q.done && q.parent.is_none() {
-                self.finish_query(None, key, &q.client);
+            if !q.done && matches!(q.parent, Parent::Local(_)) {
+                self.finish_query(q.parent, key, &q.client);
             }
         }
     }
@@ -742,12 +774,12 @@ impl<S: PeerSink> Node<S> {
     }
 }
 
-fn places_action(record: Arc<Record>, radius: RadiusKm, max_items: MaxItems) -> ClientAction {
-    let query = PlacesQuery {
+/// The Places lookup a WHATSAT about `record`'s client makes.
+fn places_query(record: &Record, radius: RadiusKm, max_items: MaxItems) -> PlacesQuery {
+    PlacesQuery {
         lat: record.lat(),
         lon: record.lon(),
         radius,
         max_items,
-    };
-    ClientAction::Places { record, query }
+    }
 }

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use herd_core::protocol::{write_invalid, write_whatsat_reply};
 use herd_core::store::WARM_MAX;
 use herd_core::types::is_space;
-use herd_core::{ClientAction, LookupError, MaxItems, PlacesQuery, RadiusKm, Record, Timestamp};
+use herd_core::{ClientAction, LookupError, PlacesQuery, QueryOutcome, Record, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -461,11 +461,7 @@ impl Conn {
                 });
                 self.queue.push_back(Slot::Waiting(rx));
             }
-            ClientAction::Pending {
-                ticket,
-                radius,
-                max_items,
-            } => {
+            ClientAction::Pending { ticket } => {
                 let line_copy = line.to_vec();
                 self.log_later(line, Note::Herd);
                 let (tx, rx) = oneshot::channel();
@@ -474,7 +470,7 @@ impl Conn {
                 let shared = self.shared.clone();
                 let (addr, line) = (self.addr, line_copy);
                 self.shared.spawn(async move {
-                    let reply = herd_reply(&shared, addr, rx, line, radius, max_items).await;
+                    let reply = herd_reply(&shared, addr, rx, line).await;
                     let _ = reply_tx.send(reply);
                 });
                 self.queue.push_back(Slot::Waiting(reply_rx));
@@ -626,28 +622,22 @@ fn log_reply(shared: &Shared, addr: SocketAddr, out: &[u8]) {
 async fn herd_reply(
     shared: &Shared,
     addr: SocketAddr,
-    answer: oneshot::Receiver<Option<Arc<Record>>>,
+    answer: oneshot::Receiver<QueryOutcome>,
     line: Vec<u8>,
-    radius: RadiusKm,
-    max_items: MaxItems,
 ) -> Vec<u8> {
     // The node answers by its own deadline; the guard only protects against a lost answer.
-    let record = timeout(QUERY_GUARD, answer)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let mut out = Vec::new();
-    let action = shared
-        .lock()
-        .node
-        .resume_whatsat(record, &line, radius, max_items, &mut out);
-    match action {
-        ClientAction::Places { record, query } => places_reply(shared, addr, record, query).await,
-        ClientAction::Replied | ClientAction::Silent | ClientAction::Pending { .. } => {
-            if out.is_empty() {
-                write_invalid(&line, &mut out);
-            }
+    let outcome = timeout(QUERY_GUARD, answer).await.ok().and_then(Result::ok);
+    match outcome {
+        Some(QueryOutcome::Places { record, query }) => {
+            places_reply(shared, addr, record, query).await
+        }
+        Some(QueryOutcome::Reply(out)) => {
+            log_reply(shared, addr, &out);
+            out
+        }
+        None => {
+            let mut out = Vec::new();
+            write_invalid(&line, &mut out);
             log_reply(shared, addr, &out);
             out
         }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use herd_core::{Node, NodeConfig, NodeEvent, NodeStats, PeerId, PlacesLookup, Record, ServerName};
+use herd_core::{
+    Node, NodeConfig, NodeEvent, NodeStats, PeerId, PlacesLookup, QueryOutcome, Record, ServerName,
+};
 use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
@@ -95,7 +97,7 @@ pub(crate) struct LinkSlot {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) node: Node<TcpPeerSink>,
-    pub(crate) waiters: HashMap<u64, oneshot::Sender<Option<Arc<Record>>>>,
+    pub(crate) waiters: HashMap<u64, oneshot::Sender<QueryOutcome>>,
     pub(crate) links: Vec<LinkSlot>,
     pub(crate) journal: Option<Arc<Journal>>,
 }
@@ -116,10 +118,10 @@ impl Core {
         }
         while let Some(event) = self.node.poll_event() {
             match event {
-                NodeEvent::QueryDone { ticket, record } => {
+                NodeEvent::QueryDone { ticket, outcome } => {
                     if let Some(tx) = self.waiters.remove(&ticket) {
                         // The connection may be gone; its answer is then moot.
-                        let _ = tx.send(record);
+                        let _ = tx.send(outcome);
                     }
                 }
             }
