@@ -2,7 +2,7 @@
 //! an answer may be missing.
 //!
 //! Production adapters live in `herd-places` (and an offline one in `herd-server`); test
-//! doubles in [`crate::testing`].
+//! doubles in `crate::testing` (the `testing` feature).
 
 use async_trait::async_trait;
 use thiserror::Error;

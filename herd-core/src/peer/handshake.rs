@@ -2,7 +2,7 @@
 //! state of each side while it runs.
 //!
 //! Handshake messages are a type of their own ([`Handshake`]): they are only ever exchanged
-//! before the link is up, and a handshake line arriving afterwards is not a [`PeerMsg`]
+//! before the link is up, and a handshake line arriving afterwards is not a [`super::PeerMsg`]
 //! (it fails to parse, so the link is dropped). See `docs/peer-protocol.md`.
 
 use std::sync::Arc;
