@@ -1,19 +1,13 @@
 //! Ports: what the core needs from the outside world, as traits.
 //!
+//! The node takes the time as an argument of every call, so there is no clock port.
 //! Production adapters live in other crates (`herd-server`, `herd-net`, `herd-places`);
-//! test doubles live in [`crate::testing`] behind the `testing` feature. The Places lookup
+//! test doubles live in `crate::testing` behind the `testing` feature. The Places lookup
 //! port is in [`crate::lookup`], next to the types the client grammar uses.
 
 use thiserror::Error;
 
 use crate::peer::PeerMsg;
-use crate::types::Timestamp;
-
-/// A source of the current time.
-pub trait Clock {
-    /// The current wall-clock time.
-    fn now(&self) -> Timestamp;
-}
 
 /// A source of unpredictable 64-bit values: node epochs, nonces, query ids, hash seeds.
 pub trait IdSource {

@@ -166,12 +166,6 @@ impl LocationStore {
         std::hint::black_box(sum)
     }
 
-    /// Whether offering `record` would store it.
-    pub fn is_new(&self, record: &Record) -> bool {
-        self.get(record.client())
-            .is_none_or(|held| record.precedence(held) == Ordering::Greater)
-    }
-
     /// The client's current record.
     pub fn get(&self, client: &[u8]) -> Option<&Arc<Record>> {
         let hash = self.hash(client);

@@ -249,15 +249,6 @@ impl<S: PeerSink> Node<S> {
         &self.cfg.neighbours
     }
 
-    /// The [`PeerId`] of a neighbour by name.
-    pub fn peer_id(&self, name: &ServerName) -> Option<PeerId> {
-        self.cfg
-            .neighbours
-            .iter()
-            .position(|n| n == name)
-            .map(PeerId)
-    }
-
     /// The location store.
     pub fn store(&self) -> &LocationStore {
         &self.store

@@ -17,9 +17,6 @@ pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, 
 use crate::record::Record;
 use crate::types::{push_u128, ServerName};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
 /// The tag every handshake line starts with; a connection whose first line starts with it is a
 /// peer connection.
 pub const HANDSHAKE_TAG: &[u8] = b"HERD/1";
