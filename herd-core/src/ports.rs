@@ -1,19 +1,13 @@
 //! Ports: what the core needs from the outside world, as traits.
 //!
+//! The node takes the time as an argument of every call, so there is no clock port.
 //! Production adapters live in other crates (`herd-server`, `herd-net`, `herd-places`);
-//! test doubles live in [`crate::testing`] behind the `testing` feature.
+//! test doubles live in `crate::testing` behind the `testing` feature. The Places lookup
+//! port is in [`crate::lookup`], next to the types the client grammar uses.
 
-use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::peer::PeerMsg;
-use crate::types::{MaxItems, RadiusKm, Timestamp};
-
-/// A source of the current time.
-pub trait Clock {
-    /// The current wall-clock time.
-    fn now(&self) -> Timestamp;
-}
 
 /// A source of unpredictable 64-bit values: node epochs, nonces, query ids, hash seeds.
 pub trait IdSource {
@@ -59,46 +53,4 @@ pub trait PeerSink {
     /// taken what is queued for `to` now (at most once per request; the request dies with
     /// the link's session).
     fn notify_drained(&mut self, to: PeerId);
-}
-
-/// A "what is near" question for a Places service.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PlacesQuery {
-    /// Latitude in degrees.
-    pub lat: f64,
-    /// Longitude in degrees.
-    pub lon: f64,
-    /// Search radius.
-    pub radius: RadiusKm,
-    /// Most results wanted (the core cuts longer answers).
-    pub max_items: MaxItems,
-}
-
-/// Why a Places lookup failed; becomes the `UNKNOWN_ERROR` JSON of the protocol.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum LookupError {
-    /// The service could not be reached (connect, TLS, I/O).
-    #[error("places service unavailable: {0}")]
-    Unavailable(String),
-    /// No answer within the configured timeout.
-    #[error("places service timed out")]
-    Timeout,
-    /// The service answered with an HTTP error status.
-    #[error("places service answered HTTP {0}")]
-    Status(u16),
-    /// The answer could not be understood (not JSON, wrong shape).
-    #[error("places service answer unreadable: {0}")]
-    BadReply(String),
-}
-
-/// A Places service. Answers are in Google's legacy Nearby Search shape
-/// (`{"html_attributions": [], "results": [...], "status": "OK"}`); a non-OK status that the
-/// service itself reports (`REQUEST_DENIED`, …) is an `Ok` answer carrying that status.
-#[async_trait]
-pub trait PlacesLookup: Send + Sync {
-    /// Looks up the places near `q`.
-    ///
-    /// # Errors
-    /// [`LookupError`] when there is no usable answer.
-    async fn nearby(&self, q: &PlacesQuery) -> Result<serde_json::Value, LookupError>;
 }

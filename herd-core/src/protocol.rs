@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::ports::LookupError;
+use crate::lookup::LookupError;
 use crate::types::{is_space, FieldError, Location, MaxItems, RadiusKm, TimeValue};
 
 /// An `IAMAT` request, borrowing its fields from the line.
@@ -98,6 +98,17 @@ pub fn parse_client_line(line: &[u8]) -> ClientLine<'_> {
         _ => Err(ParseError::UnknownCommand),
     };
     parsed.unwrap_or_else(ClientLine::Invalid)
+}
+
+/// The client id an `IAMAT` or `WHATSAT` line names (its second field, fields split by the
+/// protocol's white space), whether or not the rest of the line is valid; `None` for any other
+/// line. Cheap: it reads no further than the client id.
+pub fn client_of(line: &[u8]) -> Option<&[u8]> {
+    let mut fields = line.split(|&b| is_space(b)).filter(|f| !f.is_empty());
+    match fields.next() {
+        Some(b"IAMAT" | b"WHATSAT") => fields.next(),
+        _ => None,
+    }
 }
 
 fn arity(got: usize) -> Result<(), ParseError> {

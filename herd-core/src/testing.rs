@@ -1,52 +1,16 @@
 //! Test doubles for the ports (enabled by the `testing` feature).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::lookup::{LookupError, PlacesLookup, PlacesQuery};
 use crate::peer::PeerMsg;
-use crate::ports::{
-    Clock, IdSource, LookupError, PeerId, PeerSendError, PeerSink, PlacesLookup, PlacesQuery,
-};
-use crate::types::Timestamp;
-
-/// A clock that always reads the same time.
-#[derive(Debug, Clone, Copy)]
-pub struct FixedClock(pub Timestamp);
-
-impl Clock for FixedClock {
-    fn now(&self) -> Timestamp {
-        self.0
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(Cell<u64>);
-
-impl ManualClock {
-    /// A clock reading `t`.
-    pub fn new(t: Timestamp) -> Self {
-        Self(Cell::new(t.0))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, d: std::time::Duration) {
-        self.0.set(Timestamp(self.0.get()).plus(d).0);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.get())
-    }
-}
+use crate::ports::{IdSource, PeerId, PeerSendError, PeerSink};
 
 /// Ids from a seeded generator (SplitMix64): deterministic per seed.
 #[derive(Debug, Clone)]
@@ -137,7 +101,6 @@ impl PeerSink for RecordingPeerSink {
 pub struct StaticPlaces {
     answer: Value,
     calls: AtomicUsize,
-    last: Mutex<Option<PlacesQuery>>,
 }
 
 impl StaticPlaces {
@@ -146,7 +109,6 @@ impl StaticPlaces {
         Self {
             answer,
             calls: AtomicUsize::new(0),
-            last: Mutex::new(None),
         }
     }
 
@@ -154,18 +116,12 @@ impl StaticPlaces {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
-
-    /// The last query made.
-    pub fn last_query(&self) -> Option<PlacesQuery> {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 #[async_trait]
 impl PlacesLookup for StaticPlaces {
-    async fn nearby(&self, q: &PlacesQuery) -> Result<Value, LookupError> {
+    async fn nearby(&self, _q: &PlacesQuery) -> Result<Value, LookupError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(*q);
         Ok(self.answer.clone())
     }
 }

@@ -307,3 +307,19 @@ fn parse_gives_typed_fields() {
         (&b"kiwi"[..], 1.5, 7)
     );
 }
+
+#[test]
+fn the_client_id_of_client_and_peer_lines() {
+    use herd_core::peer::update_client_of;
+    use herd_core::protocol::client_of;
+    assert_eq!(client_of(b"IAMAT  kiwi\t+1+1 5"), Some(&b"kiwi"[..]));
+    assert_eq!(client_of(b"WHATSAT k 1 1"), Some(&b"k"[..]));
+    assert_eq!(client_of(b"HELLO k"), None);
+    assert_eq!(client_of(b"IAMAT"), None);
+    assert_eq!(
+        update_client_of(b"U 7 AT Goloman +0.1 kiwi +1+1 5"),
+        Some(&b"kiwi"[..])
+    );
+    assert_eq!(update_client_of(b"S 7"), None);
+    assert_eq!(update_client_of(b"U 7 AT"), None);
+}

@@ -2,7 +2,8 @@
 
 use herd_core::testing::{RecordingPeerSink, SeededIds};
 use herd_core::{
-    ClientAction, Node, NodeConfig, NodeEvent, PeerId, PeerMsg, ServerName, Timestamp,
+    ClientAction, MaxItems, Node, NodeConfig, NodeEvent, PeerId, PeerMsg, PlacesQuery,
+    QueryOutcome, RadiusKm, ServerName, Timestamp,
 };
 
 fn name(s: &str) -> ServerName {
@@ -71,7 +72,15 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
         a.poll_event(),
         Some(NodeEvent::QueryDone {
             ticket,
-            record: Some(record)
+            outcome: QueryOutcome::Places {
+                query: PlacesQuery {
+                    lat: 1.0,
+                    lon: 1.0,
+                    radius: RadiusKm::from_km(10.0).unwrap(),
+                    max_items: MaxItems::new(5).unwrap(),
+                },
+                record,
+            }
         })
     );
     assert!(out.is_empty());
@@ -89,7 +98,8 @@ fn node_with_records(n: usize, window: usize) -> Node<RecordingPeerSink> {
     let mut out = Vec::new();
     for i in 0..n {
         let line = format!("IAMAT c{i} +1+1 {i}");
-        a.handle_client_line(Timestamp(1), line.as_bytes(), &mut out);
+        let action = a.handle_client_line(Timestamp(1), line.as_bytes(), &mut out);
+        assert_eq!(action, ClientAction::Replied);
     }
     a
 }
@@ -135,7 +145,8 @@ fn a_large_delta_is_paced_by_the_backlog_and_live_updates_join_it_in_order() {
         // A client update during the delta is not sent on its own: the delta carries it.
         let mut out = Vec::new();
         let line = format!("IAMAT c{live} +1+1 {live}");
-        a.handle_client_line(Timestamp(3), line.as_bytes(), &mut out);
+        let action = a.handle_client_line(Timestamp(3), line.as_bytes(), &mut out);
+        assert_eq!(action, ClientAction::Replied);
         live += 1;
         assert!(a.sink().sent.is_empty(), "live update overtook the delta");
         assert!(
@@ -162,7 +173,8 @@ fn a_large_delta_is_paced_by_the_backlog_and_live_updates_join_it_in_order() {
     assert!(a.is_linked(PeerId(0)));
     // Now up: a live update goes out at once.
     let mut out = Vec::new();
-    a.handle_client_line(Timestamp(4), b"IAMAT late +1+1 1", &mut out);
+    let action = a.handle_client_line(Timestamp(4), b"IAMAT late +1+1 1", &mut out);
+    assert_eq!(action, ClientAction::Replied);
     assert_eq!(update_seqs(&a.sink_mut().take()), vec![a.store().seq()]);
 }
 
@@ -221,9 +233,13 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
         &mut SeededIds::new(3),
     );
     let mut out = Vec::new();
-    a.handle_client_line(Timestamp(1), b"IAMAT kiwi +1+1 5", &mut out);
-    a.handle_client_line(Timestamp(1), b"IAMAT kiwi +1+1 4", &mut out); // older: not stored
-    a.handle_client_line(Timestamp(1), b"WHATSAT kiwi 10 5", &mut out);
+    let action = a.handle_client_line(Timestamp(1), b"IAMAT kiwi +1+1 5", &mut out);
+    assert_eq!(action, ClientAction::Replied);
+    // Older: answered, not stored.
+    let action = a.handle_client_line(Timestamp(1), b"IAMAT kiwi +1+1 4", &mut out);
+    assert_eq!(action, ClientAction::Replied);
+    let action = a.handle_client_line(Timestamp(1), b"WHATSAT kiwi 10 5", &mut out);
+    assert!(matches!(action, ClientAction::Places { .. }), "{action:?}");
     a.handle_link_up(Timestamp(2), PeerId(0));
     let from_peer = herd_core::Record::parse(b"AT B +0.000000000 pear +2+2 7").unwrap();
     a.handle_peer_msg(
@@ -254,4 +270,47 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
     b.handle_link_up(Timestamp(3), PeerId(0));
     b.handle_peer_msg(Timestamp(3), PeerId(0), first_digest());
     assert_eq!(update_seqs(&b.sink_mut().take()), vec![1, 2]);
+}
+
+#[test]
+fn a_handshake_line_after_the_handshake_is_a_protocol_error() {
+    let cfg = NodeConfig::new(name("A"), vec![name("B")]);
+    let mut a = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(5));
+    a.handle_link_up(Timestamp(0), PeerId(0));
+    for line in [
+        &b"HERD/1 HELLO B A 1 0000000000000000000000000000000a -"[..],
+        b"HERD/1 AUTH -",
+    ] {
+        assert!(herd_core::Handshake::parse(line).is_ok());
+        assert!(a.handle_peer_line(Timestamp(1), PeerId(0), line).is_err());
+    }
+    assert_eq!(a.stats().peer_errors, 2);
+}
+
+#[test]
+fn a_whatsat_left_unanswered_by_the_herd_ends_with_its_question_mark_reply() {
+    let cfg = NodeConfig::new(name("A"), vec![name("B")]);
+    let mut a = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(5));
+    a.handle_link_up(Timestamp(0), PeerId(0));
+    let mut out = Vec::new();
+    let line = b"WHATSAT nobody 10 5";
+    let ClientAction::Pending { ticket } = a.handle_client_line(Timestamp(1), line, &mut out)
+    else {
+        panic!("expected the herd to be asked")
+    };
+    assert!(out.is_empty());
+    assert_eq!(a.poll_event(), None);
+    // The only neighbour goes away: its "no" ends the wave.
+    a.handle_link_down(Timestamp(2), PeerId(0));
+    assert_eq!(
+        a.poll_event(),
+        Some(NodeEvent::QueryDone {
+            ticket,
+            outcome: QueryOutcome::Reply(b"? WHATSAT nobody 10 5\n".to_vec()),
+        })
+    );
+    // The deadline drops the query without a second event.
+    a.handle_timeout(Timestamp(u64::MAX));
+    assert_eq!(a.poll_event(), None);
+    assert_eq!(a.queries_in_flight(), 0);
 }

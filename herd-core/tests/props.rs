@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use herd_core::peer::PeerMsg;
+use herd_core::peer::{is_handshake, Handshake, PeerMsg};
 use herd_core::protocol::{write_iamat, write_invalid, write_whatsat, ClientLine, IAmAt};
 use herd_core::testing::{RecordingPeerSink, SeededIds};
 use herd_core::{
@@ -87,7 +87,7 @@ fn record() -> impl Strategy<Value = Arc<Record>> {
         })
 }
 
-fn peer_msg() -> impl Strategy<Value = PeerMsg> {
+fn handshake() -> impl Strategy<Value = Handshake> {
     prop_oneof![
         (
             server_name(),
@@ -96,14 +96,19 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
             any::<u128>(),
             proptest::option::of(any::<[u8; 32]>())
         )
-            .prop_map(|(from, to, epoch, nonce, proof)| PeerMsg::Hello {
+            .prop_map(|(from, to, epoch, nonce, proof)| Handshake::Hello {
                 from,
                 to,
                 epoch,
                 nonce,
                 proof
             }),
-        proptest::option::of(any::<[u8; 32]>()).prop_map(|proof| PeerMsg::Auth { proof }),
+        proptest::option::of(any::<[u8; 32]>()).prop_map(|proof| Handshake::Auth { proof }),
+    ]
+}
+
+fn peer_msg() -> impl Strategy<Value = PeerMsg> {
+    prop_oneof![
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, your_epoch, seen)| {
             PeerMsg::Digest {
                 epoch,
@@ -179,6 +184,18 @@ proptest! {
     }
 
     #[test]
+    fn handshake_messages_round_trip(m in handshake()) {
+        let line = m.to_line();
+        prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let line = line.strip_suffix(b"\n").unwrap();
+        prop_assert!(is_handshake(line));
+        let back = Handshake::parse(line).unwrap();
+        prop_assert_eq!(back, m);
+        // After the handshake, a handshake line is a protocol error.
+        prop_assert!(PeerMsg::parse(line).is_err());
+    }
+
+    #[test]
     fn invalid_reply_is_the_line_verbatim(line in proptest::collection::vec(any::<u8>(), 0..200)) {
         let line: Vec<u8> = line.into_iter().filter(|&b| b != b'\n').collect();
         let mut out = Vec::new();
@@ -191,6 +208,7 @@ proptest! {
     fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = parse_client_line(&bytes);
         let _ = PeerMsg::parse(&bytes);
+        let _ = Handshake::parse(&bytes);
         let _ = Record::parse(&bytes);
         let cfg = NodeConfig::new(ServerName::new("A").unwrap(), vec![ServerName::new("B").unwrap()]);
         let mut node = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(3));

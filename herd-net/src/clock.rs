@@ -1,18 +1,8 @@
-//! Production adapters for the core's time and randomness ports.
+//! The wall clock the adapters pass to the node, and the production id source.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use herd_core::{Clock, IdSource, Timestamp};
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        now()
-    }
-}
+use herd_core::{IdSource, Timestamp};
 
 /// The current wall-clock time as a core timestamp (the epoch itself if the clock is before it).
 pub fn now() -> Timestamp {

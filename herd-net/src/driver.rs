@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{
-    ClientAction, MaxItems, Node, NodeEvent, PeerId, PeerParseError, RadiusKm, Record, ServerName,
-    Timestamp,
+    ClientAction, Node, NodeEvent, PeerId, PeerParseError, QueryOutcome, ServerName, Timestamp,
 };
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
@@ -42,9 +41,6 @@ use crate::warm::{warm, Lines};
 /// written before its reply leaves).
 const JOURNAL_PEER_FLUSH: Duration = Duration::from_millis(20);
 
-/// What a WHATSAT waiting on the herd gets: the client's newest record, if the herd knows it.
-pub(crate) type QueryAnswer = Option<Arc<Record>>;
-
 /// One server's state and the tasks' context.
 pub(crate) struct Driver {
     spec: ServerSpec,
@@ -62,7 +58,7 @@ pub(crate) struct Driver {
 /// What the lock protects.
 struct State {
     node: Node<LinkTable>,
-    waiters: HashMap<u64, oneshot::Sender<QueryAnswer>>,
+    waiters: HashMap<u64, oneshot::Sender<QueryOutcome>>,
     /// The deadline the timer sleeps until (`None`: until woken).
     timer_at: Option<Timestamp>,
     /// Records from peers are in the journal's buffer and must be written by then.
@@ -106,7 +102,7 @@ impl ClientTurn<'_> {
     }
 
     /// The answer of herd query `ticket` (from [`ClientAction::Pending`]), when it comes.
-    pub(crate) fn wait_for(&mut self, ticket: u64) -> oneshot::Receiver<QueryAnswer> {
+    pub(crate) fn wait_for(&mut self, ticket: u64) -> oneshot::Receiver<QueryOutcome> {
         let (tx, rx) = oneshot::channel();
         self.state.waiters.insert(ticket, tx);
         rx
@@ -238,20 +234,6 @@ impl Driver {
         r
     }
 
-    /// Finishes a WHATSAT that waited on the herd (see [`Node::resume_whatsat`]).
-    pub(crate) fn resume_whatsat(
-        &self,
-        record: QueryAnswer,
-        line: &[u8],
-        radius: RadiusKm,
-        max_items: MaxItems,
-        out: &mut Vec<u8>,
-    ) -> ClientAction {
-        lock(&self.state)
-            .node
-            .resume_whatsat(record, line, radius, max_items, out)
-    }
-
     /// Feeds every complete line buffered for session `id` of `peer` to the node.
     pub(crate) fn peer_batch(
         &self,
@@ -342,13 +324,18 @@ impl Driver {
         self.settle(&mut st, Flush::Soon);
     }
 
-    /// Runs the node's timers and the journal's peer flush, each at its deadline, until
-    /// shutdown (then writes the journal out).
+    /// Runs the node's timers and the journal's peer flush, each at its deadline. After
+    /// shutdown it goes on until no deadline is left (so the WHATSATs waiting on the herd
+    /// are answered by the node within the grace period), then writes the journal out.
     pub(crate) async fn run_timer(self: Arc<Self>) {
+        let mut stopping = false;
         loop {
             let wait = lock(&self.state).timer_at.map(|t| t.since(clock::now()));
+            if stopping && wait.is_none() {
+                break;
+            }
             tokio::select! {
-                () = self.token.cancelled() => break,
+                () = self.token.cancelled(), if !stopping => stopping = true,
                 () = self.timer.notified() => {}
                 () = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
             }
@@ -357,7 +344,8 @@ impl Driver {
         self.write_journal();
     }
 
-    fn tick(&self) {
+    /// Runs what is due now: the node's expired timers, the journal's peer flush.
+    pub(crate) fn tick(&self) {
         let now = clock::now();
         let mut st = lock(&self.state);
         let journal_due = st.journal_due.is_some_and(|t| t <= now);
@@ -394,10 +382,10 @@ impl Driver {
         }
         while let Some(event) = st.node.poll_event() {
             match event {
-                NodeEvent::QueryDone { ticket, record } => {
+                NodeEvent::QueryDone { ticket, outcome } => {
                     if let Some(tx) = st.waiters.remove(&ticket) {
                         // The connection may be gone; its answer is then moot.
-                        let _ = tx.send(record);
+                        let _ = tx.send(outcome);
                     }
                 }
             }

@@ -15,7 +15,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Default reconciliation window: a delta is queued for a neighbour while less than 1 MiB is
 /// waiting for it; the rest follows as the link's writer takes the queue.
-pub const DEFAULT_RESYNC_WINDOW_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_RESYNC_WINDOW_BYTES: usize = herd_core::node::DEFAULT_RESYNC_WINDOW;
 /// Default size (lines) below which a journal is never compacted.
 pub const DEFAULT_JOURNAL_COMPACT_LINES: u64 = crate::journal::COMPACT_FLOOR;
 /// Default time a Places lookup may take before the WHATSAT gets the `UNKNOWN_ERROR` JSON.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use herd_core::peer::{Acceptor, Dialler, HandshakeError};
-use herd_core::{PeerId, PeerMsg, PeerParseError};
+use herd_core::peer::{Acceptor, Dialler, Handshake, HandshakeError};
+use herd_core::{PeerId, PeerParseError};
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,7 +92,7 @@ async fn read_line(
     }
 }
 
-async fn write_msg(stream: &mut TcpStream, msg: &PeerMsg) -> Result<(), LinkError> {
+async fn write_msg(stream: &mut TcpStream, msg: &Handshake) -> Result<(), LinkError> {
     stream.write_all(&msg.to_line()).await?;
     Ok(())
 }
@@ -189,7 +189,7 @@ async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
     let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let mut buf = BytesMut::with_capacity(4096);
     let line = read_line(&mut stream, &mut codec, &mut buf).await?;
-    let reply = PeerMsg::parse(&line)?;
+    let reply = Handshake::parse(&line)?;
     let (peer_epoch, auth) = dialler.on_reply(&reply).inspect_err(|e| {
         warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
     })?;
@@ -229,7 +229,7 @@ async fn accept_handshake(
     first: &[u8],
     buf: &mut BytesMut,
 ) -> Result<(PeerId, u64, LineCodec), LinkError> {
-    let hello = PeerMsg::parse(first)?;
+    let hello = Handshake::parse(first)?;
     let neighbours = driver.neighbour_names();
     let mut acceptor = Acceptor::new(
         driver.name().clone(),
@@ -246,7 +246,7 @@ async fn accept_handshake(
     write_msg(stream, &reply).await?;
     let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let line = read_line(stream, &mut codec, buf).await?;
-    acceptor.on_auth(&PeerMsg::parse(&line)?)?;
+    acceptor.on_auth(&Handshake::parse(&line)?)?;
     Ok((peer, peer_epoch, codec))
 }
 

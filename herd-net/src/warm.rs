@@ -22,25 +22,10 @@ pub(crate) enum Lines {
     Peer,
 }
 
-// TEMP until herd-core answers it.
 fn client_of(line: &[u8], kind: Lines) -> Option<&[u8]> {
     match kind {
-        Lines::Client => {
-            let mut fields = line
-                .split(|&b| herd_core::types::is_space(b))
-                .filter(|f| !f.is_empty());
-            match fields.next() {
-                Some(b"IAMAT" | b"WHATSAT") => fields.next(),
-                _ => None,
-            }
-        }
-        Lines::Peer => {
-            let mut fields = line.split(|&b| b == b' ');
-            match fields.next() {
-                Some(b"U") => fields.nth(4),
-                _ => None,
-            }
-        }
+        Lines::Client => herd_core::protocol::client_of(line),
+        Lines::Peer => herd_core::peer::update_client_of(line),
     }
 }
 

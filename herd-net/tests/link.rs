@@ -8,7 +8,7 @@ mod common;
 
 use common::{name, start_server};
 use herd_core::peer::Dialler;
-use herd_core::PeerMsg;
+use herd_core::{Handshake, PeerMsg};
 use herd_net::{Neighbour, ServerHandle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -65,14 +65,14 @@ impl FakePeer {
             42,
             secret.map(|s| Arc::from(s.as_bytes())),
         );
-        p.send(&d.hello()).await;
+        p.raw(&d.hello().to_line()).await;
         let Some(line) = p.line().await else {
             return (p, Err("closed".into()));
         };
-        let reply = PeerMsg::parse(&line).unwrap();
+        let reply = Handshake::parse(&line).unwrap();
         match d.on_reply(&reply) {
             Ok((epoch, auth)) => {
-                p.send(&auth).await;
+                p.raw(&auth.to_line()).await;
                 (p, Ok(epoch))
             }
             Err(e) => (p, Err(e.to_string())),
@@ -227,13 +227,13 @@ async fn of_two_sessions_dialled_both_ways_the_one_dialled_by_the_smaller_name_i
         read: BufReader::new(r),
         write: w,
     };
-    let hello = PeerMsg::parse(&by_s.line().await.unwrap()).unwrap();
+    let hello = Handshake::parse(&by_s.line().await.unwrap()).unwrap();
     let mut acceptor = herd_core::peer::Acceptor::new(name("P"), 7, 9, None);
     let (who, _, reply) = acceptor.on_hello(&hello, &[name("S")]).unwrap();
     assert_eq!(who, name("S"));
-    by_s.send(&reply).await;
+    by_s.raw(&reply.to_line()).await;
     acceptor
-        .on_auth(&PeerMsg::parse(&by_s.line().await.unwrap()).unwrap())
+        .on_auth(&Handshake::parse(&by_s.line().await.unwrap()).unwrap())
         .unwrap();
     let PeerMsg::Digest { .. } = by_s.msg().await else {
         panic!("digest on S's session")

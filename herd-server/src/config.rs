@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use herd_core::ServerName;
-use herd_net::limits::{self, Limits};
+use herd_net::limits::Limits;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -99,11 +99,12 @@ struct RawPlaces {
 /// How the server uses its Places backend, from the config's optional `"places"` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlacesTuning {
-    /// Most upstream calls in flight at once (default 64).
+    /// Most upstream calls in flight at once (default [`herd_places::DEFAULT_MAX_CONCURRENT`]).
     pub max_concurrent: usize,
-    /// How long a cached answer is reused (default 60 s).
+    /// How long a cached answer is reused (default [`herd_places::DEFAULT_CACHE_TTL`]).
     pub cache_ttl: Duration,
-    /// Most cached answers; 0 turns the cache off (default 10 000).
+    /// Most cached answers; 0 turns the cache off (default
+    /// [`herd_places::DEFAULT_CACHE_ENTRIES`]).
     pub cache_entries: usize,
 }
 
@@ -241,41 +242,42 @@ impl RawLimits {
             positive(v, u64::try_from(d.as_millis()).unwrap_or(u64::MAX), n)
                 .map(Duration::from_millis)
         };
+        let defaults = Limits::default();
         Ok(Limits {
             max_line_bytes: positive(
                 self.max_line_bytes,
-                limits::DEFAULT_MAX_LINE_BYTES,
+                defaults.max_line_bytes,
                 "max_line_bytes",
             )?,
-            max_clients: positive(self.max_clients, limits::DEFAULT_MAX_CLIENTS, "max_clients")?,
+            max_clients: positive(self.max_clients, defaults.max_clients, "max_clients")?,
             idle_timeout: ms(
                 self.idle_timeout_ms,
-                limits::DEFAULT_IDLE_TIMEOUT,
+                defaults.idle_timeout,
                 "idle_timeout_ms",
             )?,
             peer_queue_bytes: positive(
                 self.peer_queue_bytes,
-                limits::DEFAULT_PEER_QUEUE_BYTES,
+                defaults.peer_queue_bytes,
                 "peer_queue_bytes",
             )?,
             resync_window_bytes: positive(
                 self.resync_window_bytes,
-                limits::DEFAULT_RESYNC_WINDOW_BYTES,
+                defaults.resync_window_bytes,
                 "resync_window_bytes",
             )?,
             journal_compact_lines: positive(
                 self.journal_compact_lines,
-                limits::DEFAULT_JOURNAL_COMPACT_LINES,
+                defaults.journal_compact_lines,
                 "journal_compact_lines",
             )?,
             places_timeout: ms(
                 self.places_timeout_ms,
-                limits::DEFAULT_PLACES_TIMEOUT,
+                defaults.places_timeout,
                 "places_timeout_ms",
             )?,
             shutdown_grace: ms(
                 self.shutdown_grace_ms,
-                limits::DEFAULT_SHUTDOWN_GRACE,
+                defaults.shutdown_grace,
                 "shutdown_grace_ms",
             )?,
         })

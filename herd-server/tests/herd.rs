@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use herd_core::PeerMsg;
+use herd_core::Handshake;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -163,8 +163,8 @@ impl Cutter {
             .iter()
             .position(|&b| b == b'\n')
             .unwrap_or(first.len());
-        let k = match PeerMsg::parse(&first[..end]) {
-            Ok(PeerMsg::Hello { from, to, .. }) => key(from.as_str(), to.as_str()),
+        let k = match Handshake::parse(&first[..end]) {
+            Ok(Handshake::Hello { from, to, .. }) => key(from.as_str(), to.as_str()),
             _ => key("", ""),
         };
         let token = CancellationToken::new();

@@ -2,12 +2,15 @@
 #![no_main]
 
 use herd_core::testing::{RecordingPeerSink, SeededIds};
-use herd_core::{parse_client_line, Node, NodeConfig, PeerId, PeerMsg, Record, ServerName, Timestamp};
+use herd_core::{
+    parse_client_line, Handshake, Node, NodeConfig, PeerId, PeerMsg, Record, ServerName, Timestamp,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_client_line(data);
     let _ = PeerMsg::parse(data);
+    let _ = Handshake::parse(data);
     let _ = Record::parse(data);
     let name = ServerName::new("A").expect("valid name");
     let peer = ServerName::new("B").expect("valid name");

@@ -29,7 +29,7 @@ use herd_core::node::DEFAULT_QUERY_TIMEOUT;
 use herd_core::testing::SeededIds;
 use herd_core::{
     ClientAction, IdSource, MaxItems, Node, NodeConfig, NodeEvent, NodeStats, PeerId, PeerMsg,
-    PeerSendError, PeerSink, RadiusKm, Record, ServerName, Timestamp,
+    PeerSendError, PeerSink, QueryOutcome, RadiusKm, Record, ServerName, Timestamp,
 };
 
 /// One millisecond in nanoseconds.
@@ -152,7 +152,6 @@ pub(crate) enum Kind {
     Synced,
     Query,
     Answer,
-    Handshake,
 }
 
 fn kind(msg: &PeerMsg) -> Kind {
@@ -162,7 +161,6 @@ fn kind(msg: &PeerMsg) -> Kind {
         PeerMsg::Synced { .. } => Kind::Synced,
         PeerMsg::Query { .. } => Kind::Query,
         PeerMsg::Answer { .. } => Kind::Answer,
-        PeerMsg::Hello { .. } | PeerMsg::Auth { .. } => Kind::Handshake,
     }
 }
 
@@ -684,7 +682,7 @@ impl Sim {
     }
 
     fn on_event(&mut self, i: usize, ev: NodeEvent) {
-        let NodeEvent::QueryDone { ticket, record } = ev;
+        let NodeEvent::QueryDone { ticket, outcome } = ev;
         let key = (i, self.inc[i], ticket);
         let q = self
             .pending
@@ -693,6 +691,20 @@ impl Sim {
         let now = self.now();
         let deadline = q.issued.plus(self.cfg.query_timeout);
         assert!(now <= deadline, "query answered after its deadline");
+        // The reply the server would write.
+        let radius = RadiusKm::from_km(10.0).expect("radius");
+        let max = MaxItems::new(5).expect("max");
+        let record = match outcome {
+            QueryOutcome::Places { record, query } => {
+                assert_eq!((query.lat, query.lon), (record.lat(), record.lon()));
+                assert_eq!((query.radius, query.max_items), (radius, max));
+                Some(record)
+            }
+            QueryOutcome::Reply(out) => {
+                assert_eq!(out, [b"? ".as_slice(), &q.line, b"\n"].concat());
+                None
+            }
+        };
         if let Some(r) = &record {
             assert_eq!(
                 r.client(),
@@ -703,22 +715,6 @@ impl Sim {
                 self.model.is_acked(r),
                 "query answered with a record nobody acknowledged"
             );
-        }
-        // The reply the server would write.
-        let node = self.nodes[i].as_ref().expect("alive");
-        let radius = RadiusKm::from_km(10.0).expect("radius");
-        let max = MaxItems::new(5).expect("max");
-        let mut out = Vec::new();
-        match node.resume_whatsat(record.clone(), &q.line, radius, max, &mut out) {
-            ClientAction::Places { record: r, .. } => {
-                assert_eq!(Some(&r), record.as_ref());
-                assert!(out.is_empty());
-            }
-            ClientAction::Replied => {
-                assert!(record.is_none());
-                assert_eq!(out, [b"? ".as_slice(), &q.line, b"\n"].concat());
-            }
-            other => panic!("resume_whatsat gave {other:?}"),
         }
         self.done.push(DoneQuery {
             node: i,

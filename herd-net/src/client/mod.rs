@@ -334,20 +334,14 @@ impl Conn {
                 });
                 output.queue.push_back(Slot::Waiting(rx));
             }
-            ClientAction::Pending {
-                ticket,
-                radius,
-                max_items,
-            } => {
-                let line_copy = line.to_vec();
+            ClientAction::Pending { ticket } => {
                 self.log.note(line, Note::Herd);
                 let answer = turn.wait_for(ticket);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let driver = self.driver.clone();
-                let (addr, line) = (self.addr, line_copy);
+                let addr = self.addr;
                 self.driver.spawn(async move {
-                    let reply = reply::herd(&driver, addr, answer, line, radius, max_items).await;
-                    let _ = reply_tx.send(reply);
+                    let _ = reply_tx.send(reply::herd(&driver, addr, answer).await);
                 });
                 output.queue.push_back(Slot::Waiting(reply_rx));
             }

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_core::protocol::{write_invalid, write_whatsat_reply};
-use herd_core::{ClientAction, LookupError, MaxItems, PlacesQuery, RadiusKm, Record};
+use herd_core::protocol::write_whatsat_reply;
+use herd_core::{LookupError, PlacesQuery, QueryOutcome, Record};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::log::log_reply;
-use crate::driver::{Driver, QueryAnswer};
+use crate::driver::Driver;
 
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
@@ -40,30 +40,31 @@ pub(super) async fn places(
     out
 }
 
-/// Finishes a WHATSAT that waited for the herd's answer about an unknown client.
+/// Finishes a WHATSAT that waited for the herd's answer about an unknown client: the node
+/// says what comes next (a Places lookup, or its whole reply).
 pub(super) async fn herd(
     driver: &Driver,
     addr: SocketAddr,
-    answer: oneshot::Receiver<QueryAnswer>,
-    line: Vec<u8>,
-    radius: RadiusKm,
-    max_items: MaxItems,
+    mut answer: oneshot::Receiver<QueryOutcome>,
 ) -> Vec<u8> {
-    // The node answers by its own deadline; the guard only protects against a lost answer.
-    let record = timeout(QUERY_GUARD, answer)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let mut out = Vec::new();
-    match driver.resume_whatsat(record, &line, radius, max_items, &mut out) {
-        ClientAction::Places { record, query } => places(driver, addr, record, query).await,
-        ClientAction::Replied | ClientAction::Silent | ClientAction::Pending { .. } => {
-            if out.is_empty() {
-                write_invalid(&line, &mut out);
-            }
+    // The node answers every query by its deadline, when the driver's timer runs it. Should
+    // the answer not come (a lost wake-up), the guard runs the timer here and waits again.
+    let outcome = match timeout(QUERY_GUARD, &mut answer).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            driver.tick();
+            timeout(QUERY_GUARD, answer).await.ok().and_then(Result::ok)
+        }
+    };
+    match outcome {
+        Some(QueryOutcome::Places { record, query }) => places(driver, addr, record, query).await,
+        Some(QueryOutcome::Reply(out)) => {
             log_reply(driver.spec().message_log.as_ref(), addr, &out);
             out
+        }
+        None => {
+            error!(%addr, "a herd query was never answered by the node; the WHATSAT gets no reply");
+            Vec::new()
         }
     }
 }

@@ -17,16 +17,29 @@
 //!   delta (they join it in log order) until it is through;
 //! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
 //!   its spanning tree (an echo wave) and is answered by a deadline.
+//!
+//! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
+//! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
+//! `resync.rs` the reconciliation (digest, paced delta, drained queue), each as an
+//! `impl Node` block of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
-use crate::ports::{IdSource, PeerId, PeerSink, PlacesQuery};
+use crate::ports::{IdSource, PeerId, PeerSink};
 use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
-use crate::store::{LocationStore, Offer, Record};
+use crate::record::Record;
+use crate::store::{LocationStore, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
+
+mod query;
+mod resync;
+
+use query::{Asker, QueryKey, QueryState};
+use resync::Resync;
 
 /// Default time a WHATSAT for an unknown client waits for the herd's answer.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -72,6 +85,7 @@ impl NodeConfig {
 
 /// What the caller must do for a client line after [`Node::handle_client_line`].
 #[derive(Debug, Clone, PartialEq)]
+#[must_use = "a WHATSAT's reply is only written once the caller acts on it"]
 pub enum ClientAction {
     /// A blank line: nothing to send.
     Silent,
@@ -85,16 +99,28 @@ pub enum ClientAction {
         /// The lookup to make.
         query: PlacesQuery,
     },
-    /// A WHATSAT for a client this node does not know: wait for the [`NodeEvent::QueryDone`]
-    /// with this ticket, then call [`Node::resume_whatsat`].
+    /// A WHATSAT for a client this node does not know: the herd is asked. The node keeps
+    /// what the reply needs; wait for the [`NodeEvent::QueryDone`] with this ticket, which
+    /// always comes (by the query's deadline at the latest).
     Pending {
         /// Identifies the answer.
         ticket: u64,
-        /// The radius asked for.
-        radius: RadiusKm,
-        /// The item count asked for.
-        max_items: MaxItems,
     },
+}
+
+/// How a WHATSAT that waited on the herd ends ([`NodeEvent::QueryDone`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    /// The herd knows the client: look the places up, then write the reply with
+    /// [`crate::protocol::write_whatsat_reply`] using `record.at_line()`.
+    Places {
+        /// The client's newest record.
+        record: Arc<Record>,
+        /// The lookup to make.
+        query: PlacesQuery,
+    },
+    /// The herd does not know the client: the complete reply, `? <line>\n`.
+    Reply(Vec<u8>),
 }
 
 /// Something the node tells its driver outside a direct reply.
@@ -104,8 +130,8 @@ pub enum NodeEvent {
     QueryDone {
         /// The ticket given in [`ClientAction::Pending`].
         ticket: u64,
-        /// The client's newest record, if the herd knows it.
-        record: Option<Arc<Record>>,
+        /// What to do for the WHATSAT.
+        outcome: QueryOutcome,
     },
 }
 
@@ -156,27 +182,6 @@ struct Link {
     source: u64,
     /// The delta being sent to the peer, when one is under way.
     resync: Option<Resync>,
-}
-
-/// A reconciliation delta on its way to a neighbour.
-#[derive(Debug, Clone, Default)]
-struct Resync {
-    /// Records still to send, in log order.
-    pending: VecDeque<(u64, Arc<Record>)>,
-    /// The highest log position covered so far: what changed after it is sent next.
-    covered: u64,
-}
-
-type QueryKey = (ServerName, u64);
-
-#[derive(Debug, Clone)]
-struct QueryState {
-    /// Where answers go: a neighbour, or `None` for this node's own client.
-    parent: Option<PeerId>,
-    client: Box<[u8]>,
-    waiting: Vec<PeerId>,
-    done: bool,
-    deadline: Timestamp,
 }
 
 /// One server's protocol state machine.
@@ -242,15 +247,6 @@ impl<S: PeerSink> Node<S> {
     /// The neighbour list ([`PeerId`] indexes it).
     pub fn neighbours(&self) -> &[ServerName] {
         &self.cfg.neighbours
-    }
-
-    /// The [`PeerId`] of a neighbour by name.
-    pub fn peer_id(&self, name: &ServerName) -> Option<PeerId> {
-        self.cfg
-            .neighbours
-            .iter()
-            .position(|n| n == name)
-            .map(PeerId)
     }
 
     /// The location store.
@@ -321,33 +317,18 @@ impl<S: PeerSink> Node<S> {
         out: &mut Vec<u8>,
     ) -> ClientAction {
         if let Some(record) = self.store.get(req.client) {
-            return places_action(record.clone(), req.radius, req.max_items);
+            return ClientAction::Places {
+                query: places_query(record, req.radius, req.max_items),
+                record: record.clone(),
+            };
         }
-        match self.start_query(now, req.client) {
-            Some(ticket) => ClientAction::Pending {
-                ticket,
-                radius: req.radius,
-                max_items: req.max_items,
-            },
-            None => {
-                write_invalid(line, out);
-                ClientAction::Replied
-            }
-        }
-    }
-
-    /// Finishes a WHATSAT that waited on the herd: with the record found it asks for a Places
-    /// lookup; without one it writes `? <line>` into `out`.
-    pub fn resume_whatsat(
-        &self,
-        record: Option<Arc<Record>>,
-        line: &[u8],
-        radius: RadiusKm,
-        max_items: MaxItems,
-        out: &mut Vec<u8>,
-    ) -> ClientAction {
-        match record {
-            Some(r) => places_action(r, radius, max_items),
+        let asker = Asker {
+            line: line.into(),
+            radius: req.radius,
+            max_items: req.max_items,
+        };
+        match self.start_query(now, req.client, asker) {
+            Some(ticket) => ClientAction::Pending { ticket },
             None => {
                 write_invalid(line, out);
                 ClientAction::Replied
@@ -356,6 +337,7 @@ impl<S: PeerSink> Node<S> {
     }
 
     /// Takes the next event for the driver.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
     }
@@ -363,6 +345,7 @@ impl<S: PeerSink> Node<S> {
     /// The records stored (from clients and peers) since the last call, in store order, when
     /// [`NodeConfig::journal`] is set. An adapter that writes them out before it sends the
     /// replies of the same call makes every acknowledged update survive a crash.
+    #[must_use = "the drained records are gone from the node once dropped"]
     pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Arc<Record>> {
         self.journal.drain(..)
     }
@@ -505,248 +488,16 @@ impl<S: PeerSink> Node<S> {
                 }
                 self.on_answer(now, from, (origin, qid), record);
             }
-            PeerMsg::Hello { .. } | PeerMsg::Auth { .. } => self.stats.peer_errors += 1,
         }
-    }
-
-    fn on_digest(&mut self, from: PeerId, epoch: u64, your_epoch: u64, seen: u64) {
-        let link = &mut self.links[from.0];
-        if link.peer_epoch != epoch {
-            // The peer restarted: its log is new, everything of it is unseen.
-            link.peer_epoch = epoch;
-            link.seen = 0;
-            self.last_source += 1;
-            link.source = self.last_source;
-        }
-        let since = if your_epoch == self.epoch { seen } else { 0 };
-        link.state = LinkState::Syncing;
-        link.resync = Some(Resync {
-            pending: VecDeque::new(),
-            covered: since,
-        });
-        self.continue_resync(from);
-    }
-
-    /// The sink has taken what was queued for `peer` (after [`PeerSink::notify_drained`]):
-    /// the reconciliation delta under way, if any, goes on.
-    pub fn handle_link_drained(&mut self, _now: Timestamp, peer: PeerId) {
-        if self.links.get(peer.0).is_some_and(|l| l.resync.is_some()) {
-            self.continue_resync(peer);
-        }
-    }
-
-    /// Hands the delta to the sink while the peer's backlog is below the window. When the
-    /// window is full it asks the sink to say when the queue is taken; when the delta is
-    /// through (including what changed meanwhile) it sends `Synced` and the link is up.
-    fn continue_resync(&mut self, peer: PeerId) {
-        loop {
-            let link = &mut self.links[peer.0];
-            let Some(resync) = link.resync.as_mut() else {
-                return;
-            };
-            if resync.pending.is_empty() {
-                // What changed since the last snapshot, leaving out what this incarnation of
-                // the peer sent us: it holds that (or something newer), so no echo.
-                let more = self.store.changed_since_except(resync.covered, link.source);
-                if more.is_empty() {
-                    link.resync = None;
-                    link.state = LinkState::Up;
-                    let seq = self.store.seq();
-                    self.send(peer, &PeerMsg::Synced { seq });
-                    return;
-                }
-                resync.pending = more.into();
-            }
-            // An empty queue always takes one more message, whatever the window: nothing
-            // else would wake the delta up.
-            let backlog = self.sink.backlog(peer);
-            if backlog > 0 && backlog >= self.cfg.resync_window {
-                self.sink.notify_drained(peer);
-                return;
-            }
-            let Some((seq, record)) = self.links[peer.0]
-                .resync
-                .as_mut()
-                .and_then(|r| r.pending.pop_front())
-            else {
-                return;
-            };
-            if let Some(r) = self.links[peer.0].resync.as_mut() {
-                r.covered = seq;
-            }
-            self.stats.updates_sent += 1;
-            self.send(peer, &PeerMsg::Update { seq, record });
-        }
-    }
-
-    // === herd queries ===
-
-    /// Links a query may travel: every link that is up, synchronised or not. A query on a
-    /// link still reconciling is answered after the peer's delta (the link is FIFO), so a
-    /// server that has just restarted can already find its clients through the herd.
-    fn up_links_except(&self, except: Option<PeerId>) -> Vec<PeerId> {
-        (0..self.links.len())
-            .map(PeerId)
-            .filter(|&p| Some(p) != except && self.links[p.0].state != LinkState::Down)
-            .collect()
-    }
-
-    /// Starts a query for a local client; `None` when it can be answered "unknown" at once.
-    fn start_query(&mut self, now: Timestamp, client: &[u8]) -> Option<u64> {
-        let targets = self.up_links_except(None);
-        if targets.is_empty() || self.queries.len() >= self.cfg.max_queries {
-            return None;
-        }
-        self.stats.queries_started += 1;
-        self.next_qid = self.next_qid.wrapping_add(1);
-        let key = (self.cfg.name.clone(), self.next_qid);
-        self.forward_query(now, None, key, client.into(), targets);
-        Some(self.next_qid)
-    }
-
-    fn forward_query(
-        &mut self,
-        now: Timestamp,
-        parent: Option<PeerId>,
-        key: QueryKey,
-        client: Box<[u8]>,
-        targets: Vec<PeerId>,
-    ) {
-        let msg = PeerMsg::Query {
-            origin: key.0.clone(),
-            qid: key.1,
-            client: client.clone(),
-        };
-        for &t in &targets {
-            self.send(t, &msg);
-        }
-        let deadline = now.plus(self.cfg.query_timeout);
-        let done = targets.is_empty();
-        self.query_order.push_back((deadline, key.clone()));
-        self.queries.insert(
-            key,
-            QueryState {
-                parent,
-                client,
-                waiting: targets,
-                done,
-                deadline,
-            },
-        );
-    }
-
-    fn on_query(&mut self, now: Timestamp, from: PeerId, key: QueryKey, client: Box<[u8]>) {
-        let (origin, qid) = (key.0.clone(), key.1);
-        let answer = |record| PeerMsg::Answer {
-            origin: origin.clone(),
-            qid,
-            record,
-        };
-        if self.queries.contains_key(&key)
-            || key.0 == self.cfg.name
-            || self.queries.len() >= self.cfg.max_queries
-        {
-            // Already part of this wave (or no room): answer "no" so the sender need not wait.
-            self.send(from, &answer(None));
-            return;
-        }
-        if let Some(record) = self.store.get(&client).cloned() {
-            self.send(from, &answer(Some(record)));
-            self.forward_query(now, Some(from), key, client, Vec::new());
-            return;
-        }
-        let targets = self.up_links_except(Some(from));
-        if targets.is_empty() {
-            self.send(from, &answer(None));
-        }
-        self.forward_query(now, Some(from), key, client, targets);
-    }
-
-    fn on_answer(
-        &mut self,
-        _now: Timestamp,
-        from: PeerId,
-        key: QueryKey,
-        record: Option<Arc<Record>>,
-    ) {
-        let Some(q) = self.queries.get_mut(&key) else {
-            return;
-        };
-        let Some(pos) = q.waiting.iter().position(|&p| p == from) else {
-            return;
-        };
-        q.waiting.swap_remove(pos);
-        if q.done || (record.is_none() && !q.waiting.is_empty()) {
-            return;
-        }
-        q.done = true;
-        let (parent, client) = (q.parent, q.client.clone());
-        self.finish_query(parent, key, &client);
-    }
-
-    /// Reports a query's result: to the parent neighbour, or as an event for a local client.
-    fn finish_query(&mut self, parent: Option<PeerId>, key: QueryKey, client: &[u8]) {
-        let record = self.store.get(client).cloned();
-        match parent {
-            Some(p) => {
-                let msg = PeerMsg::Answer {
-                    origin: key.0,
-                    qid: key.1,
-                    record,
-                };
-                self.send(p, &msg);
-            }
-            None => self.events.push_back(NodeEvent::QueryDone {
-                ticket: key.1,
-                record,
-            }),
-        }
-    }
-
-    // === timers ===
-
-    /// When [`Node::handle_timeout`] should next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.query_order.front().map(|(t, _)| *t)
-    }
-
-    /// Expires queries whose deadline has passed; a local one still unanswered is answered
-    /// from the store (which an update may have filled meanwhile), else "unknown".
-    pub fn handle_timeout(&mut self, now: Timestamp) {
-        while let Some((deadline, _)) = self.query_order.front() {
-            if *deadline > now {
-                break;
-            }
-            let Some((deadline, key)) = self.query_order.pop_front() else {
-                break;
-            };
-            let Some(q) = self.queries.get(&key) else {
-                continue;
-            };
-            if q.deadline != deadline {
-                continue;
-            }
-            let Some(q) = self.queries.remove(&key) else {
-                continue;
-            };
-            if !q.done && q.parent.is_none() {
-                self.finish_query(None, key, &q.client);
-            }
-        }
-    }
-
-    /// Number of herd queries tracked now.
-    pub fn queries_in_flight(&self) -> usize {
-        self.queries.len()
     }
 }
 
-fn places_action(record: Arc<Record>, radius: RadiusKm, max_items: MaxItems) -> ClientAction {
-    let query = PlacesQuery {
+/// The Places lookup a WHATSAT about `record`'s client makes.
+fn places_query(record: &Record, radius: RadiusKm, max_items: MaxItems) -> PlacesQuery {
+    PlacesQuery {
         lat: record.lat(),
         lon: record.lon(),
         radius,
         max_items,
-    };
-    ClientAction::Places { record, query }
+    }
 }

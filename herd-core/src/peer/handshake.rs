@@ -1,8 +1,9 @@
-//! The peer protocol between servers: messages, their line encoding, and the handshake.
+//! The handshake that opens a peer link: the two `HELLO`s and the dialler's `AUTH`, and the
+//! state of each side while it runs.
 //!
-//! Every peer message is one `\n`-terminated line of ASCII fields separated by single spaces
-//! (client ids and AT lines are carried as the bytes the client sent). See
-//! `docs/peer-protocol.md` for the design and an example of each message.
+//! Handshake messages are a type of their own ([`Handshake`]): they are only ever exchanged
+//! before the link is up, and a handshake line arriving afterwards is not a [`super::PeerMsg`]
+//! (it fails to parse, so the link is dropped). See `docs/peer-protocol.md`.
 
 use std::sync::Arc;
 
@@ -10,22 +11,15 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
-use crate::store::Record;
-use crate::types::{push_u128, ServerName};
-
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// The tag every handshake line starts with; a connection whose first line starts with it is a
-/// peer connection.
-pub const HANDSHAKE_TAG: &[u8] = b"HERD/1";
+use super::{expect, name, parse_u64, push_u64, split_n, PeerParseError, HANDSHAKE_TAG};
+use crate::types::ServerName;
 
 /// A 256-bit HMAC-SHA256 proof of the shared secret.
 pub type Proof = [u8; 32];
 
-/// One message between two servers.
+/// One message of the handshake.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PeerMsg {
+pub enum Handshake {
     /// First line of each side: who I am, whom I think I reach, my incarnation and a nonce;
     /// the accepting side adds its proof of the secret.
     Hello {
@@ -45,64 +39,76 @@ pub enum PeerMsg {
         /// The proof.
         proof: Option<Proof>,
     },
-    /// Reconciliation request: "I am incarnation `epoch`; of your log (incarnation
-    /// `your_epoch`) I have seen every change up to `seen`".
-    Digest {
-        /// The sender's incarnation.
-        epoch: u64,
-        /// The receiver's incarnation as the sender last knew it (0: never).
-        your_epoch: u64,
-        /// The last of the receiver's log numbers the sender has seen.
-        seen: u64,
-    },
-    /// A location record, stored by the sender under its log number `seq`.
-    Update {
-        /// The sender's log number for this record.
-        seq: u64,
-        /// The record.
-        record: Arc<Record>,
-    },
-    /// "You now have every change of my log up to `seq`" (ends a reconciliation).
-    Synced {
-        /// The sender's latest log number.
-        seq: u64,
-    },
-    /// Does anyone know this client? A flood that collects answers back along its path.
-    Query {
-        /// The server whose client asked.
-        origin: ServerName,
-        /// The origin's id for this query.
-        qid: u64,
-        /// The client asked about.
-        client: Box<[u8]>,
-    },
-    /// The answer to a query from the sender's part of the herd: a record, or none.
-    Answer {
-        /// The query's origin.
-        origin: ServerName,
-        /// The query's id.
-        qid: u64,
-        /// The newest record found, if any.
-        record: Option<Arc<Record>>,
-    },
 }
 
-/// Why a peer line could not be parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum PeerParseError {
-    /// Unknown message kind or wrong number of fields.
-    #[error("malformed peer message")]
-    Malformed,
-    /// A number field is not a decimal or hex number in range.
-    #[error("bad number in peer message")]
-    Number,
-    /// A carried AT line or name does not validate.
-    #[error("bad field in peer message")]
-    Field,
-}
+impl Handshake {
+    /// Appends the message's line, with its `\n`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Handshake::Hello {
+                from,
+                to,
+                epoch,
+                nonce,
+                proof,
+            } => {
+                out.extend_from_slice(HANDSHAKE_TAG);
+                out.extend_from_slice(b" HELLO ");
+                out.extend_from_slice(from.as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(to.as_str().as_bytes());
+                out.push(b' ');
+                push_u64(out, *epoch);
+                out.push(b' ');
+                push_hex(out, &nonce.to_be_bytes());
+                out.push(b' ');
+                push_proof(out, proof);
+            }
+            Handshake::Auth { proof } => {
+                out.extend_from_slice(HANDSHAKE_TAG);
+                out.extend_from_slice(b" AUTH ");
+                push_proof(out, proof);
+            }
+        }
+        out.push(b'\n');
+    }
 
-fn push_u64(out: &mut Vec<u8>, v: u64) {
-    push_u128(out, u128::from(v));
+    /// The message's line, with its `\n`.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(128);
+        self.encode(&mut v);
+        v
+    }
+
+    /// Parses one handshake line (without its `\n`).
+    ///
+    /// # Errors
+    /// [`PeerParseError`] when the line is not a well-formed handshake message.
+    pub fn parse(line: &[u8]) -> Result<Self, PeerParseError> {
+        let ([tag, kind], rest) = split_n::<2>(line)?;
+        expect(tag == HANDSHAKE_TAG)?;
+        match kind {
+            b"HELLO" => {
+                let ([from, to, epoch, nonce, proof], tail) = split_n::<5>(rest)?;
+                expect(tail.is_empty())?;
+                Ok(Handshake::Hello {
+                    from: name(from)?,
+                    to: name(to)?,
+                    epoch: parse_u64(epoch)?,
+                    nonce: u128::from_be_bytes(parse_hex::<16>(nonce)?),
+                    proof: parse_proof(proof)?,
+                })
+            }
+            b"AUTH" => {
+                let ([proof], tail) = split_n::<1>(rest)?;
+                expect(tail.is_empty())?;
+                Ok(Handshake::Auth {
+                    proof: parse_proof(proof)?,
+                })
+            }
+            _ => Err(PeerParseError::Malformed),
+        }
+    }
 }
 
 fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -141,235 +147,6 @@ fn parse_proof(s: &[u8]) -> Result<Option<Proof>, PeerParseError> {
         Ok(None)
     } else {
         parse_hex::<32>(s).map(Some)
-    }
-}
-
-fn parse_u64(s: &[u8]) -> Result<u64, PeerParseError> {
-    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
-        return Err(PeerParseError::Number);
-    }
-    s.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or(PeerParseError::Number)
-    })
-}
-
-fn name(s: &[u8]) -> Result<ServerName, PeerParseError> {
-    ServerName::from_bytes(s).map_err(|_| PeerParseError::Field)
-}
-
-fn record(s: &[u8]) -> Result<Arc<Record>, PeerParseError> {
-    Record::parse(s)
-        .map(Arc::new)
-        .map_err(|_| PeerParseError::Field)
-}
-
-/// Splits off the first `N` space-separated fields; the rest (possibly with spaces) follows.
-fn split_n<const N: usize>(line: &[u8]) -> Result<([&[u8]; N], &[u8]), PeerParseError> {
-    let mut out: [&[u8]; N] = [&[]; N];
-    let mut rest = line;
-    for slot in out.iter_mut() {
-        let end = rest.iter().position(|&b| b == b' ');
-        match end {
-            Some(i) => {
-                *slot = &rest[..i];
-                rest = &rest[i + 1..];
-            }
-            None => {
-                *slot = rest;
-                rest = &[];
-            }
-        }
-    }
-    Ok((out, rest))
-}
-
-impl PeerMsg {
-    /// Appends the message's line, with its `\n`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            PeerMsg::Hello {
-                from,
-                to,
-                epoch,
-                nonce,
-                proof,
-            } => {
-                out.extend_from_slice(HANDSHAKE_TAG);
-                out.extend_from_slice(b" HELLO ");
-                out.extend_from_slice(from.as_str().as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(to.as_str().as_bytes());
-                out.push(b' ');
-                push_u64(out, *epoch);
-                out.push(b' ');
-                push_hex(out, &nonce.to_be_bytes());
-                out.push(b' ');
-                push_proof(out, proof);
-            }
-            PeerMsg::Auth { proof } => {
-                out.extend_from_slice(HANDSHAKE_TAG);
-                out.extend_from_slice(b" AUTH ");
-                push_proof(out, proof);
-            }
-            PeerMsg::Digest {
-                epoch,
-                your_epoch,
-                seen,
-            } => {
-                out.extend_from_slice(b"D ");
-                push_u64(out, *epoch);
-                out.push(b' ');
-                push_u64(out, *your_epoch);
-                out.push(b' ');
-                push_u64(out, *seen);
-            }
-            PeerMsg::Update { seq, record } => {
-                out.extend_from_slice(b"U ");
-                push_u64(out, *seq);
-                out.push(b' ');
-                out.extend_from_slice(record.at_line());
-            }
-            PeerMsg::Synced { seq } => {
-                out.extend_from_slice(b"S ");
-                push_u64(out, *seq);
-            }
-            PeerMsg::Query {
-                origin,
-                qid,
-                client,
-            } => {
-                out.extend_from_slice(b"Q ");
-                out.extend_from_slice(origin.as_str().as_bytes());
-                out.push(b' ');
-                push_u64(out, *qid);
-                out.push(b' ');
-                out.extend_from_slice(client);
-            }
-            PeerMsg::Answer {
-                origin,
-                qid,
-                record,
-            } => {
-                out.extend_from_slice(b"R ");
-                out.extend_from_slice(origin.as_str().as_bytes());
-                out.push(b' ');
-                push_u64(out, *qid);
-                match record {
-                    Some(r) => {
-                        out.extend_from_slice(b" + ");
-                        out.extend_from_slice(r.at_line());
-                    }
-                    None => out.extend_from_slice(b" -"),
-                }
-            }
-        }
-        out.push(b'\n');
-    }
-
-    /// The message's line, with its `\n`.
-    pub fn to_line(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(128);
-        self.encode(&mut v);
-        v
-    }
-
-    /// Parses one peer line (without its `\n`).
-    ///
-    /// # Errors
-    /// [`PeerParseError`] when the line is not a well-formed peer message.
-    pub fn parse(line: &[u8]) -> Result<Self, PeerParseError> {
-        let (&kind, _) = line.split_first().ok_or(PeerParseError::Malformed)?;
-        match kind {
-            b'H' => Self::parse_handshake(line),
-            b'D' => {
-                let ([k, e, y, s], rest) = split_n::<4>(line)?;
-                expect(k == b"D" && rest.is_empty())?;
-                Ok(PeerMsg::Digest {
-                    epoch: parse_u64(e)?,
-                    your_epoch: parse_u64(y)?,
-                    seen: parse_u64(s)?,
-                })
-            }
-            b'U' => {
-                let ([k, seq], rest) = split_n::<2>(line)?;
-                expect(k == b"U")?;
-                Ok(PeerMsg::Update {
-                    seq: parse_u64(seq)?,
-                    record: record(rest)?,
-                })
-            }
-            b'S' => {
-                let ([k, seq], rest) = split_n::<2>(line)?;
-                expect(k == b"S" && rest.is_empty())?;
-                Ok(PeerMsg::Synced {
-                    seq: parse_u64(seq)?,
-                })
-            }
-            b'Q' => {
-                let ([k, origin, qid, client], rest) = split_n::<4>(line)?;
-                let client_ok =
-                    !client.is_empty() && !client.iter().any(|&b| crate::types::is_space(b));
-                expect(k == b"Q" && rest.is_empty() && client_ok)?;
-                Ok(PeerMsg::Query {
-                    origin: name(origin)?,
-                    qid: parse_u64(qid)?,
-                    client: client.into(),
-                })
-            }
-            b'R' => Self::parse_answer(line),
-            _ => Err(PeerParseError::Malformed),
-        }
-    }
-
-    fn parse_answer(line: &[u8]) -> Result<Self, PeerParseError> {
-        let ([k, origin, qid, flag], rest) = split_n::<4>(line)?;
-        expect(k == b"R")?;
-        let record = match flag {
-            b"-" if rest.is_empty() => None,
-            b"+" => Some(record(rest)?),
-            _ => return Err(PeerParseError::Malformed),
-        };
-        Ok(PeerMsg::Answer {
-            origin: name(origin)?,
-            qid: parse_u64(qid)?,
-            record,
-        })
-    }
-
-    fn parse_handshake(line: &[u8]) -> Result<Self, PeerParseError> {
-        let ([tag, kind], rest) = split_n::<2>(line)?;
-        expect(tag == HANDSHAKE_TAG)?;
-        match kind {
-            b"HELLO" => {
-                let ([from, to, epoch, nonce, proof], tail) = split_n::<5>(rest)?;
-                expect(tail.is_empty())?;
-                Ok(PeerMsg::Hello {
-                    from: name(from)?,
-                    to: name(to)?,
-                    epoch: parse_u64(epoch)?,
-                    nonce: u128::from_be_bytes(parse_hex::<16>(nonce)?),
-                    proof: parse_proof(proof)?,
-                })
-            }
-            b"AUTH" => {
-                let ([proof], tail) = split_n::<1>(rest)?;
-                expect(tail.is_empty())?;
-                Ok(PeerMsg::Auth {
-                    proof: parse_proof(proof)?,
-                })
-            }
-            _ => Err(PeerParseError::Malformed),
-        }
-    }
-}
-
-fn expect(ok: bool) -> Result<(), PeerParseError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(PeerParseError::Malformed)
     }
 }
 
@@ -477,8 +254,8 @@ impl Dialler {
     }
 
     /// The first line to send.
-    pub fn hello(&self) -> PeerMsg {
-        PeerMsg::Hello {
+    pub fn hello(&self) -> Handshake {
+        Handshake::Hello {
             from: self.me.clone(),
             to: self.peer.clone(),
             epoch: self.epoch,
@@ -492,8 +269,8 @@ impl Dialler {
     ///
     /// # Errors
     /// [`HandshakeError`] when the reply is not the expected peer's valid hello.
-    pub fn on_reply(&self, reply: &PeerMsg) -> Result<(u64, PeerMsg), HandshakeError> {
-        let PeerMsg::Hello {
+    pub fn on_reply(&self, reply: &Handshake) -> Result<(u64, Handshake), HandshakeError> {
+        let Handshake::Hello {
             from,
             to,
             epoch,
@@ -522,7 +299,7 @@ impl Dialler {
         })?;
         let mine =
             secret.map(|s| proof(s, b"herd/1 dial", &self.me, &self.peer, self.nonce, *nonce));
-        Ok((*epoch, PeerMsg::Auth { proof: mine }))
+        Ok((*epoch, Handshake::Auth { proof: mine }))
     }
 }
 
@@ -555,10 +332,10 @@ impl Acceptor {
     /// [`HandshakeError`] when it is not a hello from a neighbour addressed to this server.
     pub fn on_hello(
         &mut self,
-        hello: &PeerMsg,
+        hello: &Handshake,
         neighbours: &[ServerName],
-    ) -> Result<(ServerName, u64, PeerMsg), HandshakeError> {
-        let PeerMsg::Hello {
+    ) -> Result<(ServerName, u64, Handshake), HandshakeError> {
+        let Handshake::Hello {
             from,
             to,
             epoch,
@@ -579,7 +356,7 @@ impl Acceptor {
             .as_deref()
             .map(|s| proof(s, b"herd/1 accept", from, &self.me, *nonce, self.nonce));
         self.dialler = Some((from.clone(), *nonce));
-        let reply = PeerMsg::Hello {
+        let reply = Handshake::Hello {
             from: self.me.clone(),
             to: from.clone(),
             epoch: self.epoch,
@@ -593,8 +370,8 @@ impl Acceptor {
     ///
     /// # Errors
     /// [`HandshakeError`] when it is not an `Auth` or the proof is wrong.
-    pub fn on_auth(&self, auth: &PeerMsg) -> Result<(), HandshakeError> {
-        let (PeerMsg::Auth { proof: got }, Some((dialler, nd))) = (auth, &self.dialler) else {
+    pub fn on_auth(&self, auth: &Handshake) -> Result<(), HandshakeError> {
+        let (Handshake::Auth { proof: got }, Some((dialler, nd))) = (auth, &self.dialler) else {
             return Err(HandshakeError::Unexpected);
         };
         check(self.secret.as_deref(), got, |s| {
@@ -616,13 +393,13 @@ mod tests {
         let acs = acc_secret.map(|s| Arc::from(s.as_bytes()));
         let d = Dialler::new(n("A"), n("B"), 11, 5, ds);
         let mut a = Acceptor::new(n("B"), 22, 9, acs);
-        let hello = PeerMsg::parse(d.hello().to_line().strip_suffix(b"\n").unwrap()).unwrap();
+        let hello = Handshake::parse(d.hello().to_line().strip_suffix(b"\n").unwrap()).unwrap();
         let (who, epoch, reply) = a.on_hello(&hello, &[n("A")])?;
         assert_eq!((who, epoch), (n("A"), 11));
-        let reply = PeerMsg::parse(reply.to_line().strip_suffix(b"\n").unwrap()).unwrap();
+        let reply = Handshake::parse(reply.to_line().strip_suffix(b"\n").unwrap()).unwrap();
         let (epoch, auth) = d.on_reply(&reply)?;
         assert_eq!(epoch, 22);
-        a.on_auth(&PeerMsg::parse(auth.to_line().strip_suffix(b"\n").unwrap()).unwrap())
+        a.on_auth(&Handshake::parse(auth.to_line().strip_suffix(b"\n").unwrap()).unwrap())
     }
 
     #[test]

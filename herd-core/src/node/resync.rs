@@ -1,0 +1,92 @@
+//! Reconciliation of a link that has come up: the digest each side sends, and the delta it
+//! answers with, paced by the sink's backlog ([`super::NodeConfig::resync_window`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{LinkState, Node};
+use crate::peer::PeerMsg;
+use crate::ports::{PeerId, PeerSink};
+use crate::record::Record;
+use crate::types::Timestamp;
+
+/// A reconciliation delta on its way to a neighbour.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Resync {
+    /// Records still to send, in log order.
+    pending: VecDeque<(u64, Arc<Record>)>,
+    /// The highest log position covered so far: what changed after it is sent next.
+    covered: u64,
+}
+
+impl<S: PeerSink> Node<S> {
+    pub(super) fn on_digest(&mut self, from: PeerId, epoch: u64, your_epoch: u64, seen: u64) {
+        let link = &mut self.links[from.0];
+        if link.peer_epoch != epoch {
+            // The peer restarted: its log is new, everything of it is unseen.
+            link.peer_epoch = epoch;
+            link.seen = 0;
+            self.last_source += 1;
+            link.source = self.last_source;
+        }
+        let since = if your_epoch == self.epoch { seen } else { 0 };
+        link.state = LinkState::Syncing;
+        link.resync = Some(Resync {
+            pending: VecDeque::new(),
+            covered: since,
+        });
+        self.continue_resync(from);
+    }
+
+    /// The sink has taken what was queued for `peer` (after [`PeerSink::notify_drained`]):
+    /// the reconciliation delta under way, if any, goes on.
+    pub fn handle_link_drained(&mut self, _now: Timestamp, peer: PeerId) {
+        if self.links.get(peer.0).is_some_and(|l| l.resync.is_some()) {
+            self.continue_resync(peer);
+        }
+    }
+
+    /// Hands the delta to the sink while the peer's backlog is below the window. When the
+    /// window is full it asks the sink to say when the queue is taken; when the delta is
+    /// through (including what changed meanwhile) it sends `Synced` and the link is up.
+    fn continue_resync(&mut self, peer: PeerId) {
+        loop {
+            let link = &mut self.links[peer.0];
+            let Some(resync) = link.resync.as_mut() else {
+                return;
+            };
+            if resync.pending.is_empty() {
+                // What changed since the last snapshot, leaving out what this incarnation of
+                // the peer sent us: it holds that (or something newer), so no echo.
+                let more = self.store.changed_since_except(resync.covered, link.source);
+                if more.is_empty() {
+                    link.resync = None;
+                    link.state = LinkState::Up;
+                    let seq = self.store.seq();
+                    self.send(peer, &PeerMsg::Synced { seq });
+                    return;
+                }
+                resync.pending = more.into();
+            }
+            // An empty queue always takes one more message, whatever the window: nothing
+            // else would wake the delta up.
+            let backlog = self.sink.backlog(peer);
+            if backlog > 0 && backlog >= self.cfg.resync_window {
+                self.sink.notify_drained(peer);
+                return;
+            }
+            let Some((seq, record)) = self.links[peer.0]
+                .resync
+                .as_mut()
+                .and_then(|r| r.pending.pop_front())
+            else {
+                return;
+            };
+            if let Some(r) = self.links[peer.0].resync.as_mut() {
+                r.covered = seq;
+            }
+            self.stats.updates_sent += 1;
+            self.send(peer, &PeerMsg::Update { seq, record });
+        }
+    }
+}
