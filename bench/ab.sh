@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A/B benchmark: two herd-server builds side by side in one run, rounds interleaved (A, B, A,
 # B, ...), both driven by the same herd-cli (B's). Rows T1 (one server, pipeline 1), T2 (one
-# server, pipeline 16) and T4 (the default herd of five servers, pipeline 16 over all), as in
-# bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
+# server, pipeline 16), T3 (classic clients) and T4 (the default herd of five servers,
+# pipeline 16 over all), as in bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
 #
 #   bench/ab.sh OLD_TARGET_DIR [NEW_TARGET_DIR]
 #
@@ -13,6 +13,7 @@
 #   bench/ab.sh /tmp/herd-old/target
 #
 # Environment: ROUNDS [5] rounds per build and row, ROUND_S [2] seconds per round,
+# ROWS ["T1 T2 T3 T4"] which rows (T3: classic clients, a new connection per IAMAT),
 # RESULTS [bench/ab-results.md] where the table goes.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ NEW=${2:-$REPO/target}
 ROUNDS=${ROUNDS:-5}
 ROUND_S=${ROUND_S:-2}
 RESULTS=${RESULTS:-$HERE/ab-results.md}
+ROWS=${ROWS:-T1 T2 T3 T4}
 CONNS=64
 KEYS=100000
 
@@ -121,7 +123,13 @@ print(f"| {name} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.3f} | {f(a)} | {f(b)} |")
 EOF
 }
 
-row "T1: 1 server, IAMAT, pipeline 1" single --to Goloman load -c "$CONNS" -d 1
-row "T2: 1 server, IAMAT, pipeline 16" single --to Goloman load -c "$CONNS" -d 16
-row "T4: 5 servers, IAMAT, pipeline 16 over all" default load --all -c "$CONNS" -d 16
+for r in $ROWS; do
+    case $r in
+        T1) row "T1: 1 server, IAMAT, pipeline 1" single --to Goloman load -c "$CONNS" -d 1 ;;
+        T2) row "T2: 1 server, IAMAT, pipeline 16" single --to Goloman load -c "$CONNS" -d 16 ;;
+        T3) row "T3: 1 server, classic clients (a connection per IAMAT)" single --to Goloman load --mode classic -c "$CONNS" ;;
+        T4) row "T4: 5 servers, IAMAT, pipeline 16 over all" default load --all -c "$CONNS" -d 16 ;;
+        *) die "unknown row $r (T1 T2 T3 T4)" ;;
+    esac
+done
 cat "$RESULTS"
