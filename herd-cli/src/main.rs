@@ -6,7 +6,7 @@
 //! built on herd-core's grammar; [`conn`] is one client connection that brings a reply's lines;
 //! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat` and `send`;
 //! [`load`] the benchmark client; [`echo`] the trivial in-process server that shows the load
-//! generator is not the bottleneck; [`probe`] measures propagation between two servers.
+//! generator is not the bottleneck; [`probe`] measures propagation between two servers; [`certs`] makes the herd's TLS files.
 //!
 //! Exit codes: 0 a normal reply, 1 the server answered `? `, 2 a connection, timeout or
 //! malformed-reply error, 64 bad usage or config.
@@ -15,6 +15,7 @@
 #![deny(rust_2018_idioms)]
 
 mod basic;
+mod certs;
 mod config;
 mod conn;
 mod echo;
@@ -80,6 +81,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// A trivial server answering each line as fast as it can (for measuring `load` itself).
     EchoServer(echo::EchoArgs),
+    /// Make a CA for the herd and a certificate per server (for TLS between servers).
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             Command::Load(a) => load::run(&g, a).await,
             Command::Probe(a) => probe::run(&g, a).await,
             Command::EchoServer(a) => echo::run(&g, a).await,
+            Command::Certs(a) => certs::run(&g, a).await,
         }
     });
     // A blocked stdin read (in `send`) must not hold the process open after the answer.

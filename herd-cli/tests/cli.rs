@@ -450,3 +450,37 @@ fn probe_gives_up_at_its_deadline_when_b_never_holds_the_record() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn certs_makes_a_ca_and_a_certificate_per_server_and_reuses_the_ca() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("tls");
+    let out_arg = out_dir.to_str().unwrap();
+    let out = run(&["certs", "--out", out_arg, "--host", "herd.example"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for name in ["ca", "Goloman", "Hands", "Holiday", "Welsh", "Wilkes"] {
+        let pem = std::fs::read_to_string(out_dir.join(format!("{name}.pem"))).unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{name}: {pem}"
+        );
+        let key = out_dir.join(format!("{name}.key"));
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{name}.key is readable by others");
+    }
+    assert!(
+        stdout(&out).contains("Hands, 127.0.0.1, herd.example"),
+        "{}",
+        stdout(&out)
+    );
+    let ca_before = std::fs::read(out_dir.join("ca.pem")).unwrap();
+    let again = run(&["--json", "certs", "--out", out_arg, "--name", "Hands"]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(v["ca_made"], false);
+    assert_eq!(v["servers"][0]["server"], "Hands");
+    assert_eq!(std::fs::read(out_dir.join("ca.pem")).unwrap(), ca_before);
+    let bad = run(&["certs", "--out", out_arg, "--name", "Nobody"]);
+    assert_eq!(code(&bad), 64);
+}

@@ -57,6 +57,8 @@ pub mod spec;
 #[forbid(unsafe_code)]
 pub mod stats;
 #[forbid(unsafe_code)]
+pub mod tls;
+#[forbid(unsafe_code)]
 mod warm;
 
 pub use codec::{LineCodec, LineError};
