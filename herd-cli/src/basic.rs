@@ -110,7 +110,7 @@ pub(crate) async fn whatsat(g: &Global, a: WhatsatArgs) -> Result<u8, Failure> {
 /// Sends `line` (ending in `\n`) the way the assignment's client does and prints the reply.
 async fn one_request(g: &Global, line: Vec<u8>) -> Result<u8, Failure> {
     let target = single_target(&g.server, &g.to, g.config.as_deref())?;
-    let mut conn = Conn::open(&target.addr, &target.label, g.timeout).await?;
+    let mut conn = Conn::to(&target, g.client_tls()?.as_ref(), g.timeout).await?;
     conn.writer.write(&line).await?;
     conn.writer.finish().await?;
     let request = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -139,7 +139,7 @@ fn message_of(raw: &[u8]) -> &[u8] {
 /// `send`: raw lines out, each reply printed in order; blank lines get none.
 pub(crate) async fn send(g: &Global, a: SendArgs) -> Result<u8, Failure> {
     let target = single_target(&g.server, &g.to, g.config.as_deref())?;
-    let conn = Conn::open(&target.addr, &target.label, g.timeout).await?;
+    let conn = Conn::to(&target, g.client_tls()?.as_ref(), g.timeout).await?;
     // The writer tells the reader, in order, which requests wait for a reply.
     let (tx, rx) = mpsc::unbounded_channel();
     let from_args = !a.lines.is_empty();
@@ -222,7 +222,7 @@ async fn send_stdin(
 }
 
 async fn print_replies(
-    mut reader: ReplyReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: ReplyReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
     mut rx: mpsc::UnboundedReceiver<(Expect, Vec<u8>)>,
     json: bool,
 ) -> Result<u8, Failure> {

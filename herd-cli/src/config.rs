@@ -22,6 +22,8 @@ pub(crate) struct Server {
     pub(crate) name: ServerName,
     /// HOST:PORT to connect to.
     pub(crate) addr: String,
+    /// HOST:PORT of its TLS client address (`tls_addr`, or `tls_listen` made dialable).
+    pub(crate) tls_addr: Option<String>,
 }
 
 /// The servers of a herd, in config order.
@@ -62,7 +64,12 @@ impl Herd {
                     "server {name}: expected \"HOST:PORT\" or an object with \"addr\""
                 ))
             })?;
-            servers.push(Server { name, addr });
+            let tls_addr = tls_dial_addr(entry);
+            servers.push(Server {
+                name,
+                addr,
+                tls_addr,
+            });
         }
         if servers.is_empty() {
             return Err(Failure::usage("the config names no server"));
@@ -95,6 +102,21 @@ fn dial_addr(entry: &Value) -> Option<String> {
             .and_then(Value::as_str)?,
         _ => return None,
     };
+    dialable(addr)
+}
+
+/// The TLS client address to dial for one server entry, if it has one.
+fn tls_dial_addr(entry: &Value) -> Option<String> {
+    let o = entry.as_object()?;
+    let addr = o
+        .get("tls_addr")
+        .or_else(|| o.get("tls_listen"))
+        .and_then(Value::as_str)?;
+    dialable(addr)
+}
+
+/// `addr` with a wildcard host replaced by loopback, if it is HOST:PORT.
+fn dialable(addr: &str) -> Option<String> {
     let (host, port) = addr.rsplit_once(':')?;
     port.parse::<u16>().ok()?;
     let host = match host {
@@ -112,6 +134,37 @@ pub(crate) struct Target {
     pub(crate) label: String,
     /// HOST:PORT to connect to.
     pub(crate) addr: String,
+    /// HOST:PORT of its TLS client address, when known (`--server` gives it directly).
+    pub(crate) tls_addr: Option<String>,
+    /// The name its TLS certificate must carry: the server's name, or the host given.
+    pub(crate) tls_name: String,
+}
+
+impl Target {
+    /// A server of the config.
+    pub(crate) fn of(s: &Server) -> Self {
+        Self {
+            label: s.name.to_string(),
+            addr: s.addr.clone(),
+            tls_addr: s.tls_addr.clone(),
+            tls_name: s.name.to_string(),
+        }
+    }
+
+    /// A server given by its address (`--server HOST:PORT`): its TLS certificate must name
+    /// HOST.
+    pub(crate) fn address(a: &str) -> Self {
+        Self {
+            label: a.to_owned(),
+            addr: a.to_owned(),
+            tls_addr: Some(a.to_owned()),
+            tls_name: a
+                .rsplit_once(':')
+                .map_or(a, |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned(),
+        }
+    }
 }
 
 /// Resolves `--server`/`--to`/`--config` into targets; the first server of the herd by default.
@@ -121,31 +174,13 @@ pub(crate) fn targets(
     config: Option<&Path>,
 ) -> Result<Vec<Target>, Failure> {
     if !servers.is_empty() {
-        return Ok(servers
-            .iter()
-            .map(|a| Target {
-                label: a.clone(),
-                addr: a.clone(),
-            })
-            .collect());
+        return Ok(servers.iter().map(|a| Target::address(a)).collect());
     }
     let herd = Herd::load(config)?;
     if names.is_empty() {
-        let first = &herd.servers[0];
-        return Ok(vec![Target {
-            label: first.name.to_string(),
-            addr: first.addr.clone(),
-        }]);
+        return Ok(vec![Target::of(&herd.servers[0])]);
     }
-    names
-        .iter()
-        .map(|n| {
-            herd.get(n).map(|s| Target {
-                label: s.name.to_string(),
-                addr: s.addr.clone(),
-            })
-        })
-        .collect()
+    names.iter().map(|n| herd.get(n).map(Target::of)).collect()
 }
 
 /// Resolves exactly one target (for the commands that talk to one server).
@@ -185,6 +220,15 @@ mod tests {
         .unwrap();
         assert_eq!(herd.get("A").unwrap().addr, "10.0.0.1:1");
         assert_eq!(herd.get("B").unwrap().addr, "127.0.0.1:2");
+        assert_eq!(herd.get("B").unwrap().tls_addr, None);
+        let tls = Herd::parse(
+            r#"{"servers": {"A": {"listen": "0.0.0.0:1", "tls_listen": "0.0.0.0:3"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            tls.get("A").unwrap().tls_addr.as_deref(),
+            Some("127.0.0.1:3")
+        );
     }
 
     #[test]

@@ -5,14 +5,55 @@
 //! followed by JSON lines up to an empty line. This module brings the lines, bounded in size
 //! and time; [`Reply`] makes a reply of them.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
+use crate::config::Target;
 use crate::error::Failure;
 use crate::reply::{Expect, Reply, Step};
+
+/// The reading side of a plain or TLS connection.
+type Read = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing side of a plain or TLS connection.
+type Write = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// TLS towards the servers' TLS client addresses, verified against the herd's CA.
+#[derive(Clone)]
+pub(crate) struct ClientTls(TlsConnector);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+impl ClientTls {
+    /// TLS 1.3 trusting only the CA certificate(s) in `ca` (PEM).
+    pub(crate) fn load(ca: &Path) -> Result<Self, Failure> {
+        let bad = |e: &dyn std::fmt::Display| Failure::usage(format!("--ca {}: {e}", ca.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&"no certificate in the file"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self(TlsConnector::from(Arc::new(config))))
+    }
+}
 
 /// Longest reply line accepted (a reply echoes a line of at most the server's limit, 64 KiB
 /// by default); a longer one is a malformed reply.
@@ -151,18 +192,24 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
 }
 
 /// A connection split into a framed reader and a writer with bounded writes.
-#[derive(Debug)]
 pub(crate) struct Conn {
     /// The reading side.
-    pub(crate) reader: ReplyReader<OwnedReadHalf>,
+    pub(crate) reader: ReplyReader<Read>,
     /// The writing side.
     pub(crate) writer: Writer,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer", &self.writer.peer)
+            .finish()
+    }
+}
+
 /// The writing side of a connection.
-#[derive(Debug)]
 pub(crate) struct Writer {
-    inner: OwnedWriteHalf,
+    inner: Write,
     timeout: Duration,
     peer: String,
 }
@@ -206,14 +253,55 @@ impl Conn {
             format!("{label} ({addr})")
         };
         let (r, w) = stream.into_split();
-        Ok(Self {
+        Ok(Self::of(Box::new(r), Box::new(w), timeout, peer))
+    }
+
+    fn of(r: Read, w: Write, timeout: Duration, peer: String) -> Self {
+        Self {
             reader: ReplyReader::new(r, timeout, peer.clone()),
             writer: Writer {
                 inner: w,
                 timeout,
                 peer,
             },
-        })
+        }
+    }
+
+    /// Connects to `target`: plainly, or with `tls` to its TLS client address, verifying that
+    /// the server's certificate names it.
+    pub(crate) async fn to(
+        target: &Target,
+        tls: Option<&ClientTls>,
+        timeout: Duration,
+    ) -> Result<Self, Failure> {
+        let Some(tls) = tls else {
+            return Self::open(&target.addr, &target.label, timeout).await;
+        };
+        let addr = target.tls_addr.as_deref().ok_or_else(|| {
+            Failure::usage(format!(
+                "{} has no TLS client address in the config (\"tls_listen\")",
+                target.label
+            ))
+        })?;
+        let name = ServerName::try_from(target.tls_name.clone()).map_err(|_| {
+            Failure::usage(format!(
+                "{:?} cannot be checked against a certificate",
+                target.tls_name
+            ))
+        })?;
+        let stream = connect(addr, timeout).await?;
+        let peer = format!("{} ({addr}, TLS)", target.label);
+        let stream = match tokio::time::timeout(timeout, tls.0.connect(name, stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Failure::net(format!("TLS with {peer}: {e}"))),
+            Err(_) => {
+                return Err(Failure::net(format!(
+                    "TLS with {peer}: no handshake within {timeout:?}"
+                )))
+            }
+        };
+        let (r, w) = tokio::io::split(stream);
+        Ok(Self::of(Box::new(r), Box::new(w), timeout, peer))
     }
 
     /// Sends one request line (given without terminator) and reads its reply.

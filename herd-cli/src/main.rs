@@ -65,6 +65,22 @@ struct Global {
     /// Bound on every network wait (connect, write, each reply), e.g. 500ms, 5s, 1m.
     #[arg(long, global = true, value_name = "DUR", default_value = "10s", value_parser = util::parse_duration)]
     timeout: Duration,
+    /// Talk TLS to the servers' TLS client address ("tls_listen"), verified with --ca.
+    #[arg(long, global = true, requires = "ca")]
+    tls: bool,
+    /// The herd's CA certificate (PEM) that --tls verifies servers against.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+}
+
+impl Global {
+    /// The TLS settings asked for, if any.
+    fn client_tls(&self) -> Result<Option<conn::ClientTls>, Failure> {
+        match (&self.ca, self.tls) {
+            (Some(ca), true) => conn::ClientTls::load(ca).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,17 +61,11 @@ pub(crate) struct ProbeArgs {
     prefix: String,
 }
 
-fn resolve(name: &str, herd: &Herd) -> Target {
-    match herd.get(name) {
-        Ok(s) => Target {
-            label: s.name.to_string(),
-            addr: s.addr.clone(),
-        },
-        Err(_) => Target {
-            label: name.to_string(),
-            addr: name.to_string(),
-        },
+fn resolve(name: &str, herd: &Herd) -> Result<Target, Failure> {
+    if name.contains(':') {
+        return Ok(Target::address(name));
     }
+    herd.get(name).map(Target::of)
 }
 
 /// Timings of one round.
@@ -176,10 +170,11 @@ pub(crate) async fn run(g: &Global, a: ProbeArgs) -> Result<u8, Failure> {
     let location = Location::parse(a.location.as_bytes())
         .map_err(|_| Failure::usage(format!("bad --location {:?}", a.location)))?;
     let herd = Herd::load(g.config.as_deref())?;
-    let (ta, tb) = (resolve(&a.from, &herd), resolve(&a.to, &herd));
+    let (ta, tb) = (resolve(&a.from, &herd)?, resolve(&a.to, &herd)?);
+    let tls = g.client_tls()?;
     let mut probe = Probe {
-        a: Conn::open(&ta.addr, &ta.label, g.timeout).await?,
-        b: Conn::open(&tb.addr, &tb.label, g.timeout).await?,
+        a: Conn::to(&ta, tls.as_ref(), g.timeout).await?,
+        b: Conn::to(&tb, tls.as_ref(), g.timeout).await?,
         a_label: ta.label.clone(),
         b_label: tb.label.clone(),
         location: location.as_bytes().to_vec(),

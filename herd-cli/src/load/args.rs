@@ -150,7 +150,7 @@ pub(super) async fn resolve(g: &Global, a: &LoadArgs) -> Result<Vec<Target>, Fai
         let addr = crate::echo::spawn("127.0.0.1:0", name).await?;
         return Ok(vec![Target {
             label: format!("echo-server {addr}"),
-            addr: addr.to_string(),
+            ..Target::address(&addr.to_string())
         }]);
     }
     if a.all {
@@ -160,14 +160,7 @@ pub(super) async fn resolve(g: &Global, a: &LoadArgs) -> Result<Vec<Target>, Fai
             ));
         }
         let herd = Herd::load(g.config.as_deref())?;
-        return Ok(herd
-            .servers
-            .iter()
-            .map(|s| Target {
-                label: s.name.to_string(),
-                addr: s.addr.clone(),
-            })
-            .collect());
+        return Ok(herd.servers.iter().map(Target::of).collect());
     }
     crate::config::targets(&g.server, &g.to, g.config.as_deref())
 }

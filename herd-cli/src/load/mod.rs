@@ -72,6 +72,11 @@ async fn warm_up(targets: &[Target], plan: &Plan, timeout: Duration) -> Result<(
 
 /// `load`: runs the benchmark and prints the summary.
 pub(crate) async fn run(g: &Global, a: LoadArgs) -> Result<u8, Failure> {
+    if g.tls {
+        return Err(Failure::usage(
+            "load speaks plain TCP only (--tls is for iamat, whatsat, send and probe)",
+        ));
+    }
     let plan = Arc::new(plan(&a)?);
     let targets = resolve(g, &a).await?;
     if plan.whatsat_per_million > 0 && !a.no_warmup {
