@@ -11,6 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
+use super::seal::SessionKeys;
 use super::{expect, name, parse_u64, push_u64, split_n, PeerParseError, HANDSHAKE_TAG};
 use crate::types::ServerName;
 
@@ -202,6 +203,31 @@ fn proof(
     mac.finalize().into_bytes().into()
 }
 
+/// The keys of a sealed session ([`super::seal`]): one per direction, from the secret, both
+/// names and both nonces, as seen by the dialler (`dialling`) or the acceptor.
+fn session_keys(
+    secret: &[u8],
+    dialler: &ServerName,
+    acceptor: &ServerName,
+    nd: u128,
+    na: u128,
+    dialling: bool,
+) -> SessionKeys {
+    let d2a = proof(secret, b"herd/1 seal dial", dialler, acceptor, nd, na);
+    let a2d = proof(secret, b"herd/1 seal accept", dialler, acceptor, nd, na);
+    if dialling {
+        SessionKeys {
+            send: d2a,
+            recv: a2d,
+        }
+    } else {
+        SessionKeys {
+            send: a2d,
+            recv: d2a,
+        }
+    }
+}
+
 fn check(
     secret: Option<&[u8]>,
     got: &Option<Proof>,
@@ -301,6 +327,17 @@ impl Dialler {
             secret.map(|s| proof(s, b"herd/1 dial", &self.me, &self.peer, self.nonce, *nonce));
         Ok((*epoch, Handshake::Auth { proof: mine }))
     }
+
+    /// The keys sealing the session that `reply` (the acceptor's hello, accepted by
+    /// [`Dialler::on_reply`]) opens; `None` without a secret.
+    pub fn session_keys(&self, reply: &Handshake) -> Option<SessionKeys> {
+        let (Handshake::Hello { nonce, .. }, Some(secret)) = (reply, self.secret.as_deref()) else {
+            return None;
+        };
+        Some(session_keys(
+            secret, &self.me, &self.peer, self.nonce, *nonce, true,
+        ))
+    }
 }
 
 /// The accepting side of a handshake.
@@ -378,6 +415,16 @@ impl Acceptor {
             proof(s, b"herd/1 dial", dialler, &self.me, *nd, self.nonce)
         })
     }
+
+    /// The keys sealing the session (after [`Acceptor::on_hello`]); `None` without a secret.
+    pub fn session_keys(&self) -> Option<SessionKeys> {
+        let (Some(secret), Some((dialler, nd))) = (self.secret.as_deref(), &self.dialler) else {
+            return None;
+        };
+        Some(session_keys(
+            secret, dialler, &self.me, *nd, self.nonce, false,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +453,26 @@ mod tests {
     fn handshake_succeeds_with_matching_secrets_or_none() {
         assert_eq!(run(None, None), Ok(()));
         assert_eq!(run(Some("s3cret"), Some("s3cret")), Ok(()));
+    }
+
+    #[test]
+    fn both_sides_derive_mirrored_session_keys_that_differ_per_session() {
+        let secret: Option<Arc<[u8]>> = Some(Arc::from(&b"s3cret"[..]));
+        let keys = |nd: u128, na: u128| {
+            let d = Dialler::new(n("A"), n("B"), 1, nd, secret.clone());
+            let mut a = Acceptor::new(n("B"), 2, na, secret.clone());
+            let (_, _, reply) = a.on_hello(&d.hello(), &[n("A")]).unwrap();
+            d.on_reply(&reply).unwrap();
+            (d.session_keys(&reply).unwrap(), a.session_keys().unwrap())
+        };
+        let (dk, ak) = keys(5, 9);
+        assert_eq!(dk.send, ak.recv);
+        assert_eq!(dk.recv, ak.send);
+        assert_ne!(dk.send, dk.recv, "each direction has its own key");
+        let (other, _) = keys(5, 10);
+        assert_ne!(other, dk, "a new nonce makes new keys");
+        let plain = Dialler::new(n("A"), n("B"), 1, 5, None);
+        assert_eq!(plain.session_keys(&plain.hello()), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub mod handshake;
+pub mod seal;
 
 pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, Proof};
 
