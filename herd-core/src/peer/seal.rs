@@ -172,7 +172,7 @@ impl Opener {
         loop {
             let Some(end) = raw
                 .get(self.scanned..)
-                .and_then(|tail| memchr_nl(tail))
+                .and_then(memchr_nl)
                 .map(|i| self.scanned + i)
             else {
                 if raw.len() > self.max_batch.saturating_add(67) {
