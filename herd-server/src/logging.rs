@@ -647,8 +647,10 @@ mod tests {
         // Ten 100-byte lines fit in 1024 pending bytes; the other 9990 are dropped.
         assert_eq!(file.dropped.load(Ordering::Relaxed), 9990);
         assert!(dropped_lines() >= before + 9990);
+        // They all returned while the writer is still stuck: no logger waited for it. The
+        // bounds only catch a gross stall (loose: the test machine may be busy).
         assert!(
-            took < Duration::from_secs(2) && slowest < Duration::from_millis(100),
+            took < Duration::from_secs(5) && slowest < Duration::from_millis(500),
             "loggers waited: {took:?} in all, {slowest:?} at most"
         );
         *open.0.lock().unwrap() = true;

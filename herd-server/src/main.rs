@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use herd_server::{config::HerdConfig, logging, places, Herd};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::info;
 
 /// Exit status for an invalid command line or config.
@@ -98,9 +98,9 @@ fn on_sighup(_herd: &Herd) {
     logging::reopen();
 }
 
-async fn serve(herd: Herd) -> anyhow::Result<bool> {
+/// `hup` is SIGHUP, listened to from before the start (so it never kills the process).
+async fn serve(herd: Herd, mut hup: Signal) -> anyhow::Result<bool> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -133,6 +133,9 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     .map_err(config_err)?;
     let backend = pc.kind.name();
     let places = places::build(pc).map_err(config_err)?;
+    let hup = signal(SignalKind::hangup())
+        .context("cannot listen for SIGHUP")
+        .map_err(|e| Failure(EXIT_START, e))?;
     let rotation = logging::Rotation {
         max_bytes: cli.log_max_bytes,
         keep: cli.log_keep,
@@ -159,7 +162,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
             dir.display()
         );
     }
-    let in_time = serve(herd).await.map_err(|e| Failure(EXIT_START, e))?;
+    let in_time = serve(herd, hup).await.map_err(|e| Failure(EXIT_START, e))?;
     eprintln!(
         "herd-server: stopped{}",
         if in_time {
