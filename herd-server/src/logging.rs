@@ -4,14 +4,23 @@
 //! writer sends each event to the tagged server's file, and events from outside any server
 //! (start-up, shutdown of the process) to every file. Files are written by background
 //! threads (one per file: loggers append whole lines to a shared buffer, the thread writes
-//! each accumulated batch with one system call, never dropping lines) so logging every message
-//! does not stall the servers; dropping [`LogGuards`] flushes them. `RUST_LOG` is honoured
-//! (default `info`); warnings and errors also go to stderr.
+//! each accumulated batch with one system call) so logging every message does not stall the
+//! servers; dropping [`LogGuards`] flushes them. `RUST_LOG` is honoured (default `info`);
+//! warnings and errors also go to stderr.
+//!
+//! A logger never waits for the disk: when a file's writer is [`MAX_PENDING`] bytes behind,
+//! new lines for that file are dropped and counted ([`dropped_lines`]); at most once a second
+//! the writer says how many in the file and on stderr. Lines that are written keep their
+//! order. A file that would grow past [`Rotation::max_bytes`] is rotated
+//! (`NAME.log` → `NAME.log.1` → … → `NAME.log.KEEP`, always between two lines), and
+//! [`reopen`] (SIGHUP) makes every writer reopen `DIR/NAME.log`, for external log rotation.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use herd_core::ServerName;
 use herd_net::MessageLog;
@@ -21,16 +30,22 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Bytes a log file may have waiting for its writer thread before loggers wait for the disk
-/// (lines are never dropped).
-const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// Bytes a log file may have waiting for its writer thread; a line that does not fit is
+/// dropped (and counted) rather than making its logger wait.
+pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+/// The default size past which a log file is rotated (`--log-max-bytes`): 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// The default number of rotated files kept (`--log-keep`).
+pub const DEFAULT_KEEP: usize = 5;
+/// The shortest time between two notices of dropped lines in one file.
+const NOTICE_EVERY: Duration = Duration::from_secs(1);
 /// How long the writer lets lines gather after a small write (a line reaches its file within
 /// about this long). Under a moderate load it keeps the writer threads' wake-ups, which
 /// compete with the servers' threads for the cores, to about a hundred per second per file.
-const GATHER_QUIET: std::time::Duration = std::time::Duration::from_millis(10);
+const GATHER_QUIET: Duration = Duration::from_millis(10);
 /// How long the writer lets lines gather after a large write: under heavy logging the
 /// batches stay small enough to be cheap to fill and the pending buffer stays small.
-const GATHER_BUSY: std::time::Duration = std::time::Duration::from_millis(1);
+const GATHER_BUSY: Duration = Duration::from_millis(1);
 /// A write of at least this many bytes is large (the next gather is [`GATHER_BUSY`]).
 const BUSY_BATCH: usize = 64 * 1024;
 /// A writer batch buffer grown past this is given back after its write.
@@ -38,11 +53,193 @@ const KEEP_CAPACITY: usize = 1024 * 1024;
 
 /// The bulk message logs of the servers, by log index, once [`init`] ran.
 static MESSAGE_LOGS: OnceLock<Vec<Arc<dyn MessageLog>>> = OnceLock::new();
+/// The files of the servers, by log index, once [`init`] ran (for [`reopen`] and the counts).
+static FILES: OnceLock<Vec<Arc<LogFile>>> = OnceLock::new();
+/// Lines dropped in every file of the process since it started.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The bulk message log of server `index`, if file logging is installed and client messages
 /// are enabled at `info` by `RUST_LOG`.
 pub fn message_log(index: usize) -> Option<Arc<dyn MessageLog>> {
     MESSAGE_LOGS.get()?.get(index).cloned()
+}
+
+/// Log lines dropped so far in all files of this process because a writer fell behind
+/// (never decreases; 0 before [`init`]).
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Log lines dropped so far in the file of server `index` (its log index); `None` before
+/// [`init`] or for an index without a file.
+pub fn dropped_lines_in(index: usize) -> Option<u64> {
+    FILES
+        .get()?
+        .get(index)
+        .map(|f| f.dropped.load(Ordering::Relaxed))
+}
+
+/// Asks every writer to reopen its `DIR/NAME.log` (creating it if it was moved away) once
+/// the lines already logged are written to the old file; returns at once. Called on SIGHUP.
+/// Each writer then logs `log file reopened` in the new file. Does nothing before [`init`].
+pub fn reopen() {
+    for f in FILES.get().into_iter().flatten() {
+        f.request_reopen();
+    }
+}
+
+/// When log files are rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// A file that would grow past this many bytes is rotated first (0: never). A single line
+    /// longer than this is written alone into a fresh file.
+    pub max_bytes: u64,
+    /// Rotated files kept (`NAME.log.1` newest … `NAME.log.KEEP` oldest); 0 keeps none.
+    pub keep: usize,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        }
+    }
+}
+
+/// The number of lines in `bytes` (whole lines; at least 1 when not empty).
+fn lines_in(bytes: &[u8]) -> u64 {
+    (bytes.iter().filter(|&&b| b == b'\n').count() as u64).max(1)
+}
+
+/// Where a writer thread puts its batches.
+trait Sink {
+    /// Writes whole lines.
+    fn write_lines(&mut self, lines: &[u8]) -> io::Result<()>;
+    /// Reopens the destination (after it was moved away).
+    fn reopen(&mut self) -> io::Result<()>;
+}
+
+/// A log file on disk, rotated by size.
+#[derive(Debug)]
+struct FileSink {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Bytes in the file now.
+    len: u64,
+    rotation: Rotation,
+    /// A rotation failed and was reported; reset by the next one that works.
+    rotate_failed: bool,
+}
+
+fn open_append(path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+/// `path` with `.n` appended (`NAME.log.3`).
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl FileSink {
+    fn open(path: PathBuf, rotation: Rotation) -> io::Result<Self> {
+        let (file, len) = open_append(&path)?;
+        Ok(Self {
+            path,
+            file,
+            len,
+            rotation,
+            rotate_failed: false,
+        })
+    }
+
+    /// Moves `NAME.log` to `NAME.log.1` (shifting the older ones, the oldest overwritten)
+    /// and starts a new `NAME.log`.
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.rotation.keep;
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..keep).rev() {
+                match std::fs::rename(numbered(&self.path, n), numbered(&self.path, n + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+        }
+        let (file, len) = open_append(&self.path)?;
+        self.file = file;
+        self.len = len;
+        Ok(())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    fn write_lines(&mut self, mut lines: &[u8]) -> io::Result<()> {
+        let max = self.rotation.max_bytes;
+        while !lines.is_empty() {
+            let room = if max == 0 {
+                u64::MAX
+            } else {
+                max.saturating_sub(self.len)
+            };
+            if lines.len() as u64 <= room {
+                return self.append(lines);
+            }
+            // The whole lines that fit, or one line alone in an empty file.
+            let fit = &lines[..usize::try_from(room).unwrap_or(usize::MAX)];
+            let cut = match fit.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if self.len == 0 => lines
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(lines.len(), |i| i + 1),
+                None => 0,
+            };
+            let (now, rest) = lines.split_at(cut);
+            if !now.is_empty() {
+                self.append(now)?;
+            }
+            lines = rest;
+            if !lines.is_empty() {
+                match self.rotate() {
+                    Ok(()) => self.rotate_failed = false,
+                    Err(e) => {
+                        if !std::mem::replace(&mut self.rotate_failed, true) {
+                            eprintln!(
+                                "herd-server: cannot rotate the log file {}: {e}",
+                                self.path.display()
+                            );
+                        }
+                        // Keep writing where we are; try again after another max_bytes.
+                        self.len = 0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        let (file, len) = open_append(&self.path)?;
+        self.file = file;
+        self.len = len;
+        Ok(())
+    }
 }
 
 /// What loggers and the writer thread of one file share.
@@ -52,38 +249,47 @@ struct Pending {
     buf: Vec<u8>,
     /// The writer sleeps until woken (so a logger only signals when it has to).
     writer_asleep: bool,
-    /// Loggers waiting for room.
-    full_waiters: usize,
+    /// Lines dropped since the last notice.
+    unreported: u64,
+    /// [`reopen`] was asked for.
+    reopen: bool,
     /// No more writes: the writer drains what is left and stops.
     closed: bool,
 }
 
 /// One log file: loggers append whole lines to a shared buffer under a short lock; a
 /// background thread swaps the buffer out and writes it with one system call.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LogFile {
+    /// The file's name in notices (`Welsh.log`).
+    label: String,
+    /// Bytes that may wait for the writer; more are dropped.
+    max_pending: usize,
     pending: Mutex<Pending>,
     /// Wakes the writer.
     work: Condvar,
-    /// Wakes loggers waiting for room.
-    room: Condvar,
+    /// Lines dropped in this file so far.
+    dropped: AtomicU64,
 }
 
 impl LogFile {
+    fn new(label: String, max_pending: usize) -> Self {
+        Self {
+            label,
+            max_pending,
+            pending: Mutex::default(),
+            work: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // Appending bytes cannot leave the buffer inconsistent, even after a panic.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `bytes` (whole lines); waits for room when the writer is far behind.
-    fn append(&self, bytes: &[u8]) {
-        let mut p = self.lock();
-        while p.buf.len() >= MAX_PENDING && !p.closed {
-            p.full_waiters += 1;
-            p = self.room.wait(p).unwrap_or_else(|e| e.into_inner());
-            p.full_waiters -= 1;
-        }
-        p.buf.extend_from_slice(bytes);
+    /// Wakes the writer if it sleeps (`p` is released first).
+    fn wake(&self, mut p: MutexGuard<'_, Pending>) {
         if p.writer_asleep {
             p.writer_asleep = false;
             drop(p);
@@ -91,49 +297,147 @@ impl LogFile {
         }
     }
 
+    /// Appends `bytes` (whole lines), or drops them when the writer is too far behind to
+    /// take them: never waits for the disk.
+    fn append(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut p = self.lock();
+        if p.buf.is_empty() || p.buf.len() + bytes.len() <= self.max_pending {
+            p.buf.extend_from_slice(bytes);
+            self.wake(p);
+            return;
+        }
+        drop(p);
+        // Counted outside the lock; the writer is awake (it has a full buffer to write).
+        let n = lines_in(bytes);
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        DROPPED.fetch_add(n, Ordering::Relaxed);
+        p = self.lock();
+        p.unreported += n;
+        self.wake(p);
+    }
+
+    fn request_reopen(&self) {
+        let mut p = self.lock();
+        p.reopen = true;
+        self.wake(p);
+    }
+
+    /// One line of the file in the layout of the other lines.
+    fn event_line(level: &str, text: &str) -> Vec<u8> {
+        let mut line = Vec::with_capacity(64 + text.len());
+        herd_net::msglog::push_timestamp(&mut line, herd_net::clock::now());
+        line.extend_from_slice(format!(" {level:>5} {text}\n").as_bytes());
+        line
+    }
+
+    /// Writes the notice of `n` dropped lines to the file and stderr.
+    fn notice(&self, sink: &mut impl Sink, n: u64) {
+        let line = Self::event_line(
+            "WARN",
+            &format!(
+                "log lines dropped (the log writer fell behind) file={} dropped={n} total_dropped={}",
+                self.label,
+                self.dropped.load(Ordering::Relaxed)
+            ),
+        );
+        // A failed write was reported by the writer already.
+        let _ = sink.write_lines(&line);
+        let _ = io::stderr().write_all(&line);
+    }
+
     /// The writer thread's loop: returns once closed and drained.
-    fn write_out(&self, mut file: std::fs::File) {
+    fn write_out(&self, sink: &mut impl Sink) {
         let mut batch = Vec::new();
         let mut failed = false;
+        // When the last notice of dropped lines was written.
+        let mut noticed: Option<Instant> = None;
         loop {
-            {
+            let (reopen, dropped, closed) = {
                 let mut p = self.lock();
-                while p.buf.is_empty() {
-                    if p.closed {
-                        return;
+                let mut notice_due;
+                loop {
+                    let wait = noticed
+                        .map_or(Duration::ZERO, |t| NOTICE_EVERY.saturating_sub(t.elapsed()));
+                    notice_due = p.unreported > 0 && wait.is_zero();
+                    if !p.buf.is_empty() || p.reopen || p.closed || notice_due {
+                        break;
                     }
                     p.writer_asleep = true;
-                    p = self.work.wait(p).unwrap_or_else(|e| e.into_inner());
+                    p = if p.unreported > 0 {
+                        self.work
+                            .wait_timeout(p, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    } else {
+                        self.work.wait(p).unwrap_or_else(|e| e.into_inner())
+                    };
+                    p.writer_asleep = false;
                 }
                 std::mem::swap(&mut p.buf, &mut batch);
-                if p.full_waiters > 0 {
-                    self.room.notify_all();
+                let dropped = if notice_due || p.closed {
+                    std::mem::take(&mut p.unreported)
+                } else {
+                    0
+                };
+                (
+                    std::mem::take(&mut p.reopen),
+                    dropped,
+                    p.closed && p.buf.is_empty(),
+                )
+            };
+            if !batch.is_empty() {
+                if let Err(e) = sink.write_lines(&batch) {
+                    if !std::mem::replace(&mut failed, true) {
+                        eprintln!("herd-server: cannot write the log file {}: {e}", self.label);
+                    }
                 }
             }
-            if let Err(e) = file.write_all(&batch) {
-                if !std::mem::replace(&mut failed, true) {
-                    eprintln!("herd-server: cannot write a log file: {e}");
+            if dropped > 0 {
+                self.notice(sink, dropped);
+                noticed = Some(Instant::now());
+            }
+            if reopen {
+                match sink.reopen() {
+                    Ok(()) => {
+                        failed = false;
+                        let _ = sink.write_lines(&Self::event_line("INFO", "log file reopened"));
+                    }
+                    Err(e) => eprintln!(
+                        "herd-server: cannot reopen the log file {}: {e}",
+                        self.label
+                    ),
                 }
+            }
+            if closed {
+                return;
             }
             let gather = if batch.len() >= BUSY_BATCH {
                 GATHER_BUSY
             } else {
                 GATHER_QUIET
             };
+            let wrote = !batch.is_empty();
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
             }
             // Let lines gather for a moment: loggers do not wake a writer that is not asleep,
             // so under load the file gets a few large writes instead of one per batch.
-            std::thread::sleep(gather);
+            if wrote {
+                std::thread::sleep(gather);
+            }
         }
     }
 
     fn close(&self) {
-        self.lock().closed = true;
+        let mut p = self.lock();
+        p.closed = true;
+        p.writer_asleep = false;
+        drop(p);
         self.work.notify_one();
-        self.room.notify_all();
     }
 }
 
@@ -224,29 +528,27 @@ impl<'a> MakeWriter<'a> for Router {
     }
 }
 
-/// Opens `dir/NAME.log` for each server (in `names` order = log index) and installs the
-/// global subscriber.
+/// Opens `dir/NAME.log` for each server (in `names` order = log index), rotated as
+/// `rotation` says, and installs the global subscriber.
 ///
 /// # Errors
 /// When the directory cannot be created or a file cannot be opened.
-pub fn init(dir: &Path, names: &[ServerName]) -> anyhow::Result<LogGuards> {
+pub fn init(dir: &Path, names: &[ServerName], rotation: Rotation) -> anyhow::Result<LogGuards> {
     use anyhow::Context as _;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create log directory {}", dir.display()))?;
     let mut files = Vec::with_capacity(names.len());
     let mut guards = Vec::with_capacity(names.len());
     for name in names {
-        let path = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let label = format!("{name}.log");
+        let path = dir.join(&label);
+        let mut sink = FileSink::open(path.clone(), rotation)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
-        let log = Arc::new(LogFile::default());
+        let log = Arc::new(LogFile::new(label, MAX_PENDING));
         let writer_log = log.clone();
         let thread = std::thread::Builder::new()
             .name("herd-log".into())
-            .spawn(move || writer_log.write_out(file))
+            .spawn(move || writer_log.write_out(&mut sink))
             .with_context(|| format!("cannot start the writer of {}", path.display()))?;
         let writer = FileWriter(log.clone());
         let guard = (log, Some(thread));
@@ -259,6 +561,7 @@ pub fn init(dir: &Path, names: &[ServerName]) -> anyhow::Result<LogGuards> {
         .collect();
     // Only the first installation counts (one per process).
     let _ = MESSAGE_LOGS.set(logs);
+    let _ = FILES.set(files.iter().map(|w| w.0.clone()).collect());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
@@ -275,4 +578,279 @@ pub fn init(dir: &Path, names: &[ServerName]) -> anyhow::Result<LogGuards> {
         .try_init()
         .context("cannot install the log subscriber")?;
     Ok(LogGuards(guards))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A sink whose writes wait until the test opens its gate; tells the test when a write
+    /// began.
+    struct Stalled {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        began: mpsc::Sender<()>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Sink for Stalled {
+        fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
+            let _ = self.began.send(());
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.out.lock().unwrap().extend_from_slice(lines);
+            Ok(())
+        }
+
+        fn reopen(&mut self) -> io::Result<()> {
+            self.out
+                .lock()
+                .unwrap()
+                .extend_from_slice(b"--reopened--\n");
+            Ok(())
+        }
+    }
+
+    fn line(i: usize) -> Vec<u8> {
+        // 100 bytes with the newline.
+        format!("line {i:094}\n").into_bytes()
+    }
+
+    #[test]
+    fn a_stalled_writer_never_blocks_loggers_drops_are_counted_and_noticed() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (began, write_began) = mpsc::channel();
+        let file = Arc::new(LogFile::new("T.log".into(), 1024));
+        let mut sink = Stalled {
+            open: open.clone(),
+            began,
+            out: out.clone(),
+        };
+        let writer_file = file.clone();
+        let writer = std::thread::spawn(move || writer_file.write_out(&mut sink));
+        file.append(b"first\n");
+        // The writer took "first" and is stuck writing it.
+        write_began.recv_timeout(Duration::from_secs(5)).unwrap();
+        let before = dropped_lines();
+        let start = Instant::now();
+        let mut slowest = Duration::ZERO;
+        for i in 0..10_000 {
+            let t = Instant::now();
+            file.append(&line(i));
+            slowest = slowest.max(t.elapsed());
+        }
+        let took = start.elapsed();
+        // Ten 100-byte lines fit in 1024 pending bytes; the other 9990 are dropped.
+        assert_eq!(file.dropped.load(Ordering::Relaxed), 9990);
+        assert!(dropped_lines() >= before + 9990);
+        // They all returned while the writer is still stuck: no logger waited for it. The
+        // bounds only catch a gross stall (loose: the test machine may be busy).
+        assert!(
+            took < Duration::from_secs(5) && slowest < Duration::from_millis(500),
+            "loggers waited: {took:?} in all, {slowest:?} at most"
+        );
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        // The notice comes without any further line and without closing.
+        let noticed = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            String::from_utf8_lossy(&out.lock().unwrap()).contains("dropped=9990")
+        });
+        assert!(noticed, "no notice of the dropped lines");
+        // Room again: lines are taken again.
+        file.append(b"after\n");
+        file.close();
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "first");
+        for (i, l) in lines[1..11].iter().enumerate() {
+            assert_eq!(format!("{l}\n").as_bytes(), line(i), "in order");
+        }
+        assert!(
+            lines[11].contains(" WARN log lines dropped")
+                && lines[11].contains("file=T.log dropped=9990 total_dropped=9990"),
+            "{}",
+            lines[11]
+        );
+        assert_eq!(lines[12..], ["after"]);
+    }
+
+    #[test]
+    fn notices_come_at_most_once_a_second_and_at_close() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new((Mutex::new(true), Condvar::new()));
+        let (began, _write_began) = mpsc::channel();
+        // Nothing fits next to a pending line: every line but the first of a batch is dropped.
+        let file = Arc::new(LogFile::new("N.log".into(), 1));
+        let mut sink = Stalled {
+            open,
+            began,
+            out: out.clone(),
+        };
+        let writer_file = file.clone();
+        let writer = std::thread::spawn(move || writer_file.write_out(&mut sink));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            file.append(b"x\n");
+        }
+        file.close();
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let notices: Vec<&str> = text.lines().filter(|l| l.contains("dropped=")).collect();
+        // One at once, one a second later, the rest at close.
+        assert!((2..=3).contains(&notices.len()), "{notices:?}");
+        let sum: u64 = notices
+            .iter()
+            .map(|l| {
+                let n = l.split("dropped=").nth(1).unwrap();
+                n.split(' ').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(sum, file.dropped.load(Ordering::Relaxed));
+        let written = text.lines().filter(|l| *l == "x").count() as u64;
+        assert!(written > 0 && sum > 0);
+    }
+
+    #[test]
+    fn reopen_comes_after_the_lines_logged_before_it() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let (began, write_began) = mpsc::channel();
+        let file = Arc::new(LogFile::new("R.log".into(), MAX_PENDING));
+        let mut sink = Stalled {
+            open: open.clone(),
+            began,
+            out: out.clone(),
+        };
+        let writer_file = file.clone();
+        let writer = std::thread::spawn(move || writer_file.write_out(&mut sink));
+        file.append(b"one\n");
+        write_began.recv_timeout(Duration::from_secs(5)).unwrap();
+        file.append(b"two\n");
+        file.request_reopen();
+        file.append(b"three\n");
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        std::thread::sleep(Duration::from_millis(50));
+        file.append(b"four\n");
+        file.close();
+        writer.join().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..4],
+            ["one", "two", "three", "--reopened--"],
+            "{text}"
+        );
+        assert!(lines[4].ends_with("  INFO log file reopened"), "{text}");
+        assert_eq!(lines[5..], ["four"]);
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn files_rotate_between_lines_and_keep_at_most_keep_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("S.log");
+        let rotation = Rotation {
+            max_bytes: 100,
+            keep: 2,
+        };
+        let mut sink = FileSink::open(path.clone(), rotation).unwrap();
+        let mut all = String::new();
+        // Batches of a few lines of varying length (7 to 33 bytes).
+        for b in 0..60 {
+            let mut batch = String::new();
+            for i in 0..(b % 4 + 1) {
+                let l = format!("{b}-{i}-{}\n", "y".repeat((b * 7 + i) % 27));
+                batch.push_str(&l);
+            }
+            sink.write_lines(batch.as_bytes()).unwrap();
+            all.push_str(&batch);
+        }
+        assert!(!numbered(&path, 3).exists(), "at most 2 old files");
+        let files = [numbered(&path, 2), numbered(&path, 1), path.clone()];
+        let texts: Vec<String> = files.iter().map(|p| read(p)).collect();
+        for (p, t) in files.iter().zip(&texts) {
+            assert!(!t.is_empty(), "{} exists", p.display());
+            assert!(t.len() <= 100, "{}: {} bytes", p.display(), t.len());
+            assert!(t.ends_with('\n'), "{} ends with a whole line", p.display());
+        }
+        // Oldest to newest, they are the end of what was written, every line whole.
+        let kept = texts.concat();
+        assert!(all.ends_with(&kept));
+        assert!(all[..all.len() - kept.len()].ends_with('\n'));
+        // The two old files were full: adding their next line would have passed 100 bytes.
+        let first_line_len = |t: &str| t.lines().next().unwrap().len() + 1;
+        assert!(texts[0].len() + first_line_len(&texts[1]) > 100);
+        assert!(texts[1].len() + first_line_len(&texts[2]) > 100);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_alone_in_its_file_and_keep_zero_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("L.log");
+        let mut sink = FileSink::open(
+            path.clone(),
+            Rotation {
+                max_bytes: 10,
+                keep: 0,
+            },
+        )
+        .unwrap();
+        sink.write_lines(b"abc\n").unwrap();
+        sink.write_lines(b"a line of more than ten bytes\nxy\n")
+            .unwrap();
+        assert_eq!(read(&path), "xy\n");
+        assert!(!numbered(&path, 1).exists());
+        let mut sink = FileSink::open(
+            path.clone(),
+            Rotation {
+                max_bytes: 10,
+                keep: 3,
+            },
+        )
+        .unwrap();
+        sink.write_lines(b"a line of more than ten bytes\n")
+            .unwrap();
+        assert_eq!(read(&numbered(&path, 1)), "xy\n");
+        assert_eq!(read(&path), "a line of more than ten bytes\n");
+        sink.write_lines(b"z\n").unwrap();
+        assert_eq!(read(&numbered(&path, 2)), "xy\n");
+        assert_eq!(read(&numbered(&path, 1)), "a line of more than ten bytes\n");
+        assert_eq!(read(&path), "z\n");
+    }
+
+    #[test]
+    fn a_file_moved_away_is_created_again_on_reopen_and_the_size_counts_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("M.log");
+        std::fs::write(&path, "0123456789\n").unwrap();
+        let mut sink = FileSink::open(
+            path.clone(),
+            Rotation {
+                max_bytes: 20,
+                keep: 1,
+            },
+        )
+        .unwrap();
+        // 11 bytes were there already: 11 more do not fit.
+        sink.write_lines(b"abcdefghij\n").unwrap();
+        assert_eq!(read(&path), "abcdefghij\n");
+        assert_eq!(read(&numbered(&path, 1)), "0123456789\n");
+        let moved = dir.path().join("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        sink.write_lines(b"old\n").unwrap();
+        sink.reopen().unwrap();
+        sink.write_lines(b"new\n").unwrap();
+        assert_eq!(read(&moved), "abcdefghij\nold\n");
+        assert_eq!(read(&path), "new\n");
+    }
 }

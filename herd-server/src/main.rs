@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use herd_server::{config::HerdConfig, logging, places, Herd};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::info;
 
 /// Exit status for an invalid command line or config.
@@ -46,6 +46,33 @@ struct Cli {
     /// (overrides the config's "data_dir"; default: none, the store lives in memory only).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Rotate DIR/NAME.log before it would grow past this size: it becomes NAME.log.1 (the
+    /// older ones shift up) and a new NAME.log is started. Bytes, or with a K, M or G suffix
+    /// (powers of 1024); 0 never rotates.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
+    log_max_bytes: u64,
+    /// Rotated log files kept per server (NAME.log.1 … NAME.log.K; the oldest is deleted).
+    #[arg(long, value_name = "K", default_value_t = logging::DEFAULT_KEEP)]
+    log_keep: usize,
+}
+
+/// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1048576, 64K, 256M, 1G)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M or G)")),
+    };
+    num.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 struct Failure(u8, anyhow::Error);
@@ -64,7 +91,15 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(herd: Herd) -> anyhow::Result<bool> {
+/// What SIGHUP does: reopens every log file (for logrotate and the like; the lines logged
+/// before it go to the old file). The place to reload the config too, later.
+fn on_sighup(_herd: &Herd) {
+    info!("SIGHUP received; reopening the log files");
+    logging::reopen();
+}
+
+/// `hup` is SIGHUP, listened to from before the start (so it never kills the process).
+async fn serve(herd: Herd, mut hup: Signal) -> anyhow::Result<bool> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -72,6 +107,7 @@ async fn serve(herd: Herd) -> anyhow::Result<bool> {
         tokio::select! {
             r = &mut stop => { r?; break; }
             _ = usr1.recv() => herd.log_stats(),
+            _ = hup.recv() => on_sighup(&herd),
         }
     }
     Ok(herd.shutdown().await)
@@ -97,7 +133,15 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     .map_err(config_err)?;
     let backend = pc.kind.name();
     let places = places::build(pc).map_err(config_err)?;
-    let _guards = logging::init(&cli.log_dir, &names).map_err(|e| Failure(EXIT_START, e))?;
+    let hup = signal(SignalKind::hangup())
+        .context("cannot listen for SIGHUP")
+        .map_err(|e| Failure(EXIT_START, e))?;
+    let rotation = logging::Rotation {
+        max_bytes: cli.log_max_bytes,
+        keep: cli.log_keep,
+    };
+    let _guards =
+        logging::init(&cli.log_dir, &names, rotation).map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
@@ -118,7 +162,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
             dir.display()
         );
     }
-    let in_time = serve(herd).await.map_err(|e| Failure(EXIT_START, e))?;
+    let in_time = serve(herd, hup).await.map_err(|e| Failure(EXIT_START, e))?;
     eprintln!(
         "herd-server: stopped{}",
         if in_time {
@@ -148,5 +192,24 @@ fn main() -> ExitCode {
             eprintln!("herd-server: {e:#}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
     }
 }
