@@ -32,6 +32,7 @@ use crate::journal::Journal;
 use crate::limits::Limits;
 use crate::links::{Installed, LinkTable, Session};
 use crate::queue::PeerQueue;
+use crate::ratelog::Refusals;
 use crate::scope::Scoped;
 use crate::spec::ServerSpec;
 use crate::stats::ServerStats;
@@ -53,6 +54,8 @@ pub(crate) struct Driver {
     journal: Option<Arc<Journal>>,
     /// Wakes the timer when `settle` arms an earlier deadline.
     timer: Notify,
+    /// Client connections refused or closed early, by cause (logged at most once a second).
+    refusals: Refusals,
 }
 
 /// What the lock protects.
@@ -159,6 +162,7 @@ impl Driver {
             next_session: AtomicU64::new(1),
             journal,
             timer: Notify::new(),
+            refusals: Refusals::default(),
         })
     }
 
@@ -200,6 +204,11 @@ impl Driver {
     /// A place for one more client connection, if the limit allows.
     pub(crate) fn admit_client(&self) -> Option<OwnedSemaphorePermit> {
         self.clients.clone().try_acquire_owned().ok()
+    }
+
+    /// Refusals of client connections, by cause.
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// This incarnation's epoch (for handshakes).
@@ -425,6 +434,7 @@ impl Driver {
             links_up,
             clients,
             journal: self.journal.as_ref().map(|j| (j.lines(), j.errors())),
+            refusals: self.refusals.counts(),
         }
     }
 

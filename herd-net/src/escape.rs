@@ -98,6 +98,87 @@ pub fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Bytes of the escaped form of byte `b` when it is escaped (`\n`: 2, `\xNN`: 4).
+#[inline]
+fn escaped_width(b: u8) -> usize {
+    match b {
+        b'\n' | b'\r' | b'\t' | b'\\' => 2,
+        _ => 4,
+    }
+}
+
+/// How many bytes at the front of `bytes` have an escaped form ([`Escaped`]) of at most `max`
+/// bytes: all of them when it fits, else the longest prefix that does (never half an escape).
+pub fn clip_len(bytes: &[u8], max: usize) -> usize {
+    // No byte escapes to more than 4: the common short line needs no walk.
+    if bytes.len() <= max / 4 {
+        return bytes.len();
+    }
+    let mut budget = max;
+    let mut i = 0;
+    while i < bytes.len() {
+        let window = &bytes[i..bytes.len().min(i + budget)];
+        let plain = plain_prefix(window);
+        i += plain;
+        budget -= plain;
+        // Past the plain run: the end, the budget spent, or a byte printed escaped.
+        if i == bytes.len() || budget == 0 {
+            break;
+        }
+        let w = escaped_width(bytes[i]);
+        if w > budget {
+            break;
+        }
+        budget -= w;
+        i += 1;
+    }
+    i
+}
+
+/// Displays bytes as [`Escaped`] does, but at most `max` bytes of the escaped form; a longer
+/// one is cut there and followed by `…(N bytes)`, N its full length. For log lines that
+/// carry what a client sent: one line of any length costs at most `max` bytes of log.
+#[derive(Clone, Copy)]
+pub struct Clipped<'a> {
+    bytes: &'a [u8],
+    max: usize,
+}
+
+impl<'a> Clipped<'a> {
+    /// `bytes`, shown in at most `max` bytes (plus the length note when cut).
+    pub fn new(bytes: &'a [u8], max: usize) -> Self {
+        Self { bytes, max }
+    }
+}
+
+impl fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = clip_len(self.bytes, self.max);
+        fmt::Display::fmt(&Escaped(&self.bytes[..n]), f)?;
+        if n < self.bytes.len() {
+            write!(f, "…({} bytes)", self.bytes.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Clipped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Appends `bytes` as [`Clipped`] displays them, without going through `fmt`.
+pub fn push_clipped(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    let n = clip_len(bytes, max);
+    push_escaped(out, &bytes[..n]);
+    if n < bytes.len() {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "…({} bytes)", bytes.len());
+    }
+}
+
 impl fmt::Debug for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{self}\"")
@@ -106,7 +187,9 @@ impl fmt::Debug for Escaped<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{needs_escape, plain_prefix, push_escaped, Escaped};
+    use super::{
+        clip_len, needs_escape, plain_prefix, push_clipped, push_escaped, Clipped, Escaped,
+    };
 
     #[test]
     fn escapes_control_and_non_ascii_bytes() {
@@ -139,6 +222,43 @@ mod tests {
                     let want = line.iter().position(|&c| needs_escape(c)).unwrap_or(len);
                     assert_eq!(plain_prefix(&line), want, "{line:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_clipped_line_is_the_longest_escaped_prefix_that_fits_and_notes_the_length() {
+        assert_eq!(Clipped::new(b"IAMAT x", 512).to_string(), "IAMAT x");
+        assert_eq!(Clipped::new(b"IAMAT x", 5).to_string(), "IAMAT…(7 bytes)");
+        // An escape is never split: `\x01` needs 4 bytes, only 3 are left.
+        assert_eq!(Clipped::new(b"ab\x01cd", 5).to_string(), "ab…(5 bytes)");
+        assert_eq!(Clipped::new(b"ab\ncd", 4).to_string(), "ab\\n…(5 bytes)");
+        // Every byte value at every position, under every budget up to 40.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let line: Vec<u8> = (0..30)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    if seed.is_multiple_of(3) {
+                        (seed >> 8) as u8
+                    } else {
+                        b'a' + (seed >> 8) as u8 % 26
+                    }
+                })
+                .collect();
+            for max in 0..40 {
+                let n = clip_len(&line, max);
+                let shown = Escaped(&line[..n]).to_string();
+                assert!(shown.len() <= max, "{line:?} {max}");
+                if n < line.len() {
+                    let more = Escaped(&line[..=n]).to_string();
+                    assert!(more.len() > max, "{line:?} {max}: not the longest");
+                }
+                let mut v = Vec::new();
+                push_clipped(&mut v, &line, max);
+                assert_eq!(v, Clipped::new(&line, max).to_string().into_bytes());
             }
         }
     }

@@ -9,6 +9,10 @@
 //! compacted again in the background whenever it holds more than twice as many lines as the
 //! store (and at least `journal_compact_lines`, [`crate::Limits`], default [`COMPACT_FLOOR`]).
 //!
+//! A file with bad lines at start (a torn last line from a crash, or damage) is first copied
+//! to `NAME.journal.damaged-<unix time>` (see [`damaged_path`]), so that the compacted rewrite,
+//! which drops the bad lines, never destroys what was there: the copy can be inspected.
+//!
 //! With `fsync` each write is followed by `fdatasync` (and a compaction syncs the new file
 //! and its directory before and after the rename), so acknowledged updates survive a power
 //! cut too, at the cost of a disk flush per group of writes.
@@ -46,6 +50,8 @@ pub struct Restored {
     pub records: Vec<Arc<Record>>,
     /// Lines that were not valid AT lines (a torn write at a crash, or damage), skipped.
     pub bad_lines: u64,
+    /// Where the file as it was is kept, when it had bad lines.
+    pub damaged_copy: Option<PathBuf>,
 }
 
 /// One server's journal file.
@@ -131,6 +137,7 @@ impl Journal {
         let mut restored = Restored {
             records: Vec::new(),
             bad_lines: 0,
+            damaged_copy: None,
         };
         match File::open(path) {
             Ok(f) => {
@@ -153,6 +160,21 @@ impl Journal {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        if restored.bad_lines > 0 {
+            // Before any rewrite drops the bad lines. A server that cannot keep the evidence
+            // does not start: the rewrite would destroy it.
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let copy = damaged_path(path, unix);
+            keep_copy(path, &copy).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot keep the damaged journal as {}: {e}", copy.display()),
+                )
+            })?;
+            restored.damaged_copy = Some(copy);
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let file_len = file.metadata()?.len();
@@ -382,6 +404,36 @@ impl Journal {
     }
 }
 
+/// Where a journal at `path` with bad lines found at `unix` time (seconds) is kept:
+/// `NAME.journal.damaged-<unix>` beside it, or `...-<unix>-2` (and so on) when that exists.
+pub fn damaged_path(path: &Path, unix: u64) -> PathBuf {
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("journal"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut n = 1u32;
+    loop {
+        let mut kept = name.clone();
+        kept.push(format!(".damaged-{unix}"));
+        if n > 1 {
+            kept.push(format!("-{n}"));
+        }
+        let candidate = path.with_file_name(kept);
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+/// Copies `from` to `to`, a file that must not exist yet.
+fn keep_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut src = File::open(from)?;
+    let mut dst = OpenOptions::new().write(true).create_new(true).open(to)?;
+    std::io::copy(&mut src, &mut dst)?;
+    dst.sync_all()
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
         self.flush();
@@ -422,12 +474,47 @@ mod tests {
             ]
         );
         assert_eq!(restored.bad_lines, 1);
+        let kept = restored
+            .damaged_copy
+            .clone()
+            .expect("a damaged journal is kept");
         j.compact(&restored.records).unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
             b"AT A +0.100000000 kiwi +1+1 5\nAT B +0.200000000 pear +2+2 6\n"
         );
         assert!(!path.with_extension("journal.tmp").exists());
+        // The file as it was, torn line and all, survives the compaction.
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"AT A +0.100000000 kiwi +1+1 5\nAT B +0.200000000 pear +2+2 6\nAT A +0.300000000 kiwi +1+1 7"
+        );
+        let name = kept.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("A.journal.damaged-"), "{name}");
+        // A whole journal is not copied.
+        drop(j);
+        let (_, restored) = Journal::open(&path).unwrap();
+        assert_eq!(restored.damaged_copy, None);
+    }
+
+    #[test]
+    fn damaged_journals_found_in_the_same_second_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("A.journal");
+        let first = damaged_path(&path, 7);
+        assert_eq!(first, dir.path().join("A.journal.damaged-7"));
+        std::fs::write(&first, b"x").unwrap();
+        assert_eq!(
+            damaged_path(&path, 7),
+            dir.path().join("A.journal.damaged-7-2")
+        );
+        for round in 0..2 {
+            std::fs::write(&path, b"not an AT line\n").unwrap();
+            let (_, restored) = Journal::open(&path).unwrap();
+            assert_eq!(restored.bad_lines, 1, "round {round}");
+            let kept = restored.damaged_copy.unwrap();
+            assert_eq!(std::fs::read(kept).unwrap(), b"not an AT line\n");
+        }
     }
 
     #[test]

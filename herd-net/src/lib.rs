@@ -6,6 +6,8 @@
 //!   [`clock`] the wall clock and id source; [`escape`] prints protocol bytes safely in logs;
 //!   [`scope`] tags each task with its server for log routing; [`msglog`] the bulk
 //!   per-message log; [`journal`] the optional durable record of every stored update;
+//!   [`ratelog`] logs refusals at most once a second per cause; [`fdlimit`] fits the
+//!   client limit to the process's open-file limit;
 //! - the link table ([`links`], the node's sink and the one owner of per-peer sessions) over
 //!   one bounded outbound [`queue`] per session;
 //! - `driver`: the node, the link table, waiting queries and the journal behind one lock,
@@ -35,6 +37,8 @@ mod driver;
 pub mod escape;
 mod fast_accept;
 #[forbid(unsafe_code)]
+pub mod fdlimit;
+#[forbid(unsafe_code)]
 pub mod journal;
 #[forbid(unsafe_code)]
 pub mod limits;
@@ -48,6 +52,8 @@ mod listener;
 pub mod msglog;
 #[forbid(unsafe_code)]
 pub mod queue;
+#[forbid(unsafe_code)]
+pub mod ratelog;
 #[forbid(unsafe_code)]
 pub mod scope;
 #[forbid(unsafe_code)]

@@ -8,6 +8,23 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = crate::codec::DEFAULT_MAX_LINE;
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default idle time after which a silent client connection is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time a client line may take to arrive in full, counted from its first byte: 10 s.
+///
+/// A byte does not restart it (unlike [`DEFAULT_IDLE_TIMEOUT`]), so a client dripping a line
+/// a byte at a time (slowloris) holds its connection at most this long per line. A phone on a
+/// poor link sends a ~100-byte line in one segment; 10 s covers several retransmissions.
+pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default maximum number of simultaneous client connections from one source address: 256.
+///
+/// One address (IPv6: one /64 network) can then hold at most 1/40 of the default
+/// [`DEFAULT_MAX_CLIENTS`]: filling the server takes 40 addresses, not one. It stays far
+/// above what honest clients need even behind a carrier-grade NAT that puts thousands of
+/// phones behind one address: a classic client holds its connection for one request, a few
+/// milliseconds, so hundreds of them are rarely open at the same moment.
+pub const DEFAULT_MAX_CLIENTS_PER_IP: usize = 256;
+/// Default longest logged client line or reply: 512 bytes of its escaped form, then
+/// `…(N bytes)` with its full length. A line of 64 KiB then costs half a KiB of log, not 64.
+pub const DEFAULT_LOG_LINE_BYTES: usize = 512;
 /// Default bound on bytes queued for one peer before its link is dropped: 64 MiB (about
 /// half a second of the fastest flood measured, 125k updates/s of ~100 bytes, to every link).
 ///
@@ -34,6 +51,15 @@ pub struct Limits {
     pub max_clients: usize,
     /// A client connection with no input and no reply pending for this long is closed.
     pub idle_timeout: Duration,
+    /// A client line must be complete this long after its first byte arrived, or the
+    /// connection is closed; later bytes do not restart it.
+    pub line_timeout: Duration,
+    /// Most client connections at once from one source address (IPv6: one /64); a
+    /// connection over it is closed at once. Peers stop counting once identified.
+    pub max_clients_per_ip: usize,
+    /// Longest logged client line or reply (bytes of its escaped form); a longer one is cut
+    /// and its full length noted.
+    pub log_line_bytes: usize,
     /// Most bytes queued for one peer; on overflow the link is dropped and later reconciled.
     pub peer_queue_bytes: usize,
     /// A reconciliation delta is queued for a peer only while less than this is waiting for
@@ -54,6 +80,9 @@ impl Default for Limits {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_clients: DEFAULT_MAX_CLIENTS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            line_timeout: DEFAULT_LINE_TIMEOUT,
+            max_clients_per_ip: DEFAULT_MAX_CLIENTS_PER_IP,
+            log_line_bytes: DEFAULT_LOG_LINE_BYTES,
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             resync_window_bytes: DEFAULT_RESYNC_WINDOW_BYTES,
             journal_compact_lines: DEFAULT_JOURNAL_COMPACT_LINES,

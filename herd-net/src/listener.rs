@@ -1,17 +1,26 @@
-//! The listener: accepts connections, admits clients up to the limit, and hands a connection
-//! that opens with a peer handshake to the link layer.
+//! The listener: accepts connections, admits clients up to the limits (in all, and per source
+//! address), and hands a connection that opens with a peer handshake to the link layer.
+//!
+//! Refusals and `accept` errors are logged at most once a second per cause
+//! ([`crate::ratelog`]) and counted; the listener goes on serving every other source.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
 use crate::client::{self, Served};
 use crate::driver::Driver;
 use crate::fast_accept::Listener;
 use crate::link;
+
+/// After an `accept` error (out of file descriptors and the like), the pause before the next
+/// try, instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Accepts connections on `listener` until shutdown.
 pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener) {
@@ -22,35 +31,50 @@ pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener) {
             return;
         }
     };
+    let per_ip = Arc::new(PerIp::new(driver.limits().max_clients_per_ip));
     loop {
         let accepted = tokio::select! {
             () = driver.token().cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, addr)) => admit(&driver, stream, addr),
+            Ok((stream, addr)) => admit(&driver, &per_ip, stream, addr),
             Err(e) => {
-                // Out of file descriptors and the like: pause instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(suppressed) = driver.refusals().accept_errors.hit() {
+                    warn!(error = %e, suppressed, "accept failed; pausing");
+                }
+                tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
     }
     info!("stopped accepting connections");
 }
 
-fn admit(driver: &Arc<Driver>, stream: std::net::TcpStream, addr: SocketAddr) {
-    let Some(permit) = driver.admit_client() else {
-        warn!(%addr, limit = driver.limits().max_clients, "too many client connections; closed at once");
+fn admit(driver: &Arc<Driver>, per_ip: &Arc<PerIp>, stream: std::net::TcpStream, addr: SocketAddr) {
+    let refusals = driver.refusals();
+    let Some(from_ip) = per_ip.take(addr.ip()) else {
+        if let Some(suppressed) = refusals.per_ip.hit() {
+            warn!(%addr, limit = per_ip.max, suppressed, "too many client connections from one address; closed at once");
+        }
         return;
+    };
+    let Some(permit) = driver.admit_client() else {
+        if let Some(suppressed) = refusals.max_clients.hit() {
+            warn!(%addr, limit = driver.limits().max_clients, suppressed, "too many client connections; closed at once");
+        }
+        return;
+    };
+    let slot = ClientSlot {
+        _permit: permit,
+        _from_ip: from_ip,
     };
     let d = driver.clone();
     driver.spawn(async move {
         match client::serve(d.clone(), stream, addr).await {
-            Served::Done => drop(permit),
+            Served::Done => drop(slot),
             Served::Peer { stream, first, buf } => {
-                // A peer: it does not count against the client limit.
-                drop(permit);
+                // A peer: it counts against neither client limit.
+                drop(slot);
                 if let Err(e) = stream.set_nodelay(true) {
                     warn!(%addr, error = %e, "cannot set TCP_NODELAY");
                 }
@@ -58,4 +82,121 @@ fn admit(driver: &Arc<Driver>, stream: std::net::TcpStream, addr: SocketAddr) {
             }
         }
     });
+}
+
+/// An admitted client connection's place under both limits, given back when dropped.
+struct ClientSlot {
+    _permit: OwnedSemaphorePermit,
+    _from_ip: IpSlot,
+}
+
+/// The client connections open from each source address, up to `max` each.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in its source address's count.
+#[derive(Debug)]
+struct IpSlot {
+    table: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Counters only: a panicked holder leaves them usable.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for one more connection from `ip`, if its address has fewer than `max`.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let key = source_key(ip);
+        let mut open = self.lock();
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open from `ip`'s address now.
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> usize {
+        self.lock().get(&source_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What the per-address limit counts by: an IPv4 address (an IPv4-mapped IPv6 one as the
+/// IPv4 address it is), or the /64 network of an IPv6 address, since one host is commonly
+/// given a whole /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(Ipv6Addr::from(net))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn each_address_gets_max_places_and_a_dropped_one_is_given_back() {
+        let t = Arc::new(PerIp::new(2));
+        let a1 = t.take(ip("127.0.0.2")).unwrap();
+        let _a2 = t.take(ip("127.0.0.2")).unwrap();
+        assert!(t.take(ip("127.0.0.2")).is_none());
+        // The same address mapped into IPv6 is the same source.
+        assert!(t.take(ip("::ffff:127.0.0.2")).is_none());
+        let _b = t.take(ip("127.0.0.3")).unwrap();
+        drop(a1);
+        assert_eq!(t.open(ip("127.0.0.2")), 1);
+        assert!(t.take(ip("127.0.0.2")).is_some());
+        assert_eq!(t.open(ip("127.0.0.2")), 1, "the temporary was dropped");
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_their_64_bit_network() {
+        let t = Arc::new(PerIp::new(1));
+        let a = t.take(ip("2001:db8:0:1::1")).unwrap();
+        assert!(t.take(ip("2001:db8:0:1:ffff::2")).is_none());
+        assert!(t.take(ip("2001:db8:0:2::1")).is_some());
+        drop(a);
+        assert!(
+            t.lock().is_empty(),
+            "an address with nothing open is forgotten"
+        );
+    }
 }

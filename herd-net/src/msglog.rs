@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use herd_core::Timestamp;
 
-use crate::escape::push_escaped;
+use crate::escape::push_clipped;
 
 /// A sink for pre-formatted log lines of one server.
 pub trait MessageLog: Send + Sync {
@@ -66,12 +66,26 @@ pub fn push_message(out: &mut Vec<u8>, stamp: &[u8], addr: SocketAddr, msg: &[u8
 
 /// Appends one `client message` log line, with the connection's [`message_prefix`].
 pub fn push_message_with(out: &mut Vec<u8>, stamp: &[u8], prefix: &[u8], msg: &[u8], reply: &[u8]) {
-    out.reserve(stamp.len() + prefix.len() + msg.len() + reply.len() + 16);
+    push_message_clipped(out, stamp, prefix, msg, reply, usize::MAX);
+}
+
+/// [`push_message_with`] with the message and the reply each cut to `max` bytes of their
+/// escaped form (then followed by `…(N bytes)`, [`crate::escape::Clipped`]).
+pub fn push_message_clipped(
+    out: &mut Vec<u8>,
+    stamp: &[u8],
+    prefix: &[u8],
+    msg: &[u8],
+    reply: &[u8],
+    max: usize,
+) {
+    let shown = |b: &[u8]| b.len().min(max);
+    out.reserve(stamp.len() + prefix.len() + shown(msg) + shown(reply) + 48);
     out.extend_from_slice(stamp);
     out.extend_from_slice(prefix);
-    push_escaped(out, msg);
+    push_clipped(out, msg, max);
     out.extend_from_slice(b" reply=");
-    push_escaped(out, reply);
+    push_clipped(out, reply, max);
     out.push(b'\n');
 }
 
@@ -85,13 +99,26 @@ pub fn push_event(
     field: &str,
     value: &[u8],
 ) {
-    out.reserve(stamp.len() + what.len() + value.len() + 48);
+    push_event_clipped(out, stamp, what, addr, field, value, usize::MAX);
+}
+
+/// [`push_event`] with the value cut to `max` bytes of its escaped form.
+pub fn push_event_clipped(
+    out: &mut Vec<u8>,
+    stamp: &[u8],
+    what: &str,
+    addr: SocketAddr,
+    field: &str,
+    value: &[u8],
+    max: usize,
+) {
+    out.reserve(stamp.len() + what.len() + value.len().min(max) + 64);
     out.extend_from_slice(stamp);
     out.extend_from_slice(b"  INFO ");
     out.extend_from_slice(what.as_bytes());
     // Writing into a Vec cannot fail.
     let _ = write!(out, " addr={addr} {field}=");
-    push_escaped(out, value);
+    push_clipped(out, value, max);
     out.push(b'\n');
 }
 
@@ -148,6 +175,24 @@ mod tests {
         assert_eq!(
             v,
             b"T  INFO client message addr=127.0.0.1:9 msg=IAMAT\\tx reply=? IAMAT\\tx\\n\n"
+        );
+    }
+
+    #[test]
+    fn long_messages_and_replies_are_cut_with_their_length() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let msg = vec![b'x'; 1000];
+        let mut v = Vec::new();
+        push_message_clipped(&mut v, b"T", &message_prefix(addr), &msg, b"? x\n", 8);
+        assert_eq!(
+            v,
+            b"T  INFO client message addr=127.0.0.1:9 msg=xxxxxxxx\xe2\x80\xa6(1000 bytes) reply=? x\\n\n"
+        );
+        v.clear();
+        push_event_clipped(&mut v, b"T", "client reply", addr, "reply", &msg, 3);
+        assert_eq!(
+            v,
+            "T  INFO client reply addr=127.0.0.1:9 reply=xxx…(1000 bytes)\n".as_bytes()
         );
     }
 }

@@ -157,8 +157,8 @@ fn restore(
             records = snapshot.len(),
             "journal restored"
         );
-        if restored.bad_lines > 0 {
-            warn!(path = %path.display(), bad_lines = restored.bad_lines, "journal lines skipped (a torn write at a crash, or damage)");
+        if let Some(kept) = &restored.damaged_copy {
+            warn!(path = %path.display(), bad_lines = restored.bad_lines, kept = %kept.display(), "journal lines skipped (a torn write at a crash, or damage); the file as it was is kept");
         }
     });
     Ok(journal)

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 
 use herd_core::{NodeStats, ServerName};
 
+pub use crate::ratelog::RefusalCounts;
+
 /// Counters and store summary of a running server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStats {
@@ -21,6 +23,8 @@ pub struct ServerStats {
     pub clients: usize,
     /// Lines in the journal file and write errors so far, when there is a journal.
     pub journal: Option<(u64, u64)>,
+    /// Client connections refused or closed early, by cause ([`crate::ratelog`]).
+    pub refusals: RefusalCounts,
 }
 
 impl ServerStats {
@@ -34,7 +38,9 @@ impl ServerStats {
             "{{\"server\":{},\"records\":{},\"digest\":{},\"links_up\":[{}],\"clients\":{},\
              \"iamats\":{},\"whatsats\":{},\"invalid\":{},\"stored\":{},\"stale\":{},\
              \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
-             \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{}}}",
+             \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{},\
+             \"refused_max_clients\":{},\"refused_per_ip\":{},\"accept_errors\":{},\
+             \"line_timeouts\":{}}}",
             json_str(self.server.as_str()),
             self.records,
             self.digest,
@@ -53,6 +59,10 @@ impl ServerStats {
             n.peer_errors,
             self.journal.map_or("null".to_owned(), |j| j.0.to_string()),
             self.journal.map_or("null".to_owned(), |j| j.1.to_string()),
+            self.refusals.max_clients,
+            self.refusals.per_ip,
+            self.refusals.accept_errors,
+            self.refusals.line_timeouts,
         );
         s
     }

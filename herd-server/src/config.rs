@@ -6,6 +6,7 @@
 //!  "links": [["A", "B"]],
 //!  "secret": "optional shared secret",
 //!  "limits": {"max_line_bytes": 65536, "max_clients": 10000, "idle_timeout_ms": 300000,
+//!             "line_timeout_ms": 10000, "max_clients_per_ip": 256, "log_line_bytes": 512,
 //!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
 //!             "journal_compact_lines": 100000,
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
@@ -163,6 +164,9 @@ struct RawLimits {
     max_line_bytes: Option<usize>,
     max_clients: Option<usize>,
     idle_timeout_ms: Option<u64>,
+    line_timeout_ms: Option<u64>,
+    max_clients_per_ip: Option<usize>,
+    log_line_bytes: Option<usize>,
     peer_queue_bytes: Option<usize>,
     resync_window_bytes: Option<usize>,
     journal_compact_lines: Option<u64>,
@@ -254,6 +258,21 @@ impl RawLimits {
                 self.idle_timeout_ms,
                 defaults.idle_timeout,
                 "idle_timeout_ms",
+            )?,
+            line_timeout: ms(
+                self.line_timeout_ms,
+                defaults.line_timeout,
+                "line_timeout_ms",
+            )?,
+            max_clients_per_ip: positive(
+                self.max_clients_per_ip,
+                defaults.max_clients_per_ip,
+                "max_clients_per_ip",
+            )?,
+            log_line_bytes: positive(
+                self.log_line_bytes,
+                defaults.log_line_bytes,
+                "log_line_bytes",
             )?,
             peer_queue_bytes: positive(
                 self.peer_queue_bytes,
@@ -474,7 +493,8 @@ mod tests {
             r#"{"servers": {"A": {"addr": "a.example:1", "listen": "0.0.0.0:1", "stats": "127.0.0.1:2"}},
                 "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
                            "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7,
-                           "resync_window_bytes": 8, "journal_compact_lines": 9},
+                           "resync_window_bytes": 8, "journal_compact_lines": 9,
+                           "line_timeout_ms": 11, "max_clients_per_ip": 12, "log_line_bytes": 13},
                 "data_dir": "/d", "journal_fsync": true}"#,
         )
         .unwrap();
@@ -494,6 +514,8 @@ mod tests {
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
         assert_eq!(l.resync_window_bytes, 8);
         assert_eq!(l.journal_compact_lines, 9);
+        assert_eq!(l.line_timeout, Duration::from_millis(11));
+        assert_eq!((l.max_clients_per_ip, l.log_line_bytes), (12, 13));
         assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/d")));
         assert!(c.journal_fsync);
         assert_eq!(l.resync_window(), 1, "at most a quarter of the peer queue");
@@ -534,6 +556,22 @@ mod tests {
             ),
             (
                 r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"max_client": 3}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"line_timeout_ms": 0}}"#,
+                "line_timeout_ms",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"max_clients_per_ip": 0}}"#,
+                "max_clients_per_ip",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"log_line_bytes": 0}}"#,
+                "log_line_bytes",
+            ),
+            (
+                r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"line_timeout": 5}}"#,
                 "unknown field",
             ),
             (

@@ -1,7 +1,8 @@
 //! herd-server: runs servers of a herd config in one process.
 //!
 //! Layout: [`config`] parses and validates the herd config; [`logging`] installs per-server
-//! log files; this module binds every listener, starts the servers ([`herd_net::start`]) and
+//! log files; this module fits the client limit to the open-file limit
+//! ([`herd_net::fdlimit`]), binds every listener, starts the servers ([`herd_net::start`]) and
 //! shuts them down within the grace period. `main.rs` is the command line around [`run`].
 //! There is no protocol logic here: lines mean what herd-core says they mean.
 
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use herd_core::{PlacesLookup, ServerName};
-use herd_net::{Neighbour, ServerHandle, ServerSpec, ServerStats};
+use herd_net::{Limits, Neighbour, ServerHandle, ServerSpec, ServerStats};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,7 @@ pub async fn start(
     places: Arc<dyn PlacesLookup>,
     places_backend: &'static str,
 ) -> Result<Herd, StartError> {
+    let limits = fit_open_files(config, names);
     let mut bound = Vec::with_capacity(names.len());
     for name in names {
         let sc = config
@@ -140,7 +142,7 @@ pub async fn start(
         let spec = ServerSpec {
             name: name.clone(),
             neighbours,
-            limits: config.limits.clone(),
+            limits: limits.clone(),
             secret: secret.clone(),
             places: places.clone(),
             places_backend,
@@ -172,6 +174,37 @@ pub async fn start(
         tracker,
         grace: config.limits.shutdown_grace,
     })
+}
+
+/// The limits the servers `names` of `config` run with: the config's, with `max_clients`
+/// lowered when this process's open-file limit, raised to its hard limit first, cannot hold
+/// that many client connections per server besides everything else (said in one line).
+fn fit_open_files(config: &HerdConfig, names: &[ServerName]) -> Limits {
+    let mut limits = config.limits.clone();
+    let files = herd_net::fdlimit::raise();
+    let neighbours: Vec<usize> = names.iter().map(|n| config.neighbours(n).len()).collect();
+    let reserved = herd_net::fdlimit::reserved(&neighbours, config.places.max_concurrent as u64);
+    let fit = herd_net::fdlimit::fit(files.soft, reserved, names.len(), limits.max_clients);
+    if fit < limits.max_clients {
+        warn!(
+            soft_limit_found = files.before,
+            soft_limit = files.soft,
+            hard_limit = files.hard,
+            servers = names.len(),
+            reserved,
+            max_clients = limits.max_clients,
+            lowered_to = fit,
+            "open-file limit too low for max_clients; max_clients lowered (raise the hard limit, ulimit -Hn, to serve more)"
+        );
+        limits.max_clients = fit;
+    } else if files.soft > files.before {
+        tracing::debug!(
+            from = files.before,
+            to = files.soft,
+            "open-file limit raised"
+        );
+    }
+    limits
 }
 
 fn dial_addr(config: &HerdConfig, locals: &[(ServerName, SocketAddr)], n: &ServerName) -> String {

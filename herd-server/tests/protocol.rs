@@ -243,7 +243,12 @@ async fn a_thousand_concurrent_connections_are_all_answered() {
     let n = concurrent_connections(1000);
     let mut conns = Vec::new();
     for i in 0..n {
-        let s = TcpStream::connect(addr).await.unwrap();
+        // From eight loopback addresses: one address may hold at most `max_clients_per_ip`
+        // (256 by default) connections at once.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8);
+        socket.bind((source, 0).into()).unwrap();
+        let s = socket.connect(addr).await.unwrap();
         conns.push((i, s));
     }
     let tasks: Vec<_> = conns

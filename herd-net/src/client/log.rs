@@ -2,7 +2,8 @@
 //!
 //! Every client message and its reply is logged at `info`. With a bulk message log
 //! ([`crate::msglog`]) the batch's lines are formatted into one buffer and handed over in one
-//! call; without one each is a `tracing` event.
+//! call; without one each is a `tracing` event. Either way a line or reply is shown in at most
+//! `log_line_bytes` ([`crate::Limits`]) bytes, then cut with its length noted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use herd_core::Timestamp;
 use tracing::info;
 
 use crate::clock;
-use crate::escape::Escaped;
+use crate::escape::Clipped;
 use crate::msglog::{self, MessageLog};
 
 /// What the log says about a line handled under the node lock.
@@ -30,6 +31,8 @@ pub(super) enum Note {
 pub(super) struct BatchLog {
     addr: SocketAddr,
     bulk: Option<Arc<dyn MessageLog>>,
+    /// Longest shown line or reply ([`crate::Limits::log_line_bytes`]).
+    max: usize,
     enabled: bool,
     notes: Vec<(BytesMut, Note)>,
     /// This connection's fixed part of its message log lines (made on first use).
@@ -39,10 +42,11 @@ pub(super) struct BatchLog {
 }
 
 impl BatchLog {
-    pub(super) fn new(addr: SocketAddr, bulk: Option<Arc<dyn MessageLog>>) -> Self {
+    pub(super) fn new(addr: SocketAddr, bulk: Option<Arc<dyn MessageLog>>, max: usize) -> Self {
         Self {
             addr,
             bulk,
+            max,
             enabled: true,
             notes: Vec::new(),
             prefix: Vec::new(),
@@ -72,6 +76,7 @@ impl BatchLog {
         text.clear();
         let mut stamp = Vec::with_capacity(32);
         let bulk = self.bulk.is_some();
+        let max = self.max;
         if bulk {
             msglog::push_timestamp(&mut stamp, now);
             if self.prefix.is_empty() {
@@ -79,31 +84,40 @@ impl BatchLog {
             }
         }
         for (line, note) in &notes {
-            let msg = Escaped(line);
+            let msg = Clipped::new(line, max);
             match *note {
                 Note::Replied(s, e) => {
                     let reply = out.get(s..e).unwrap_or_default();
                     if bulk {
-                        msglog::push_message_with(&mut text, &stamp, &self.prefix, line, reply);
+                        msglog::push_message_clipped(
+                            &mut text,
+                            &stamp,
+                            &self.prefix,
+                            line,
+                            reply,
+                            max,
+                        );
                     } else {
-                        info!(addr = %self.addr, %msg, reply = %Escaped(reply), "client message");
+                        info!(addr = %self.addr, %msg, reply = %Clipped::new(reply, max), "client message");
                     }
                 }
-                Note::Places if bulk => msglog::push_event(
+                Note::Places if bulk => msglog::push_event_clipped(
                     &mut text,
                     &stamp,
                     "client message; looking up places",
                     self.addr,
                     "msg",
                     line,
+                    max,
                 ),
-                Note::Herd if bulk => msglog::push_event(
+                Note::Herd if bulk => msglog::push_event_clipped(
                     &mut text,
                     &stamp,
                     "client message; asking the herd",
                     self.addr,
                     "msg",
                     line,
+                    max,
                 ),
                 Note::Places => info!(addr = %self.addr, %msg, "client message; looking up places"),
                 Note::Herd => info!(addr = %self.addr, %msg, "client message; asking the herd"),
@@ -120,16 +134,21 @@ impl BatchLog {
 }
 
 /// Logs a reply that was not ready at once (in bulk when the server has a message log).
-pub(super) fn log_reply(bulk: Option<&Arc<dyn MessageLog>>, addr: SocketAddr, out: &[u8]) {
+pub(super) fn log_reply(
+    bulk: Option<&Arc<dyn MessageLog>>,
+    addr: SocketAddr,
+    out: &[u8],
+    max: usize,
+) {
     match bulk {
         Some(log) => {
             if tracing::enabled!(tracing::Level::INFO) {
-                let mut text = Vec::with_capacity(out.len() + out.len() / 8 + 96);
+                let mut text = Vec::with_capacity(out.len().min(max) + 128);
                 msglog::push_timestamp(&mut text, clock::now());
-                msglog::push_event(&mut text, &[], "client reply", addr, "reply", out);
+                msglog::push_event_clipped(&mut text, &[], "client reply", addr, "reply", out, max);
                 log.write_lines(&text);
             }
         }
-        None => info!(%addr, reply = %Escaped(out), "client reply"),
+        None => info!(%addr, reply = %Clipped::new(out, max), "client reply"),
     }
 }

@@ -7,6 +7,11 @@
 //! finished and flushed, then the connection is closed. The first line decides whether the
 //! connection is a peer's: then it is handed back to the listener ([`Served::Peer`]).
 //!
+//! Two clocks close a connection: the idle timeout (no input and no reply pending; every byte
+//! restarts it) and the line timeout (a line must be complete that long after its first byte
+//! arrived; a byte does not restart it, so a client dripping a line a byte at a time cannot
+//! hold its connection for long).
+//!
 //! A connection whose request is already there when it is accepted is answered before the
 //! runtime ever watches it ([`at_once`]); the batch's log lines are written once the node's
 //! lock is released ([`log`]).
@@ -34,7 +39,7 @@ use self::log::{BatchLog, Note};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
 use crate::driver::{ClientTurn, Driver};
-use crate::escape::Escaped;
+use crate::escape::Clipped;
 
 /// Replies are flushed once this many bytes are ready, even mid-batch.
 const FLUSH_AT: usize = 64 * 1024;
@@ -82,6 +87,8 @@ enum Stop {
     TooLong,
     /// No input for the idle timeout.
     Idle,
+    /// A line not complete within the line timeout.
+    LineTimeout,
 }
 
 /// What comes in: the buffered bytes, their framing and whether reading goes on.
@@ -93,6 +100,10 @@ struct Input {
     first: bool,
     /// When the bytes in `buf` arrived.
     now: Timestamp,
+    /// Lines taken from `buf` so far.
+    lines: u64,
+    /// The line in `buf` not complete yet must be by then (`None`: `buf` is empty).
+    line_deadline: Option<Instant>,
 }
 
 /// What goes out: replies ready to write, and replies waiting in order behind a lookup.
@@ -123,7 +134,11 @@ pub(crate) async fn serve(
     addr: SocketAddr,
 ) -> Served {
     let max = driver.limits().max_line_bytes;
-    let log = BatchLog::new(addr, driver.spec().message_log.clone());
+    let log = BatchLog::new(
+        addr,
+        driver.spec().message_log.clone(),
+        driver.limits().log_line_bytes,
+    );
     let mut conn = Conn {
         driver,
         addr,
@@ -133,6 +148,8 @@ pub(crate) async fn serve(
             stop: Stop::No,
             first: true,
             now: clock::now(),
+            lines: 0,
+            line_deadline: None,
         },
         output: Output {
             out: Vec::with_capacity(4096),
@@ -189,6 +206,11 @@ impl Conn {
         let idle_limit = self.driver.limits().idle_timeout;
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
+        let line_limit = self.driver.limits().line_timeout;
+        // Armed at `line_armed` while a line is incomplete.
+        let line_timer = sleep(line_limit);
+        tokio::pin!(line_timer);
+        let mut line_armed: Option<Instant> = None;
         let token = self.driver.token().clone();
         loop {
             let more = match self.process_lines() {
@@ -226,6 +248,12 @@ impl Conn {
             if input.stop != Stop::No && queue.is_empty() {
                 return Ok(None);
             }
+            if input.line_deadline != line_armed {
+                line_armed = input.line_deadline;
+                if let Some(at) = line_armed {
+                    line_timer.as_mut().reset(at);
+                }
+            }
             let waiting_front = matches!(queue.front(), Some(Slot::Waiting(_)));
             tokio::select! {
                 biased;
@@ -248,6 +276,18 @@ impl Conn {
                     info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
                     input.stop = Stop::Idle;
                 }
+                () = &mut line_timer, if input.stop == Stop::No && line_armed.is_some() && queue.len() < MAX_WAITING => {
+                    if let Some(suppressed) = self.driver.refusals().line_timeouts.hit() {
+                        info!(
+                            addr = %self.addr,
+                            line_timeout_secs = line_limit.as_secs_f64(),
+                            pending_bytes = input.buf.len(),
+                            suppressed,
+                            "client line not complete in time; closing connection"
+                        );
+                    }
+                    input.stop = Stop::LineTimeout;
+                }
             }
         }
     }
@@ -259,9 +299,23 @@ impl Conn {
         let driver = self.driver.clone();
         // The driver writes the journal before returning: every update acknowledged in the
         // output is durable before the reply leaves.
+        let lines_before = self.input.lines;
         let result = driver.client_batch(|turn| self.process_batch(turn));
         self.log.write(self.input.now, &self.output.out);
+        self.arm_line_deadline(lines_before);
         result
+    }
+
+    /// After handling lines: an incomplete line left in the buffer must be complete within the
+    /// line timeout of its first byte. A line that started after the last one handled started
+    /// in the latest read (about now); one already waiting keeps its deadline.
+    fn arm_line_deadline(&mut self, lines_before: u64) {
+        let input = &mut self.input;
+        if input.buf.is_empty() {
+            input.line_deadline = None;
+        } else if input.line_deadline.is_none() || input.lines != lines_before {
+            input.line_deadline = Some(Instant::now() + self.driver.limits().line_timeout);
+        }
     }
 
     fn process_batch(&mut self, turn: &mut ClientTurn<'_>) -> Result<bool, BytesMut> {
@@ -277,7 +331,7 @@ impl Conn {
                 Stop::Eof => input.codec.decode_eof(&mut input.buf),
                 // At shutdown, complete lines already received are still answered.
                 Stop::No | Stop::Shutdown => input.codec.decode(&mut input.buf),
-                Stop::TooLong | Stop::Idle => return Ok(false),
+                Stop::TooLong | Stop::Idle | Stop::LineTimeout => return Ok(false),
             };
             let line = match decoded {
                 Ok(Some(line)) => line,
@@ -293,6 +347,7 @@ impl Conn {
                     return Ok(false);
                 }
             };
+            input.lines += 1;
             if std::mem::take(&mut input.first) && herd_core::peer::is_handshake(&line) {
                 return Err(line);
             }
@@ -314,14 +369,22 @@ impl Conn {
         let target = if direct { &mut output.out } else { &mut side };
         let start = target.len();
         let action = turn.line(self.input.now, &line, target);
+        let max = self.driver.limits().log_line_bytes;
         match action {
-            ClientAction::Silent => debug!(addr = %self.addr, msg = %Escaped(&line), "blank line"),
+            ClientAction::Silent => {
+                debug!(addr = %self.addr, msg = %Clipped::new(&line, max), "blank line");
+            }
             ClientAction::Replied if direct => {
                 let end = output.out.len();
                 self.log.note(line, Note::Replied(start, end));
             }
             ClientAction::Replied => {
-                info!(addr = %self.addr, msg = %Escaped(&line), reply = %Escaped(&side), "client message");
+                info!(
+                    addr = %self.addr,
+                    msg = %Clipped::new(&line, max),
+                    reply = %Clipped::new(&side, max),
+                    "client message"
+                );
                 output.queue.push_back(Slot::Ready(side));
             }
             ClientAction::Places { record, query } => {

@@ -36,7 +36,12 @@ pub(super) async fn places(
     }
     let mut out = Vec::with_capacity(4096);
     write_whatsat_reply(record.at_line(), result, query.max_items, &mut out);
-    log_reply(spec.message_log.as_ref(), addr, &out);
+    log_reply(
+        spec.message_log.as_ref(),
+        addr,
+        &out,
+        spec.limits.log_line_bytes,
+    );
     out
 }
 
@@ -59,7 +64,13 @@ pub(super) async fn herd(
     match outcome {
         Some(QueryOutcome::Places { record, query }) => places(driver, addr, record, query).await,
         Some(QueryOutcome::Reply(out)) => {
-            log_reply(driver.spec().message_log.as_ref(), addr, &out);
+            let spec = driver.spec();
+            log_reply(
+                spec.message_log.as_ref(),
+                addr,
+                &out,
+                spec.limits.log_line_bytes,
+            );
             out
         }
         None => {

@@ -22,7 +22,12 @@ pub async fn start_server(
     secret: Option<&str>,
 ) -> (ServerHandle, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let spec = ServerSpec {
+    start_spec(spec(me, neighbours, secret), listener)
+}
+
+/// The spec [`start_server`] starts a server with: default limits, static places, no journal.
+pub fn spec(me: &str, neighbours: Vec<Neighbour>, secret: Option<&str>) -> ServerSpec {
+    ServerSpec {
         name: name(me),
         neighbours,
         limits: Limits::default(),
@@ -34,7 +39,11 @@ pub async fn start_server(
         log_index: 0,
         message_log: None,
         journal: None,
-    };
+    }
+}
+
+/// Starts a server of `spec` on `listener`; returns it and the token that stops it.
+pub fn start_spec(spec: ServerSpec, listener: TcpListener) -> (ServerHandle, CancellationToken) {
     let token = CancellationToken::new();
     let handle = herd_net::start(spec, listener, token.clone(), TaskTracker::new()).unwrap();
     (handle, token)
