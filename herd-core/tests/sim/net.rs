@@ -1355,6 +1355,11 @@ impl Sim {
                 });
                 assert_eq!(got.at_line(), want.at_line(), "{name} holds a stale record");
             }
+            assert_eq!(
+                node.store().digest(),
+                herd_core::store::digest_of(expected.values().map(|r| &**r)),
+                "{name}'s digest is not that of the expected records"
+            );
             assert_eq!(node.queries_in_flight(), 0, "{name} still tracks queries");
             assert_eq!(node.poll_timeout(), None, "{name} still wants a timer");
             for p in 0..node.neighbours().len() {
