@@ -27,6 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
 use crate::ports::{IdSource, PeerId, PeerSink};
@@ -81,6 +83,19 @@ impl NodeConfig {
             journal: false,
         }
     }
+}
+
+/// Why a peer line ended its link's session ([`Node::handle_peer_line`]): the adapter should
+/// drop the link (the next session reconciles afresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PeerError {
+    /// The line is not a well-formed peer message.
+    #[error(transparent)]
+    Parse(#[from] PeerParseError),
+    /// A second `D` (digest) in one session: a session is reconciled once, so a peer cannot
+    /// make the node rebuild its delta again and again.
+    #[error("second digest in one session")]
+    RepeatedDigest,
 }
 
 /// What the caller must do for a client line after [`Node::handle_client_line`].
@@ -158,7 +173,8 @@ pub struct NodeStats {
     pub send_failures: u64,
     /// Herd queries started for local clients.
     pub queries_started: u64,
-    /// Malformed or out-of-order peer messages ignored.
+    /// Peer messages that were malformed, out of session (ignored) or a second digest in one
+    /// session ([`PeerError`]).
     pub peer_errors: u64,
 }
 
@@ -182,6 +198,8 @@ struct Link {
     source: u64,
     /// The delta being sent to the peer, when one is under way.
     resync: Option<Resync>,
+    /// Whether this session's digest has been handled (a session honours one).
+    digest_done: bool,
 }
 
 /// One server's protocol state machine.
@@ -213,6 +231,7 @@ impl<S: PeerSink> Node<S> {
                 seen: 0,
                 source: 0,
                 resync: None,
+                digest_done: false,
             };
             cfg.neighbours.len()
         ];
@@ -408,6 +427,7 @@ impl<S: PeerSink> Node<S> {
         }
         let link = &mut self.links[peer.0];
         link.state = LinkState::Syncing;
+        link.digest_done = false;
         let digest = PeerMsg::Digest {
             epoch: self.epoch,
             your_epoch: link.peer_epoch,
@@ -439,27 +459,44 @@ impl<S: PeerSink> Node<S> {
     /// Parses and handles one peer line (without `\n`) from an authenticated neighbour.
     ///
     /// # Errors
-    /// [`PeerParseError`] when the line is malformed (the caller should drop the link).
+    /// [`PeerError`] when the line is malformed or breaks the session's rules (the caller
+    /// should drop the link); see [`Node::handle_peer_msg`].
     pub fn handle_peer_line(
         &mut self,
         now: Timestamp,
         from: PeerId,
         line: &[u8],
-    ) -> Result<(), PeerParseError> {
+    ) -> Result<(), PeerError> {
         let msg = PeerMsg::parse(line).inspect_err(|_| self.stats.peer_errors += 1)?;
-        self.handle_peer_msg(now, from, msg);
-        Ok(())
+        self.handle_peer_msg(now, from, msg)
     }
 
-    /// Handles one message from neighbour `from`.
-    pub fn handle_peer_msg(&mut self, now: Timestamp, from: PeerId, msg: PeerMsg) {
-        if self
+    /// Handles one message from neighbour `from`. A message for a link that is down (one
+    /// still in flight when it dropped) is counted in [`NodeStats::peer_errors`] and ignored.
+    ///
+    /// # Errors
+    /// [`PeerError::RepeatedDigest`] for a second digest since [`Node::handle_link_up`]
+    /// (counted, not handled; the caller should drop the link).
+    pub fn handle_peer_msg(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        msg: PeerMsg,
+    ) -> Result<(), PeerError> {
+        let Some(link) = self
             .links
-            .get(from.0)
-            .is_none_or(|l| l.state == LinkState::Down)
-        {
+            .get_mut(from.0)
+            .filter(|l| l.state != LinkState::Down)
+        else {
             self.stats.peer_errors += 1;
-            return;
+            return Ok(());
+        };
+        if matches!(msg, PeerMsg::Digest { .. }) {
+            if link.digest_done {
+                self.stats.peer_errors += 1;
+                return Err(PeerError::RepeatedDigest);
+            }
+            link.digest_done = true;
         }
         match msg {
             PeerMsg::Digest {
@@ -489,6 +526,7 @@ impl<S: PeerSink> Node<S> {
                 self.on_answer(now, from, (origin, qid), record);
             }
         }
+        Ok(())
     }
 }
 
