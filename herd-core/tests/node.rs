@@ -269,8 +269,11 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
     let mut b = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(4));
     for l in &lines {
         let r = std::sync::Arc::new(herd_core::Record::parse(l).unwrap());
-        assert!(b.restore(r.clone()));
-        assert!(!b.restore(r), "the same record again is not new");
+        assert!(b.restore(Timestamp(3), r.clone()));
+        assert!(
+            !b.restore(Timestamp(3), r),
+            "the same record again is not new"
+        );
     }
     assert_eq!(b.store().len(), 2);
     assert_eq!(b.drain_journal().count(), 0);

@@ -980,8 +980,9 @@ impl Sim {
         }
         self.inc[i] += 1;
         let mut node = self.fresh_node(i);
+        let now = self.now();
         for r in std::mem::take(&mut self.disks[i]) {
-            node.restore(r);
+            node.restore(now, r);
         }
         if self.cfg.journals {
             // Compacted, as herd-net rewrites it at start.
@@ -1462,4 +1463,9 @@ fn add_stats(t: &mut NodeStats, s: &NodeStats) {
     t.send_failures += s.send_failures;
     t.queries_started += s.queries_started;
     t.peer_errors += s.peer_errors;
+    t.long_ids_refused += s.long_ids_refused;
+    t.records_refused += s.records_refused;
+    t.expired_on_arrival += s.expired_on_arrival;
+    t.expired += s.expired;
+    t.future_refused += s.future_refused;
 }
