@@ -187,7 +187,8 @@ fn flood(c: &mut Criterion) {
             your_epoch: 0,
             seen: 0,
         };
-        node.handle_peer_msg(NOW, PeerId(p), digest);
+        node.handle_peer_msg(NOW, PeerId(p), digest)
+            .expect("the peer message is handled");
     }
     let mut out = Vec::with_capacity(256);
     let mut t: u64 = 1_000_000_000;

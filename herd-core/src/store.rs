@@ -4,15 +4,23 @@
 //! that every server computes alike, so the herd settles on one record per client whatever
 //! order updates arrive in. Every change gets the next number of this store's local log;
 //! reconciliation sends a neighbour the records changed since the number it last saw.
+//!
+//! The store keeps its [`LocationStore::digest`] up to date on every change, so reading it is
+//! O(1). With a record lifetime ([`LocationStore::with_ttl`]) it also keeps its records
+//! ordered by expiry time, so that [`LocationStore::expire`] and
+//! [`LocationStore::next_expiry`] cost only what expires.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::time::Duration;
 
 use foldhash::fast::FixedState;
 use hashbrown::hash_table::{Entry, HashTable};
 
 use crate::record::Record;
+use crate::types::Timestamp;
 
 /// Most clients [`LocationStore::warm`] takes at once.
 pub const WARM_MAX: usize = 32;
@@ -31,6 +39,34 @@ fn compact_source(source: u64) -> u32 {
     u32::try_from(source).unwrap_or(0)
 }
 
+/// The digest's hash of one AT line: a fixed function of the line's bytes, the same on every
+/// server (never keyed by a per-server seed), so that equal stores have equal digests.
+fn line_hash(line: &[u8]) -> u64 {
+    FixedState::with_seed(0x6865_7264).hash_one(line)
+}
+
+/// The order-independent digest of a set of records computed from scratch: the wrapping sum
+/// of [`line_hash`] over their AT lines. [`LocationStore::digest`] is always equal to this
+/// over [`LocationStore::records`].
+pub fn digest_of<'a>(records: impl IntoIterator<Item = &'a Record>) -> u64 {
+    records
+        .into_iter()
+        .fold(0u64, |acc, r| acc.wrapping_add(line_hash(r.at_line())))
+}
+
+/// When a record with lifetime `ttl` expires: its client time plus `ttl`, in nanoseconds
+/// since the epoch (exact, saturating; client times have up to 20 digits of seconds).
+pub fn expiry_nanos(record: &Record, ttl: Duration) -> u128 {
+    let time = u128::try_from(record.time().as_nanos()).unwrap_or(0);
+    time.saturating_add(ttl.as_nanos())
+}
+
+/// Whether a record with lifetime `ttl` has expired at `now` (its expiry time is not after
+/// `now`). Every server decides it alike from the record's client time, not its arrival.
+pub fn is_expired(record: &Record, ttl: Duration, now: Timestamp) -> bool {
+    expiry_nanos(record, ttl) <= u128::from(now.as_nanos())
+}
+
 /// What offering a record to the store did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
@@ -46,13 +82,19 @@ pub enum Offer {
 pub struct LocationStore {
     /// Indexes into `slots`, hashed by client id (4 bytes a bucket instead of a whole slot).
     table: HashTable<u32>,
-    /// One slot per client; clients are never removed.
+    /// One slot per client (a removed client's slot is filled with the last one).
     slots: Vec<Slot>,
     /// Who gave the store each slot's record (the caller's tag, see
     /// [`LocationStore::offer_from`]), by slot index; apart to keep a slot 16 bytes.
     sources: Vec<u32>,
     hasher: FixedState,
     seq: u64,
+    /// [`digest_of`] the held records, kept up to date on every change.
+    digest: u64,
+    /// The records' lifetime, when they expire.
+    ttl: Option<Duration>,
+    /// With a lifetime: every held record by (expiry time, local log number).
+    expiry: BTreeMap<(u128, u64), Arc<Record>>,
 }
 
 impl std::fmt::Debug for LocationStore {
@@ -74,6 +116,40 @@ impl LocationStore {
             sources: Vec::new(),
             hasher: FixedState::with_seed(seed),
             seq: 0,
+            digest: 0,
+            ttl: None,
+            expiry: BTreeMap::new(),
+        }
+    }
+
+    /// An empty store as [`LocationStore::new`] whose records expire `ttl` after their client
+    /// time when `ttl` is set ([`LocationStore::expire`] removes them).
+    pub fn with_ttl(seed: u64, ttl: Option<Duration>) -> Self {
+        Self {
+            ttl,
+            ..Self::new(seed)
+        }
+    }
+
+    /// The records' lifetime, if they expire.
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// Notes a record newly held under log number `seq` (digest and expiry index).
+    fn account_in(&mut self, record: &Arc<Record>, seq: u64) {
+        self.digest = self.digest.wrapping_add(line_hash(record.at_line()));
+        if let Some(ttl) = self.ttl {
+            self.expiry
+                .insert((expiry_nanos(record, ttl), seq), record.clone());
+        }
+    }
+
+    /// Notes a record, held under log number `seq`, no longer held.
+    fn account_out(&mut self, record: &Record, seq: u64) {
+        self.digest = self.digest.wrapping_sub(line_hash(record.at_line()));
+        if let Some(ttl) = self.ttl {
+            self.expiry.remove(&(expiry_nanos(record, ttl), seq));
         }
     }
 
@@ -106,11 +182,15 @@ impl LocationStore {
                     return Offer::Stale;
                 }
                 self.seq += 1;
-                *slot = Slot {
-                    record,
-                    seq: self.seq,
-                };
+                let old = std::mem::replace(
+                    slot,
+                    Slot {
+                        record: record.clone(),
+                        seq: self.seq,
+                    },
+                );
                 self.sources[index] = compact_source(source);
+                self.account_out(&old.record, old.seq);
             }
             Entry::Vacant(v) => {
                 let Ok(index) = u32::try_from(slots.len()) else {
@@ -119,14 +199,67 @@ impl LocationStore {
                 };
                 self.seq += 1;
                 slots.push(Slot {
-                    record,
+                    record: record.clone(),
                     seq: self.seq,
                 });
                 self.sources.push(compact_source(source));
                 v.insert(index);
             }
         }
+        self.account_in(&record, self.seq);
         Offer::Stored(self.seq)
+    }
+
+    /// Removes the client's record; returns it, or `None` when the client is not held.
+    /// Nothing is logged: a removed record is simply no longer sent by reconciliation.
+    pub fn remove(&mut self, client: &[u8]) -> Option<Arc<Record>> {
+        let hash = self.hash(client);
+        let slots = &self.slots;
+        let entry = self
+            .table
+            .find_entry(hash, |&i| slots[i as usize].record.client() == client)
+            .ok()?;
+        let (index, _) = entry.remove();
+        let index = index as usize;
+        let last = self.slots.len() - 1;
+        if index != last {
+            // The last slot moves into the hole: repoint its table entry.
+            let moved = self.hash(self.slots[last].record.client());
+            if let Some(i) = self.table.find_mut(moved, |&i| i as usize == last) {
+                // `index` < `last` < u32::MAX: every slot index fits (see `offer_from`).
+                *i = u32::try_from(index).unwrap_or(u32::MAX);
+            }
+        }
+        let slot = self.slots.swap_remove(index);
+        self.sources.swap_remove(index);
+        self.account_out(&slot.record, slot.seq);
+        Some(slot.record)
+    }
+
+    /// With a lifetime, removes every record expired at `now` ([`is_expired`]); returns how
+    /// many. Costs only what expires (plus one look at the earliest expiry).
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let now = u128::from(now.as_nanos());
+        let mut n = 0;
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let record = entry.remove();
+            // The index holds exactly the held records: this removes it and its entry.
+            if self.remove(record.client()).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// With a lifetime, when the earliest held record expires; `None` without a lifetime,
+    /// when the store is empty, or when that time is beyond what a [`Timestamp`] holds
+    /// (then no `now` ever reaches it).
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        let (&(at, _), _) = self.expiry.first_key_value()?;
+        u64::try_from(at).ok().map(Timestamp)
     }
 
     /// Loads the table entries, slots and records of up to [`WARM_MAX`] clients into the
@@ -215,12 +348,10 @@ impl LocationStore {
     }
 
     /// An order-independent digest of the held AT lines: two stores with the same records
-    /// have the same digest (for convergence checks).
+    /// have the same digest, on any server (for convergence checks). Kept up to date on every
+    /// change, so this is O(1); always equal to [`digest_of`] over [`LocationStore::records`].
     pub fn digest(&self) -> u64 {
-        let h = FixedState::with_seed(0x6865_7264);
-        self.slots.iter().fold(0u64, |acc, s| {
-            acc.wrapping_add(h.hash_one(s.record.at_line()))
-        })
+        self.digest
     }
 }
 
@@ -289,5 +420,144 @@ mod tests {
         assert_eq!(seqs(s.changed_since_except(0, 6)), vec![3]);
         assert_eq!(seqs(s.changed_since_except(0, 5)), vec![2, 3, 4]);
         assert_eq!(seqs(s.changed_since_except(0, 0)), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn digest_is_kept_up_to_date_and_ignores_order_and_seeds() {
+        let mut a = LocationStore::new(1);
+        let mut b = LocationStore::new(99);
+        assert_eq!(a.digest(), 0);
+        a.offer(rec("A", "IAMAT x +1+1 1", 0));
+        a.offer(rec("A", "IAMAT y +1+1 1", 0));
+        a.offer(rec("A", "IAMAT x +1+1 2", 0));
+        b.offer(rec("A", "IAMAT x +1+1 2", 0));
+        b.offer(rec("A", "IAMAT y +1+1 1", 0));
+        assert_eq!(
+            a.digest(),
+            b.digest(),
+            "same records, other seeds and order"
+        );
+        assert_eq!(a.digest(), digest_of(a.records().map(|r| &**r)));
+        assert_eq!(a.remove(b"x").unwrap().client(), b"x");
+        assert_eq!(a.remove(b"x"), None);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a.get(b"y").unwrap().client(), b"y");
+        assert_eq!(a.digest(), digest_of(a.records().map(|r| &**r)));
+        assert_ne!(a.digest(), b.digest());
+        b.remove(b"x");
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn records_expire_by_client_time_in_order() {
+        let s_ = |n: u64| Timestamp(n * 1_000_000_000);
+        let mut s = LocationStore::with_ttl(3, Some(Duration::from_secs(10)));
+        s.offer(rec("A", "IAMAT a +1+1 100", 0));
+        s.offer(rec("A", "IAMAT b +1+1 105.5", 0));
+        s.offer(rec("A", "IAMAT c +1+1 99999999999999999999", 0));
+        assert_eq!(s.next_expiry(), Some(s_(110)));
+        assert_eq!(s.expire(s_(109)), 0);
+        assert_eq!(s.expire(s_(110)), 1);
+        assert!(s.get(b"a").is_none());
+        assert_eq!(s.next_expiry(), Some(Timestamp(115_500_000_000)));
+        // A newer record moves the client's expiry.
+        s.offer(rec("A", "IAMAT b +1+1 200", 0));
+        assert_eq!(s.next_expiry(), Some(s_(210)));
+        assert_eq!(s.expire(s_(209)), 0);
+        assert_eq!(s.expire(s_(210)), 1);
+        assert_eq!(s.next_expiry(), None, "c's expiry is past any timestamp");
+        assert_eq!(s.expire(Timestamp(u64::MAX)), 0);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.digest(), digest_of(s.records().map(|r| &**r)));
+        assert!(is_expired(
+            &rec("A", "IAMAT d +1+1 5", 0),
+            Duration::from_secs(5),
+            s_(10)
+        ));
+        assert!(!is_expired(
+            &rec("A", "IAMAT d +1+1 5.1", 0),
+            Duration::from_secs(5),
+            s_(10)
+        ));
+        // Without a lifetime nothing expires.
+        let mut plain = LocationStore::new(3);
+        plain.offer(rec("A", "IAMAT a +1+1 1", 0));
+        assert_eq!(
+            (plain.next_expiry(), plain.expire(Timestamp(u64::MAX))),
+            (None, 0)
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Offer { client: u8, time: u64, server: u8 },
+        Remove(u8),
+        Expire(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u8..12, 0u64..60, 0u8..3)
+                .prop_map(|(client, time, server)| Op::Offer { client, time, server }),
+            2 => (0u8..14).prop_map(Op::Remove),
+            1 => (0u64..80).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a brute-force model: after every insert, replace, remove and expiry the
+        /// kept digest equals one computed from scratch, and the store holds exactly the
+        /// model's records.
+        #[test]
+        fn the_kept_digest_equals_a_recomputation_after_any_operations(
+            ops in proptest::collection::vec(op(), 0..120),
+            seed in proptest::prelude::any::<u64>(),
+            ttl in proptest::option::of(0u64..30),
+        ) {
+            use std::collections::BTreeMap;
+            let ttl = ttl.map(Duration::from_secs);
+            let mut s = LocationStore::with_ttl(seed, ttl);
+            let mut model: BTreeMap<Vec<u8>, Arc<Record>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Offer { client, time, server } => {
+                        let r = rec(&format!("S{server}"), &format!("IAMAT c{client} +1+1 {time}"), 0);
+                        let newer = model
+                            .get(r.client())
+                            .is_none_or(|m| r.precedence(m) == Ordering::Greater);
+                        let stored = matches!(s.offer(r.clone()), Offer::Stored(_));
+                        proptest::prop_assert_eq!(stored, newer);
+                        if newer {
+                            model.insert(r.client().to_vec(), r);
+                        }
+                    }
+                    Op::Remove(client) => {
+                        let id = format!("c{client}").into_bytes();
+                        let got = s.remove(&id).map(|r| r.at_line().to_vec());
+                        let want = model.remove(&id).map(|r| r.at_line().to_vec());
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                    Op::Expire(at) => {
+                        let now = Timestamp(at * 1_000_000_000);
+                        let before = model.len();
+                        if let Some(ttl) = ttl {
+                            model.retain(|_, r| !is_expired(r, ttl, now));
+                        }
+                        proptest::prop_assert_eq!(s.expire(now), before - model.len());
+                    }
+                }
+                proptest::prop_assert_eq!(s.digest(), digest_of(model.values().map(|r| &**r)));
+                proptest::prop_assert_eq!(s.digest(), digest_of(s.records().map(|r| &**r)));
+                proptest::prop_assert_eq!(s.len(), model.len());
+                for (client, r) in &model {
+                    proptest::prop_assert_eq!(s.get(client).map(|g| g.at_line()), Some(r.at_line()));
+                }
+                let next = ttl.and_then(|ttl| {
+                    model.values().map(|r| expiry_nanos(r, ttl)).min()
+                });
+                proptest::prop_assert_eq!(s.next_expiry().map(|t| u128::from(t.0)), next);
+            }
+        }
     }
 }

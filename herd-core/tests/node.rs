@@ -49,7 +49,8 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
     // B answers with its delta first (FIFO), then the query's answer.
     let line = b"AT B +0.000000000 kiwi +1+1 1";
     let record = std::sync::Arc::new(herd_core::Record::parse(line).unwrap());
-    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest())
+        .expect("the peer message is handled");
     a.handle_peer_msg(
         Timestamp(2),
         PeerId(0),
@@ -57,8 +58,10 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
             seq: 1,
             record: record.clone(),
         },
-    );
-    a.handle_peer_msg(Timestamp(2), PeerId(0), PeerMsg::Synced { seq: 1 });
+    )
+    .expect("the peer message is handled");
+    a.handle_peer_msg(Timestamp(2), PeerId(0), PeerMsg::Synced { seq: 1 })
+        .expect("the peer message is handled");
     a.handle_peer_msg(
         Timestamp(3),
         PeerId(0),
@@ -67,7 +70,8 @@ fn a_restarted_server_asks_the_herd_over_links_still_reconciling() {
             qid,
             record: Some(record.clone()),
         },
-    );
+    )
+    .expect("the peer message is handled");
     assert_eq!(
         a.poll_event(),
         Some(NodeEvent::QueryDone {
@@ -126,7 +130,8 @@ fn a_large_delta_is_paced_by_the_backlog_and_live_updates_join_it_in_order() {
     let window = 2_000;
     let mut a = node_with_records(1_000, window);
     a.handle_link_up(Timestamp(2), PeerId(0));
-    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest())
+        .expect("the peer message is handled");
     let mut all = Vec::new();
     let mut rounds = 0;
     let mut live = 1_000;
@@ -183,7 +188,8 @@ fn a_delta_cut_by_a_link_drop_resumes_from_what_the_peer_saw() {
     let mut a = node_with_records(300, 1_500);
     a.handle_link_up(Timestamp(2), PeerId(0));
     let epoch = a.epoch();
-    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest());
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest())
+        .expect("the peer message is handled");
     let first = update_seqs(&a.sink_mut().take());
     assert!(!first.is_empty() && first.len() < 300, "{}", first.len());
     let seen = *first.last().unwrap();
@@ -206,7 +212,8 @@ fn a_delta_cut_by_a_link_drop_resumes_from_what_the_peer_saw() {
             your_epoch: epoch,
             seen,
         },
-    );
+    )
+    .expect("the peer message is handled");
     let mut rest = Vec::new();
     loop {
         let batch = a.sink_mut().take();
@@ -249,7 +256,8 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
             seq: 1,
             record: std::sync::Arc::new(from_peer),
         },
-    );
+    )
+    .expect("the peer message is handled");
     let lines: Vec<Vec<u8>> = a.drain_journal().map(|r| r.at_line().to_vec()).collect();
     assert_eq!(lines.len(), 2, "one per stored record");
     assert!(lines[0].ends_with(b"kiwi +1+1 5"));
@@ -261,14 +269,18 @@ fn the_journal_holds_every_stored_record_once_and_restore_refills_a_fresh_node()
     let mut b = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(4));
     for l in &lines {
         let r = std::sync::Arc::new(herd_core::Record::parse(l).unwrap());
-        assert!(b.restore(r.clone()));
-        assert!(!b.restore(r), "the same record again is not new");
+        assert!(b.restore(Timestamp(3), r.clone()));
+        assert!(
+            !b.restore(Timestamp(3), r),
+            "the same record again is not new"
+        );
     }
     assert_eq!(b.store().len(), 2);
     assert_eq!(b.drain_journal().count(), 0);
     assert!(b.sink().sent.is_empty());
     b.handle_link_up(Timestamp(3), PeerId(0));
-    b.handle_peer_msg(Timestamp(3), PeerId(0), first_digest());
+    b.handle_peer_msg(Timestamp(3), PeerId(0), first_digest())
+        .expect("the peer message is handled");
     assert_eq!(update_seqs(&b.sink_mut().take()), vec![1, 2]);
 }
 

@@ -73,6 +73,55 @@ fn chaotic_run(topo: Topology, seed: u64, actions: u64, cfg: SimConfig) -> (Stri
     (sim.summary(), sim.lost())
 }
 
+/// A chaotic run whose records expire ([`SimConfig::record_ttl`]): after settling, the herd
+/// agrees on the newest unexpired record of every client, and still does each time more of
+/// them expire (every server expires a record at the same client-time-based moment).
+fn chaotic_run_with_lifetimes(
+    topo: Topology,
+    seed: u64,
+    actions: u64,
+    cfg: SimConfig,
+) -> (String, u64) {
+    let links = topo.edges.len() as u64;
+    let crashes = cfg.crashes;
+    let mut sim = Sim::new(topo, seed, cfg);
+    sim.chaos(actions);
+    sim.settle(2_000_000 + 20_000 * links);
+    sim.check_settled();
+    for _ in 0..4 {
+        let d = sim.rng.range(1, 40_000) * MS;
+        sim.run_for(Duration::from_nanos(d));
+        sim.check_settled();
+    }
+    if !crashes {
+        assert_eq!(sim.lost(), 0, "expiry is not loss");
+    }
+    sim.check_queries_after_settling();
+    let expired = sim.total_stats().expired + sim.total_stats().expired_on_arrival;
+    (format!("{}; {expired} expired", sim.summary()), sim.lost())
+}
+
+#[test]
+fn with_record_lifetimes_the_herd_agrees_on_the_newest_unexpired_record_of_every_client() {
+    for_each_seed("with_record_lifetimes", 60, |seed| {
+        let mut rng = Rng::new(seed ^ 0x771);
+        let topo = if seed % 2 == 0 {
+            Topology::default_herd()
+        } else {
+            random_topology(&mut rng)
+        };
+        // Client times lie within about 100 s of the start: lifetimes of 1 to 120 s make
+        // some records arrive expired, some expire during the faults or after settling.
+        let cfg = SimConfig {
+            record_ttl: Some(Duration::from_secs(rng.range(1, 120))),
+            journals: rng.percent(50),
+            ..random_config(&mut rng, topo.len())
+        };
+        let actions = 200 + topo.len() as u64;
+        chaotic_run_with_lifetimes(topo, seed, actions, cfg)
+    });
+}
+
 /// A random herd: usually small, sometimes up to 200 servers.
 fn random_topology(rng: &mut Rng) -> Topology {
     let n = match rng.below(10) {

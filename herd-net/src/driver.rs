@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{
-    ClientAction, Node, NodeEvent, PeerId, PeerParseError, QueryOutcome, ServerName, Timestamp,
+    ClientAction, Node, NodeEvent, PeerError, PeerId, QueryOutcome, ServerName, Timestamp,
 };
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
@@ -84,8 +84,8 @@ pub(crate) enum PeerBatchError {
     Stale,
     /// A line over the peer line limit, or a read error.
     Line(LineError),
-    /// A malformed line (returned for the log).
-    Parse(PeerParseError, BytesMut),
+    /// A malformed line or one that breaks the session's rules (returned for the log).
+    Parse(PeerError, BytesMut),
 }
 
 /// The node, lent to a client connection for one batch of lines.

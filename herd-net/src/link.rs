@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::peer::{Acceptor, Dialler, Handshake, HandshakeError};
-use herd_core::{PeerId, PeerParseError};
+use herd_core::{PeerError, PeerId, PeerParseError};
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,9 +47,9 @@ pub enum LinkError {
     /// A line over the peer line limit.
     #[error("peer line too long")]
     TooLong,
-    /// A malformed peer message.
+    /// A malformed peer message, or one that breaks the session's rules (a second digest).
     #[error("bad peer message: {0}")]
-    Parse(#[from] PeerParseError),
+    Parse(#[from] PeerError),
     /// The handshake failed (wrong secret, stranger, ...).
     #[error("handshake refused: {0}")]
     Handshake(#[from] HandshakeError),
@@ -65,6 +65,12 @@ pub enum LinkError {
     /// The peer is not one of this server's neighbours.
     #[error("not a neighbour")]
     NotNeighbour,
+}
+
+impl From<PeerParseError> for LinkError {
+    fn from(e: PeerParseError) -> Self {
+        Self::Parse(e.into())
+    }
 }
 
 impl From<LineError> for LinkError {

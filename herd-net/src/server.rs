@@ -144,8 +144,9 @@ fn restore(
     let (journal, restored) =
         Journal::open_with(path, compact_floor, spec.fsync).map_err(with_path)?;
     let read = restored.records.len();
+    let now = crate::clock::now();
     for r in restored.records {
-        node.restore(r);
+        node.restore(now, r);
     }
     let snapshot: Vec<Arc<Record>> = node.store().records().cloned().collect();
     journal.compact(&snapshot).map_err(with_path)?;

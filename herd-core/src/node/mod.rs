@@ -27,12 +27,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
 use crate::ports::{IdSource, PeerId, PeerSink};
 use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
 use crate::record::Record;
-use crate::store::{LocationStore, Offer};
+use crate::store::{is_expired, LocationStore, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
 mod query;
@@ -47,6 +49,8 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 pub const DEFAULT_MAX_QUERIES: usize = 4096;
 /// Default backlog (bytes) up to which a reconciliation delta is queued for a neighbour.
 pub const DEFAULT_RESYNC_WINDOW: usize = 1 << 20;
+/// Default longest client id, in bytes, that the node accepts ([`NodeConfig::max_client_id_bytes`]).
+pub const DEFAULT_MAX_CLIENT_ID_BYTES: usize = 256;
 
 /// What a node needs to know about itself.
 #[derive(Debug, Clone)]
@@ -67,6 +71,27 @@ pub struct NodeConfig {
     /// Whether every record the store takes is also kept for [`Node::drain_journal`], so
     /// that an adapter can write it to durable storage (before acknowledging it).
     pub journal: bool,
+    /// Longest client id, in bytes (default [`DEFAULT_MAX_CLIENT_ID_BYTES`]). An IAMAT or
+    /// WHATSAT with a longer one is answered `? <line>` like any invalid line (counted in
+    /// [`NodeStats::invalid`]); a record from a peer (or [`Node::restore`]) with a longer one
+    /// is not stored ([`NodeStats::long_ids_refused`]).
+    pub max_client_id_bytes: usize,
+    /// Most clients the store holds (default `None`: no limit). When it holds this many, a
+    /// record for a new client is not stored: an IAMAT is still answered with its AT line but
+    /// neither stored nor flooded; a peer's or a restored record is dropped. Records of
+    /// clients already held still replace theirs. Counted in [`NodeStats::records_refused`].
+    pub max_records: Option<usize>,
+    /// How long a record lives (default `None`: for ever): it expires this long after its
+    /// client time (the time in the IAMAT, not its arrival), so every server expires it at
+    /// the same moment and the herd still agrees. Expired records leave the store (from
+    /// [`Node::handle_timeout`], which [`Node::poll_timeout`] schedules, and before any
+    /// call handles its event); one that arrives already expired is not stored (an IAMAT is
+    /// still answered). Counted in [`NodeStats::expired`] and [`NodeStats::expired_on_arrival`].
+    pub record_ttl: Option<Duration>,
+    /// How far a client's time may be ahead of the server's `now` (default `None`: any). An
+    /// IAMAT further ahead is answered with its AT line but neither stored nor flooded
+    /// ([`NodeStats::future_refused`]).
+    pub max_future_skew: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -79,8 +104,25 @@ impl NodeConfig {
             max_queries: DEFAULT_MAX_QUERIES,
             resync_window: DEFAULT_RESYNC_WINDOW,
             journal: false,
+            max_client_id_bytes: DEFAULT_MAX_CLIENT_ID_BYTES,
+            max_records: None,
+            record_ttl: None,
+            max_future_skew: None,
         }
     }
+}
+
+/// Why a peer line ended its link's session ([`Node::handle_peer_line`]): the adapter should
+/// drop the link (the next session reconciles afresh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PeerError {
+    /// The line is not a well-formed peer message.
+    #[error(transparent)]
+    Parse(#[from] PeerParseError),
+    /// A second `D` (digest) in one session: a session is reconciled once, so a peer cannot
+    /// make the node rebuild its delta again and again.
+    #[error("second digest in one session")]
+    RepeatedDigest,
 }
 
 /// What the caller must do for a client line after [`Node::handle_client_line`].
@@ -158,8 +200,53 @@ pub struct NodeStats {
     pub send_failures: u64,
     /// Herd queries started for local clients.
     pub queries_started: u64,
-    /// Malformed or out-of-order peer messages ignored.
+    /// Peer messages that were malformed, out of session (ignored) or a second digest in one
+    /// session ([`PeerError`]).
     pub peer_errors: u64,
+    /// Records from peers (updates, query answers) or [`Node::restore`] not stored because
+    /// their client id is longer than [`NodeConfig::max_client_id_bytes`] (client lines with
+    /// such ids count in `invalid`).
+    pub long_ids_refused: u64,
+    /// Records for new clients not stored because the store held
+    /// [`NodeConfig::max_records`] clients (from clients, peers or `restore`).
+    pub records_refused: u64,
+    /// Records that had already expired ([`NodeConfig::record_ttl`]) when they arrived (from
+    /// clients, peers or `restore`): not stored.
+    pub expired_on_arrival: u64,
+    /// Records removed from the store because they expired ([`NodeConfig::record_ttl`]).
+    pub expired: u64,
+    /// IAMATs not stored because their client time was further ahead of the server's time
+    /// than [`NodeConfig::max_future_skew`].
+    pub future_refused: u64,
+}
+
+/// Why the node did not store a record that was new to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its client id is over [`NodeConfig::max_client_id_bytes`].
+    LongId,
+    /// It is for a new client and the store is at [`NodeConfig::max_records`].
+    Full,
+    /// It has expired ([`NodeConfig::record_ttl`]).
+    Expired,
+    /// Its client time is too far ahead ([`NodeConfig::max_future_skew`]).
+    Future,
+}
+
+/// What offering a record to the node did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Stored,
+    Stale,
+    Refused(Refusal),
+}
+
+/// Where a record offered to the node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Client,
+    Peer(PeerId),
+    Restore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +269,8 @@ struct Link {
     source: u64,
     /// The delta being sent to the peer, when one is under way.
     resync: Option<Resync>,
+    /// Whether this session's digest has been handled (a session honours one).
+    digest_done: bool,
 }
 
 /// One server's protocol state machine.
@@ -213,16 +302,18 @@ impl<S: PeerSink> Node<S> {
                 seen: 0,
                 source: 0,
                 resync: None,
+                digest_done: false,
             };
             cfg.neighbours.len()
         ];
         // Epoch 0 means "never seen" in digests, so a real epoch is never 0.
         let epoch = ids.next_u64().max(1);
+        let store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
         Self {
             cfg,
             epoch,
             links,
-            store: LocationStore::new(ids.next_u64()),
+            store,
             sink,
             queries: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(ids.next_u64())),
             query_order: VecDeque::new(),
@@ -286,20 +377,20 @@ impl<S: PeerSink> Node<S> {
         line: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction {
+        self.expire(now);
+        let max_id = self.cfg.max_client_id_bytes;
         match parse_client_line(line) {
             ClientLine::Blank => ClientAction::Silent,
-            ClientLine::Invalid(_) => {
-                self.stats.invalid += 1;
-                write_invalid(line, out);
-                ClientAction::Replied
-            }
+            ClientLine::Invalid(_) => self.invalid(line, out),
+            ClientLine::IAmAt(req) if req.client.len() > max_id => self.invalid(line, out),
+            ClientLine::WhatsAt(req) if req.client.len() > max_id => self.invalid(line, out),
             ClientLine::IAmAt(req) => {
                 self.stats.iamats += 1;
                 let record = Arc::new(Record::from_iamat(&self.cfg.name, now, &req));
                 out.reserve(record.at_line().len() + 1);
                 out.extend_from_slice(record.at_line());
                 out.push(b'\n');
-                self.apply_update(None, record);
+                self.apply_update(now, Origin::Client, record);
                 ClientAction::Replied
             }
             ClientLine::WhatsAt(req) => {
@@ -307,6 +398,12 @@ impl<S: PeerSink> Node<S> {
                 self.whatsat(now, line, &req, out)
             }
         }
+    }
+
+    fn invalid(&mut self, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
+        self.stats.invalid += 1;
+        write_invalid(line, out);
+        ClientAction::Replied
     }
 
     fn whatsat(
@@ -353,21 +450,76 @@ impl<S: PeerSink> Node<S> {
     /// Puts a record read back from durable storage into the store, as this node's own (it
     /// is sent to every neighbour whose digest asks for it), without flooding it now and
     /// without journaling it again. Call it before any link is up. Returns whether it was
-    /// newer than what the store held.
-    pub fn restore(&mut self, record: Arc<Record>) -> bool {
+    /// stored: newer than what the store held, and within the limits at `now` (not expired,
+    /// id not too long, room for a new client; the refusals are counted as for a peer's
+    /// record).
+    pub fn restore(&mut self, now: Timestamp, record: Arc<Record>) -> bool {
+        self.expire(now);
+        if self.admit(now, &record, Origin::Restore).is_err() {
+            return false;
+        }
         matches!(self.store.offer_from(record, 0), Offer::Stored(_))
     }
 
     // === updates ===
 
-    /// Stores `record` if new and floods it to every synchronised neighbour but `from`.
-    fn apply_update(&mut self, from: Option<PeerId>, record: Arc<Record>) -> bool {
+    /// Removes the records expired at `now` ([`NodeConfig::record_ttl`]).
+    fn expire(&mut self, now: Timestamp) {
+        let n = self.store.expire(now);
+        self.stats.expired += n as u64;
+    }
+
+    /// Whether the limits let the store take `record` at `now` (whether it is newer than the
+    /// held one is the store's to say); a refusal is counted.
+    fn admit(&mut self, now: Timestamp, record: &Record, from: Origin) -> Result<(), Refusal> {
+        let cfg = &self.cfg;
+        let too_far_ahead = |skew: Duration| {
+            let time = u128::try_from(record.time().as_nanos()).unwrap_or(0);
+            time > u128::from(now.as_nanos()).saturating_add(skew.as_nanos())
+        };
+        let refusal = if record.client().len() > cfg.max_client_id_bytes {
+            Refusal::LongId
+        } else if cfg
+            .record_ttl
+            .is_some_and(|ttl| is_expired(record, ttl, now))
+        {
+            Refusal::Expired
+        } else if from == Origin::Client && cfg.max_future_skew.is_some_and(too_far_ahead) {
+            Refusal::Future
+        } else if cfg
+            .max_records
+            .is_some_and(|max| self.store.len() >= max && self.store.get(record.client()).is_none())
+        {
+            Refusal::Full
+        } else {
+            return Ok(());
+        };
+        let counter = match refusal {
+            Refusal::LongId => &mut self.stats.long_ids_refused,
+            Refusal::Full => &mut self.stats.records_refused,
+            Refusal::Expired => &mut self.stats.expired_on_arrival,
+            Refusal::Future => &mut self.stats.future_refused,
+        };
+        *counter += 1;
+        Err(refusal)
+    }
+
+    /// Stores `record` if new and within the limits, and floods it to every synchronised
+    /// neighbour but the one it came from.
+    fn apply_update(&mut self, now: Timestamp, from: Origin, record: Arc<Record>) -> Applied {
+        if let Err(refusal) = self.admit(now, &record, from) {
+            return Applied::Refused(refusal);
+        }
+        let from = match from {
+            Origin::Peer(p) => Some(p),
+            Origin::Client | Origin::Restore => None,
+        };
         let source = from
             .and_then(|p| self.links.get(p.0))
             .map_or(0, |l| l.source);
         let Offer::Stored(seq) = self.store.offer_from(record.clone(), source) else {
             self.stats.stale += 1;
-            return false;
+            return Applied::Stale;
         };
         self.stats.stored += 1;
         if self.cfg.journal {
@@ -380,7 +532,7 @@ impl<S: PeerSink> Node<S> {
                 self.send(PeerId(i), &msg);
             }
         }
-        true
+        Applied::Stored
     }
 
     fn send(&mut self, to: PeerId, msg: &PeerMsg) {
@@ -399,6 +551,7 @@ impl<S: PeerSink> Node<S> {
 
     /// The link to `peer` is up (handshake done): start reconciliation.
     pub fn handle_link_up(&mut self, now: Timestamp, peer: PeerId) {
+        self.expire(now);
         let Some(link) = self.links.get_mut(peer.0) else {
             return;
         };
@@ -408,6 +561,7 @@ impl<S: PeerSink> Node<S> {
         }
         let link = &mut self.links[peer.0];
         link.state = LinkState::Syncing;
+        link.digest_done = false;
         let digest = PeerMsg::Digest {
             epoch: self.epoch,
             your_epoch: link.peer_epoch,
@@ -418,6 +572,7 @@ impl<S: PeerSink> Node<S> {
 
     /// The link to `peer` is down: queries waiting on it count it as a "no".
     pub fn handle_link_down(&mut self, now: Timestamp, peer: PeerId) {
+        self.expire(now);
         let Some(link) = self.links.get_mut(peer.0) else {
             return;
         };
@@ -439,38 +594,56 @@ impl<S: PeerSink> Node<S> {
     /// Parses and handles one peer line (without `\n`) from an authenticated neighbour.
     ///
     /// # Errors
-    /// [`PeerParseError`] when the line is malformed (the caller should drop the link).
+    /// [`PeerError`] when the line is malformed or breaks the session's rules (the caller
+    /// should drop the link); see [`Node::handle_peer_msg`].
     pub fn handle_peer_line(
         &mut self,
         now: Timestamp,
         from: PeerId,
         line: &[u8],
-    ) -> Result<(), PeerParseError> {
+    ) -> Result<(), PeerError> {
         let msg = PeerMsg::parse(line).inspect_err(|_| self.stats.peer_errors += 1)?;
-        self.handle_peer_msg(now, from, msg);
-        Ok(())
+        self.handle_peer_msg(now, from, msg)
     }
 
-    /// Handles one message from neighbour `from`.
-    pub fn handle_peer_msg(&mut self, now: Timestamp, from: PeerId, msg: PeerMsg) {
-        if self
+    /// Handles one message from neighbour `from`. A message for a link that is down (one
+    /// still in flight when it dropped) is counted in [`NodeStats::peer_errors`] and ignored.
+    ///
+    /// # Errors
+    /// [`PeerError::RepeatedDigest`] for a second digest since [`Node::handle_link_up`]
+    /// (counted, not handled; the caller should drop the link).
+    pub fn handle_peer_msg(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        msg: PeerMsg,
+    ) -> Result<(), PeerError> {
+        self.expire(now);
+        let Some(link) = self
             .links
-            .get(from.0)
-            .is_none_or(|l| l.state == LinkState::Down)
-        {
+            .get_mut(from.0)
+            .filter(|l| l.state != LinkState::Down)
+        else {
             self.stats.peer_errors += 1;
-            return;
+            return Ok(());
+        };
+        if matches!(msg, PeerMsg::Digest { .. }) {
+            if link.digest_done {
+                self.stats.peer_errors += 1;
+                return Err(PeerError::RepeatedDigest);
+            }
+            link.digest_done = true;
         }
         match msg {
             PeerMsg::Digest {
                 epoch,
                 your_epoch,
                 seen,
-            } => self.on_digest(from, epoch, your_epoch, seen),
+            } => self.on_digest(now, from, epoch, your_epoch, seen),
             PeerMsg::Update { seq, record } => {
                 self.stats.updates_received += 1;
                 self.links[from.0].seen = seq;
-                self.apply_update(Some(from), record);
+                self.apply_update(now, Origin::Peer(from), record);
             }
             PeerMsg::Synced { seq } => self.links[from.0].seen = seq,
             PeerMsg::Query {
@@ -483,12 +656,18 @@ impl<S: PeerSink> Node<S> {
                 qid,
                 record,
             } => {
-                if let Some(r) = &record {
-                    self.apply_update(Some(from), r.clone());
-                }
+                // A record the store cannot take only for want of room still answers the
+                // query; an expired one (or one with too long an id) counts as a "no".
+                let record = record.filter(|r| {
+                    match self.apply_update(now, Origin::Peer(from), r.clone()) {
+                        Applied::Stored | Applied::Stale | Applied::Refused(Refusal::Full) => true,
+                        Applied::Refused(_) => false,
+                    }
+                });
                 self.on_answer(now, from, (origin, qid), record);
             }
         }
+        Ok(())
     }
 }
 

@@ -153,12 +153,19 @@ impl<S: PeerSink> Node<S> {
         }
         q.done = true;
         let (parent, client) = (q.parent.clone(), q.client.clone());
-        self.finish_query(parent, key, &client);
+        self.finish_query(parent, key, &client, record);
     }
 
     /// Reports a query's result: to the parent neighbour, or as an event for a local client.
-    fn finish_query(&mut self, parent: Parent, key: QueryKey, client: &[u8]) {
-        let record = self.store.get(client).cloned();
+    /// The store's record, else `answer` (one the store could not take for want of room).
+    fn finish_query(
+        &mut self,
+        parent: Parent,
+        key: QueryKey,
+        client: &[u8],
+        answer: Option<Arc<Record>>,
+    ) {
+        let record = self.store.get(client).cloned().or(answer);
         match parent {
             Parent::Peer(p) => {
                 let msg = PeerMsg::Answer {
@@ -190,15 +197,22 @@ impl<S: PeerSink> Node<S> {
 
     // === timers ===
 
-    /// When [`Node::handle_timeout`] should next be called, if ever.
+    /// When [`Node::handle_timeout`] should next be called, if ever: the earliest query
+    /// deadline or record expiry ([`super::NodeConfig::record_ttl`]).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.query_order.front().map(|(t, _)| *t)
+        let query = self.query_order.front().map(|(t, _)| *t);
+        match (query, self.store.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Expires queries whose deadline has passed; a local one still unanswered is answered
-    /// from the store (which an update may have filled meanwhile), else "unknown".
+    /// Removes the records expired at `now`, and expires queries whose deadline has passed;
+    /// a local one still unanswered is answered from the store (which an update may have
+    /// filled meanwhile), else "unknown".
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.expire(now);
         while let Some((deadline, _)) = self.query_order.front() {
             if *deadline > now {
                 break;
@@ -216,7 +230,7 @@ impl<S: PeerSink> Node<S> {
                 continue;
             };
             if !q.done && matches!(q.parent, Parent::Local(_)) {
-                self.finish_query(q.parent, key, &q.client);
+                self.finish_query(q.parent, key, &q.client, None);
             }
         }
     }

@@ -8,6 +8,7 @@ use super::{LinkState, Node};
 use crate::peer::PeerMsg;
 use crate::ports::{PeerId, PeerSink};
 use crate::record::Record;
+use crate::store::is_expired;
 use crate::types::Timestamp;
 
 /// A reconciliation delta on its way to a neighbour.
@@ -20,7 +21,14 @@ pub(super) struct Resync {
 }
 
 impl<S: PeerSink> Node<S> {
-    pub(super) fn on_digest(&mut self, from: PeerId, epoch: u64, your_epoch: u64, seen: u64) {
+    pub(super) fn on_digest(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        epoch: u64,
+        your_epoch: u64,
+        seen: u64,
+    ) {
         let link = &mut self.links[from.0];
         if link.peer_epoch != epoch {
             // The peer restarted: its log is new, everything of it is unseen.
@@ -35,21 +43,23 @@ impl<S: PeerSink> Node<S> {
             pending: VecDeque::new(),
             covered: since,
         });
-        self.continue_resync(from);
+        self.continue_resync(now, from);
     }
 
     /// The sink has taken what was queued for `peer` (after [`PeerSink::notify_drained`]):
     /// the reconciliation delta under way, if any, goes on.
-    pub fn handle_link_drained(&mut self, _now: Timestamp, peer: PeerId) {
+    pub fn handle_link_drained(&mut self, now: Timestamp, peer: PeerId) {
+        self.expire(now);
         if self.links.get(peer.0).is_some_and(|l| l.resync.is_some()) {
-            self.continue_resync(peer);
+            self.continue_resync(now, peer);
         }
     }
 
     /// Hands the delta to the sink while the peer's backlog is below the window. When the
     /// window is full it asks the sink to say when the queue is taken; when the delta is
     /// through (including what changed meanwhile) it sends `Synced` and the link is up.
-    fn continue_resync(&mut self, peer: PeerId) {
+    /// Records of the snapshot that have expired by `now` are left out.
+    fn continue_resync(&mut self, now: Timestamp, peer: PeerId) {
         loop {
             let link = &mut self.links[peer.0];
             let Some(resync) = link.resync.as_mut() else {
@@ -84,6 +94,13 @@ impl<S: PeerSink> Node<S> {
             };
             if let Some(r) = self.links[peer.0].resync.as_mut() {
                 r.covered = seq;
+            }
+            if self
+                .cfg
+                .record_ttl
+                .is_some_and(|ttl| is_expired(&record, ttl, now))
+            {
+                continue;
             }
             self.stats.updates_sent += 1;
             self.send(peer, &PeerMsg::Update { seq, record });

@@ -333,6 +333,10 @@ struct Acked {
 struct Model {
     clients: BTreeMap<Vec<u8>, Vec<Acked>>,
     lost: u64,
+    /// The nodes' record lifetime: a record expired at the model's `now` is neither lost
+    /// nor expected.
+    ttl: Option<Duration>,
+    now: Timestamp,
 }
 
 impl Model {
@@ -356,11 +360,19 @@ impl Model {
             .is_some_and(|all| all.iter().any(|a| a.record.at_line() == record.at_line()))
     }
 
-    /// Marks lost every acknowledged record newer than what survives of its client.
+    /// Whether `record` has expired at the model's time.
+    fn expired(&self, record: &Record) -> bool {
+        self.ttl
+            .is_some_and(|ttl| herd_core::store::is_expired(record, ttl, self.now))
+    }
+
+    /// Marks lost every acknowledged, unexpired record newer than what survives of its client.
     fn account_losses(&mut self, surviving: &HashMap<Vec<u8>, Arc<Record>>) {
+        let (ttl, now) = (self.ttl, self.now);
+        let expired = |r: &Record| ttl.is_some_and(|ttl| herd_core::store::is_expired(r, ttl, now));
         for (client, all) in &mut self.clients {
             let best = surviving.get(client);
-            for a in all.iter_mut().filter(|a| !a.lost) {
+            for a in all.iter_mut().filter(|a| !a.lost && !expired(&a.record)) {
                 if best.is_none_or(|b| a.record.precedence(b) == Ordering::Greater) {
                     a.lost = true;
                     self.lost += 1;
@@ -369,13 +381,13 @@ impl Model {
         }
     }
 
-    /// The newest acknowledged record of each client that was not lost.
+    /// The newest acknowledged record of each client that was not lost nor has expired.
     fn expected(&self) -> BTreeMap<Vec<u8>, Arc<Record>> {
         let mut out = BTreeMap::new();
         for (client, all) in &self.clients {
             let best = all
                 .iter()
-                .filter(|a| !a.lost)
+                .filter(|a| !a.lost && !self.expired(&a.record))
                 .map(|a| &a.record)
                 .max_by(|x, y| x.precedence(y));
             if let Some(b) = best {
@@ -403,6 +415,8 @@ pub(crate) struct SimConfig {
     pub(crate) resync_window: usize,
     /// Whether each node keeps a journal on a disk that survives its crashes.
     pub(crate) journals: bool,
+    /// The nodes' record lifetime ([`NodeConfig::record_ttl`]).
+    pub(crate) record_ttl: Option<Duration>,
     pub(crate) query_timeout: Duration,
     pub(crate) max_queries: usize,
     /// At most this many distinct clients send IAMATs (each run picks 1..=max_clients).
@@ -420,6 +434,7 @@ impl Default for SimConfig {
             queue_cap: None,
             resync_window: herd_core::node::DEFAULT_RESYNC_WINDOW,
             journals: false,
+            record_ttl: None,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: 4096,
             max_clients: 40,
@@ -542,6 +557,7 @@ impl Sim {
             backlogged: 0,
         };
         let ids = SeededIds::new(rng.next());
+        let cfg_ttl = cfg.record_ttl;
         let mut sim = Self {
             topo,
             cfg,
@@ -555,7 +571,11 @@ impl Sim {
             timer_at: vec![None; n],
             rng,
             ids,
-            model: Model::default(),
+            model: Model {
+                ttl: cfg_ttl,
+                now: START,
+                ..Model::default()
+            },
             losses_dirty: false,
             pending: HashMap::new(),
             done: Vec::new(),
@@ -579,6 +599,7 @@ impl Sim {
         cfg.max_queries = self.cfg.max_queries;
         cfg.resync_window = self.cfg.resync_window;
         cfg.journal = self.cfg.journals;
+        cfg.record_ttl = self.cfg.record_ttl;
         let sink = SimSink {
             node: i,
             net: self.net.clone(),
@@ -980,8 +1001,9 @@ impl Sim {
         }
         self.inc[i] += 1;
         let mut node = self.fresh_node(i);
+        let now = self.now();
         for r in std::mem::take(&mut self.disks[i]) {
-            node.restore(r);
+            node.restore(now, r);
         }
         if self.cfg.journals {
             // Compacted, as herd-net rewrites it at start.
@@ -1102,6 +1124,7 @@ impl Sim {
         }
         drop(net);
         let before = self.model.lost;
+        self.model.now = self.now();
         self.model.account_losses(&best);
         if std::env::var_os("HERD_SIM_TRACE").is_some() && self.model.lost > before {
             let up: Vec<String> = self
@@ -1323,15 +1346,50 @@ impl Sim {
             }
         }
         self.connect_all();
-        self.run_until_quiet(max_steps)
+        if self.cfg.record_ttl.is_some() {
+            self.run_until_only_timers(max_steps)
+        } else {
+            self.run_until_quiet(max_steps)
+        }
+    }
+
+    /// Runs events until only node timers later than now are left (with record lifetimes the
+    /// herd is never quiet while it holds records: each waits for its expiry), and no query
+    /// is in flight; panics after `max_steps`.
+    pub(crate) fn run_until_only_timers(&mut self, max_steps: u64) -> u64 {
+        let mut steps = 0;
+        loop {
+            let now = self.now();
+            let only_timers = self
+                .heap
+                .iter()
+                .all(|Reverse((at, _, ev))| matches!(ev, Ev::Timer { .. }) && *at > now);
+            let queries = self
+                .nodes
+                .iter()
+                .flatten()
+                .any(|n| n.queries_in_flight() > 0);
+            if (only_timers && !queries && self.pending.is_empty()) || !self.step() {
+                return steps;
+            }
+            steps += 1;
+            assert!(
+                steps <= max_steps,
+                "the network did not go quiet within {max_steps} steps"
+            );
+        }
     }
 
     /// The end-state checks of a settled herd.
     pub(crate) fn check_settled(&mut self) {
+        self.model.now = self.now();
         let expected = self.model.expected();
         // Every acknowledged record that was never lost is the expected one or older.
         for (client, all) in &self.model.clients {
-            for a in all.iter().filter(|a| !a.lost) {
+            for a in all
+                .iter()
+                .filter(|a| !a.lost && !self.model.expired(&a.record))
+            {
                 let e = expected
                     .get(client)
                     .expect("a client with an unlost record is expected");
@@ -1355,8 +1413,22 @@ impl Sim {
                 });
                 assert_eq!(got.at_line(), want.at_line(), "{name} holds a stale record");
             }
+            assert_eq!(
+                node.store().digest(),
+                herd_core::store::digest_of(expected.values().map(|r| &**r)),
+                "{name}'s digest is not that of the expected records"
+            );
             assert_eq!(node.queries_in_flight(), 0, "{name} still tracks queries");
-            assert_eq!(node.poll_timeout(), None, "{name} still wants a timer");
+            // Without lifetimes a settled node wants no timer; with them, one for the
+            // earliest expiry of what it holds.
+            let expiry = self.cfg.record_ttl.and_then(|ttl| {
+                let first = expected
+                    .values()
+                    .map(|r| herd_core::store::expiry_nanos(r, ttl))
+                    .min()?;
+                u64::try_from(first).ok().map(Timestamp)
+            });
+            assert_eq!(node.poll_timeout(), expiry, "{name} wants the wrong timer");
             for p in 0..node.neighbours().len() {
                 assert!(
                     node.is_linked(PeerId(p)),
@@ -1388,6 +1460,7 @@ impl Sim {
     /// After settling: every node finds every expected client at once, and a WHATSAT for an
     /// unknown client is answered unknown by the echo wave before the deadline.
     pub(crate) fn check_queries_after_settling(&mut self) {
+        self.model.now = self.now();
         let expected = self.model.expected();
         for i in 0..self.nodes.len() {
             for (client, want) in &expected {
@@ -1457,4 +1530,9 @@ fn add_stats(t: &mut NodeStats, s: &NodeStats) {
     t.send_failures += s.send_failures;
     t.queries_started += s.queries_started;
     t.peer_errors += s.peer_errors;
+    t.long_ids_refused += s.long_ids_refused;
+    t.records_refused += s.records_refused;
+    t.expired_on_arrival += s.expired_on_arrival;
+    t.expired += s.expired;
+    t.future_refused += s.future_refused;
 }
