@@ -25,13 +25,15 @@ use herd_core::Record;
 use herd_net::journal::Journal;
 use libfuzzer_sys::fuzz_target;
 
-/// One directory per fuzzing process, removed at exit: in `/dev/shm` where there is one (ten
-/// times the executions of a disk's temp dir), else in the temp dir.
+/// One directory per fuzzing process, `herd-journal-fuzz-*` in `/dev/shm` where there is one
+/// (ten times the executions of a disk's temp dir), else in the temp dir. It outlives the
+/// process (statics are not dropped), empty: each input removes its files.
 fn journal_path() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        tempfile::tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
+        let b = tempfile::Builder::new().prefix("herd-journal-fuzz-").clone();
+        b.tempdir_in("/dev/shm")
+            .or_else(|_| b.tempdir())
             .expect("temp dir")
     })
     .path()
@@ -115,4 +117,7 @@ fuzz_target!(|data: &[u8]| {
     records.extend(restored.records.first().cloned());
     assert_eq!(again.records, records, "records after compaction and append");
     drop(j);
+    for p in [path.clone(), path.with_extension("journal.lock")] {
+        std::fs::remove_file(&p).expect("remove the journal's files");
+    }
 });
