@@ -178,43 +178,51 @@ pub enum HandshakeError {
     MissingProof,
 }
 
-/// HMAC-SHA256 over the role label, both names and both nonces.
-fn proof(
-    secret: &[u8],
-    role: &[u8],
-    dialler: &ServerName,
-    acceptor: &ServerName,
+/// What both proofs and the session keys cover: both names, both nonces, both epochs.
+struct Transcript<'a> {
+    dialler: &'a ServerName,
+    acceptor: &'a ServerName,
     nd: u128,
     na: u128,
-) -> Proof {
-    // HMAC takes keys of any length.
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
+    ed: u64,
+    ea: u64,
+}
+
+/// The HMAC key made from the shared secret: `SHA-256("herd/1 secret" ‖ secret)`. Hashing
+/// first keeps HMAC's own key padding from making a secret and the same secret with zero
+/// bytes appended (or a long secret and its hash) the same key.
+fn hmac_key(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = Sha256::new();
+    h.update(b"herd/1 secret");
+    h.update(secret);
+    h.finalize().into()
+}
+
+/// HMAC-SHA256 over the role label and the transcript (each name preceded by its length).
+fn proof(secret: &[u8], role: &[u8], t: &Transcript<'_>) -> Proof {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hmac_key(secret))
+        .expect("hmac accepts any key length");
     for part in [
         role,
-        dialler.as_str().as_bytes(),
-        acceptor.as_str().as_bytes(),
+        t.dialler.as_str().as_bytes(),
+        t.acceptor.as_str().as_bytes(),
     ] {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part);
     }
-    mac.update(&nd.to_be_bytes());
-    mac.update(&na.to_be_bytes());
+    mac.update(&t.nd.to_be_bytes());
+    mac.update(&t.na.to_be_bytes());
+    mac.update(&t.ed.to_be_bytes());
+    mac.update(&t.ea.to_be_bytes());
     mac.finalize().into_bytes().into()
 }
 
-/// The keys of a sealed session ([`super::seal`]): one per direction, from the secret, both
-/// names and both nonces, as seen by the dialler (`dialling`) or the acceptor.
-fn session_keys(
-    secret: &[u8],
-    dialler: &ServerName,
-    acceptor: &ServerName,
-    nd: u128,
-    na: u128,
-    dialling: bool,
-) -> SessionKeys {
-    let d2a = proof(secret, b"herd/1 seal dial", dialler, acceptor, nd, na);
-    let a2d = proof(secret, b"herd/1 seal accept", dialler, acceptor, nd, na);
+/// The keys of a sealed session ([`super::seal`]): one per direction, from the secret and the
+/// transcript, as seen by the dialler (`dialling`) or the acceptor.
+fn session_keys(secret: &[u8], t: &Transcript<'_>, dialling: bool) -> SessionKeys {
+    let d2a = proof(secret, b"herd/1 seal dial", t);
+    let a2d = proof(secret, b"herd/1 seal accept", t);
     if dialling {
         SessionKeys {
             send: d2a,
@@ -313,30 +321,31 @@ impl Dialler {
             return Err(HandshakeError::WrongAddressee(to.to_string()));
         }
         let secret = self.secret.as_deref();
-        check(secret, got, |s| {
-            proof(
-                s,
-                b"herd/1 accept",
-                &self.me,
-                &self.peer,
-                self.nonce,
-                *nonce,
-            )
-        })?;
-        let mine =
-            secret.map(|s| proof(s, b"herd/1 dial", &self.me, &self.peer, self.nonce, *nonce));
+        let t = self.transcript(*nonce, *epoch);
+        check(secret, got, |s| proof(s, b"herd/1 accept", &t))?;
+        let mine = secret.map(|s| proof(s, b"herd/1 dial", &t));
         Ok((*epoch, Handshake::Auth { proof: mine }))
     }
 
     /// The keys sealing the session that `reply` (the acceptor's hello, accepted by
     /// [`Dialler::on_reply`]) opens; `None` without a secret.
     pub fn session_keys(&self, reply: &Handshake) -> Option<SessionKeys> {
-        let (Handshake::Hello { nonce, .. }, Some(secret)) = (reply, self.secret.as_deref()) else {
+        let (Handshake::Hello { nonce, epoch, .. }, Some(secret)) = (reply, self.secret.as_deref())
+        else {
             return None;
         };
-        Some(session_keys(
-            secret, &self.me, &self.peer, self.nonce, *nonce, true,
-        ))
+        Some(session_keys(secret, &self.transcript(*nonce, *epoch), true))
+    }
+
+    fn transcript(&self, na: u128, ea: u64) -> Transcript<'_> {
+        Transcript {
+            dialler: &self.me,
+            acceptor: &self.peer,
+            nd: self.nonce,
+            na,
+            ed: self.epoch,
+            ea,
+        }
     }
 }
 
@@ -347,7 +356,8 @@ pub struct Acceptor {
     epoch: u64,
     nonce: u128,
     secret: Option<Arc<[u8]>>,
-    dialler: Option<(ServerName, u128)>,
+    /// The dialler's name, nonce and epoch, once its hello is accepted.
+    dialler: Option<(ServerName, u128, u64)>,
 }
 
 impl Acceptor {
@@ -388,11 +398,12 @@ impl Acceptor {
         if !neighbours.contains(from) {
             return Err(HandshakeError::NotNeighbour(from.to_string()));
         }
+        self.dialler = Some((from.clone(), *nonce, *epoch));
         let mine = self
             .secret
             .as_deref()
-            .map(|s| proof(s, b"herd/1 accept", from, &self.me, *nonce, self.nonce));
-        self.dialler = Some((from.clone(), *nonce));
+            .zip(self.transcript())
+            .map(|(s, t)| proof(s, b"herd/1 accept", &t));
         let reply = Handshake::Hello {
             from: self.me.clone(),
             to: from.clone(),
@@ -408,22 +419,32 @@ impl Acceptor {
     /// # Errors
     /// [`HandshakeError`] when it is not an `Auth` or the proof is wrong.
     pub fn on_auth(&self, auth: &Handshake) -> Result<(), HandshakeError> {
-        let (Handshake::Auth { proof: got }, Some((dialler, nd))) = (auth, &self.dialler) else {
+        let (Handshake::Auth { proof: got }, Some(t)) = (auth, self.transcript()) else {
             return Err(HandshakeError::Unexpected);
         };
         check(self.secret.as_deref(), got, |s| {
-            proof(s, b"herd/1 dial", dialler, &self.me, *nd, self.nonce)
+            proof(s, b"herd/1 dial", &t)
+        })
+    }
+
+    fn transcript(&self) -> Option<Transcript<'_>> {
+        let (dialler, nd, ed) = self.dialler.as_ref()?;
+        Some(Transcript {
+            dialler,
+            acceptor: &self.me,
+            nd: *nd,
+            na: self.nonce,
+            ed: *ed,
+            ea: self.epoch,
         })
     }
 
     /// The keys sealing the session (after [`Acceptor::on_hello`]); `None` without a secret.
     pub fn session_keys(&self) -> Option<SessionKeys> {
-        let (Some(secret), Some((dialler, nd))) = (self.secret.as_deref(), &self.dialler) else {
+        let (Some(secret), Some(t)) = (self.secret.as_deref(), self.transcript()) else {
             return None;
         };
-        Some(session_keys(
-            secret, dialler, &self.me, *nd, self.nonce, false,
-        ))
+        Some(session_keys(secret, &t, false))
     }
 }
 
@@ -473,6 +494,40 @@ mod tests {
         assert_ne!(other, dk, "a new nonce makes new keys");
         let plain = Dialler::new(n("A"), n("B"), 1, 5, None);
         assert_eq!(plain.session_keys(&plain.hello()), None);
+    }
+
+    #[test]
+    fn a_secret_and_the_same_secret_with_zero_bytes_appended_do_not_match() {
+        assert_eq!(
+            run(Some("\0\0\0\0"), Some("")),
+            Err(HandshakeError::BadProof)
+        );
+        assert_eq!(
+            run(Some("s3cret\0"), Some("s3cret")),
+            Err(HandshakeError::BadProof)
+        );
+    }
+
+    #[test]
+    fn a_changed_epoch_fails_the_proofs() {
+        let secret: Option<Arc<[u8]>> = Some(Arc::from(&b"s3cret"[..]));
+        let d = Dialler::new(n("A"), n("B"), 1, 5, secret.clone());
+        let mut a = Acceptor::new(n("B"), 2, 9, secret.clone());
+        let Handshake::Hello {
+            from, to, nonce, ..
+        } = d.hello()
+        else {
+            unreachable!()
+        };
+        let forged = Handshake::Hello {
+            from,
+            to,
+            epoch: 77,
+            nonce,
+            proof: None,
+        };
+        let (_, _, reply) = a.on_hello(&forged, &[n("A")]).unwrap();
+        assert_eq!(d.on_reply(&reply), Err(HandshakeError::BadProof));
     }
 
     #[test]
