@@ -81,7 +81,7 @@ fn answer(conn: &mut Conn, stream: &std::net::TcpStream) -> AtOnce {
     }
     let output = &mut conn.output;
     output.collect_ready();
-    if more || conn.input.stop != Stop::Eof || !output.queue.is_empty() {
+    if more || conn.input.held || conn.input.stop != Stop::Eof || !output.queue.is_empty() {
         return AtOnce::Continue;
     }
     let mut written = 0;

@@ -104,6 +104,9 @@ struct Input {
     lines: u64,
     /// The line in `buf` not complete yet must be by then (`None`: `buf` is empty).
     line_deadline: Option<Instant>,
+    /// The last batch stopped with complete lines left in `buf` because [`MAX_WAITING`]
+    /// replies were waiting: they are handled once there is room.
+    held: bool,
 }
 
 /// What goes out: replies ready to write, and replies waiting in order behind a lookup.
@@ -150,6 +153,7 @@ pub(crate) async fn serve(
             now: clock::now(),
             lines: 0,
             line_deadline: None,
+            held: false,
         },
         output: Output {
             out: Vec::with_capacity(4096),
@@ -240,12 +244,14 @@ impl Conn {
                 // Idle means no input and no output: a slow reply restarts the clock.
                 idle.as_mut().reset(Instant::now() + idle_limit);
             }
-            if more {
+            // Lines held back while too many replies waited go on as soon as there is room
+            // (the waiting replies may all have finished by now).
+            if more || (self.input.held && self.output.queue.len() < MAX_WAITING) {
                 continue;
             }
             let input = &mut self.input;
             let queue = &mut self.output.queue;
-            if input.stop != Stop::No && queue.is_empty() {
+            if input.stop != Stop::No && queue.is_empty() && !input.held {
                 return Ok(None);
             }
             if input.line_deadline != line_armed {
@@ -319,6 +325,7 @@ impl Conn {
     }
 
     fn process_batch(&mut self, turn: &mut ClientTurn<'_>) -> Result<bool, BytesMut> {
+        self.input.held = false;
         // Lines handled since the store was last warmed for the lines ahead.
         let mut warm_left = 0usize;
         loop {
@@ -357,6 +364,7 @@ impl Conn {
             }
             if self.output.queue.len() >= MAX_WAITING {
                 // Read no further until the oldest waiting replies are sent.
+                self.input.held = true;
                 return Ok(false);
             }
         }
