@@ -280,6 +280,7 @@ impl RawLimits {
                 defaults.shutdown_grace,
                 "shutdown_grace_ms",
             )?,
+            ..defaults
         })
     }
 }

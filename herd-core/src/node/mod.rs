@@ -453,6 +453,10 @@ impl<S: PeerSink> Node<S> {
 
     /// Handles one message from neighbour `from`.
     pub fn handle_peer_msg(&mut self, now: Timestamp, from: PeerId, msg: PeerMsg) {
+        if msg == PeerMsg::Ping {
+            // Liveness is the adapter's concern; a ping is valid in any link state.
+            return;
+        }
         if self
             .links
             .get(from.0)
@@ -488,6 +492,7 @@ impl<S: PeerSink> Node<S> {
                 }
                 self.on_answer(now, from, (origin, qid), record);
             }
+            PeerMsg::Ping => {}
         }
     }
 }
