@@ -145,9 +145,10 @@ impl Backoff {
 
 /// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
 ///
-/// An attempt starts at each back-off delay even while earlier ones are still under way (at
-/// most [`MAX_DIALS_IN_FLIGHT`]): one stuck in a black hole does not hold the next back.
-/// When the link comes up the attempts still in flight are dropped.
+/// An attempt starts at each back-off delay, and also while earlier ones are still under way
+/// once the newest has waited [`BACKOFF_MAX`] (at most [`MAX_DIALS_IN_FLIGHT`] at once): one
+/// stuck in a black hole does not hold the next back, and a handshake that is merely slow is
+/// not doubled (two sessions dialled the same way replace each other).
 pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
@@ -156,9 +157,13 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
     let jitter = || rand::thread_rng().gen_range(0.0..1.0);
     // When the next attempt starts: the first one at once.
     let mut next = Instant::now();
+    // When the newest attempt in flight started.
+    let mut newest = Instant::now();
     loop {
         if *up.borrow_and_update() {
-            attempts.abort_all();
+            // Attempts still in flight are left to end by themselves (aborting one just after
+            // its AUTH would leave the peer with a session this side never installed); one that
+            // succeeds is kept or refused by the link table's rule.
             backoff.reset();
             failures = 0;
             tokio::select! {
@@ -168,6 +173,12 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
             next = Instant::now() + backoff.delay(jitter());
             continue;
         }
+        let start_at = if attempts.is_empty() {
+            next
+        } else {
+            next.max(newest + BACKOFF_MAX)
+        };
+        let room = attempts.len() < MAX_DIALS_IN_FLIGHT;
         tokio::select! {
             () = token.cancelled() => return,
             r = up.changed() => if r.is_err() { return },
@@ -181,16 +192,17 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
                     debug!(peer = %name, error = %e, failures, "dial failed");
                 }
             }
-            () = sleep_until(next), if attempts.len() < MAX_DIALS_IN_FLIGHT => {
-                let (d, up) = (driver.clone(), up.clone());
+            () = sleep_until(start_at), if room => {
+                let d = driver.clone();
                 let attempt = async move {
-                    match timeout(HANDSHAKE_TIMEOUT, dial(&d, peer, &up)).await {
+                    match timeout(HANDSHAKE_TIMEOUT, dial(&d, peer)).await {
                         Ok(r) => r,
                         Err(_) => Err(LinkError::Timeout),
                     }
                 };
                 attempts.spawn(Scoped::new(driver.spec().log_index, attempt));
-                next = Instant::now() + backoff.delay(jitter());
+                newest = Instant::now();
+                next = newest + backoff.delay(jitter());
             }
         }
     }
@@ -198,14 +210,8 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
 
 /// Dials `peer`, runs the dialler's side of the handshake and starts the session.
 ///
-/// The connect and the wait for the peer's reply are each bounded by the peer timeout. An
-/// attempt that finds the link already up (another attempt, or the peer's dial, won) gives
-/// up before its last handshake line, so the peer never installs it either.
-async fn dial(
-    driver: &Arc<Driver>,
-    peer: PeerId,
-    up: &watch::Receiver<bool>,
-) -> Result<(), LinkError> {
+/// The connect and the wait for the peer's reply are each bounded by the peer timeout.
+async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
     let addr = &driver.spec().neighbours[peer.0].addr;
     let silence = liveness::peer_timeout(driver.limits());
     let mut stream = timeout(silence, TcpStream::connect(addr.as_str()))
@@ -231,10 +237,6 @@ async fn dial(
     let (peer_epoch, auth) = dialler.on_reply(&reply).inspect_err(|e| {
         warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
     })?;
-    if *up.borrow() {
-        debug!(peer = %driver.peer_name(peer), "link came up meanwhile; dropping this dial");
-        return Ok(());
-    }
     write_msg(&mut stream, &auth).await?;
     start_session(driver, peer, stream, codec, buf, peer_epoch, true);
     Ok(())
