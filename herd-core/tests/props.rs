@@ -130,6 +130,7 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
                 record
             }
         ),
+        Just(PeerMsg::Ping),
     ]
 }
 

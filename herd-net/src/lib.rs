@@ -14,7 +14,8 @@
 //!   with one method per event, each settling every output (the quinn driver's shape);
 //! - socket loops that call only the driver: `listener` (accept, admit),
 //!   `client` (one client connection), [`link`] (dial, handshake, a session's reader and
-//!   writer); `fast_accept` and `warm` are performance tricks kept in their own modules;
+//!   writer; [`liveness`]: its pings, timeouts and socket options); `fast_accept` and `warm`
+//!   are performance tricks kept in their own modules;
 //! - [`server`]: builds one server and starts its tasks.
 //!
 //! Every decision about what a line means is herd-core's.
@@ -48,6 +49,8 @@ pub mod link;
 pub mod links;
 #[forbid(unsafe_code)]
 mod listener;
+#[forbid(unsafe_code)]
+pub mod liveness;
 #[forbid(unsafe_code)]
 pub mod msglog;
 #[forbid(unsafe_code)]

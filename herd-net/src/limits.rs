@@ -39,6 +39,11 @@ pub const DEFAULT_JOURNAL_COMPACT_LINES: u64 = crate::journal::COMPACT_FLOOR;
 pub const DEFAULT_PLACES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time shutdown waits for replies in flight before giving up.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Default quiet time after which a peer link sends a ping (`P`, docs/peer-protocol.md).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
+/// Default silence after which a peer link is dropped and redialled; also its sockets'
+/// `TCP_USER_TIMEOUT` and a dial's connect timeout.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest peer line accepted: a peer line carries an AT line built from a client line.
 pub const PEER_LINE_SLACK: usize = 1024;
 
@@ -72,6 +77,11 @@ pub struct Limits {
     pub places_timeout: Duration,
     /// Longest wait, at shutdown, for replies in flight and links to flush.
     pub shutdown_grace: Duration,
+    /// A peer link that has sent nothing for this long sends a ping (at most half of
+    /// `peer_timeout` is used).
+    pub heartbeat: Duration,
+    /// A peer link that has received nothing for this long is dropped and redialled.
+    pub peer_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -88,6 +98,8 @@ impl Default for Limits {
             journal_compact_lines: DEFAULT_JOURNAL_COMPACT_LINES,
             places_timeout: DEFAULT_PLACES_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            heartbeat: DEFAULT_HEARTBEAT,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
         }
     }
 }

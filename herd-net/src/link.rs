@@ -4,6 +4,11 @@
 //! two simultaneous sessions is kept is the link table's rule ([`crate::links`]). Every event
 //! of a session goes to the [`Driver`]: its handshake's success (`link_up`), its lines
 //! (`peer_batch`), its queue taken (`drained`) and its end (`link_down`).
+//!
+//! Liveness ([`crate::liveness`]): the writer pings when quiet, the reader drops a link that
+//! has heard nothing for the peer timeout, and the dialler redials at least every
+//! [`BACKOFF_MAX`] while the link is down, starting a new attempt even while an earlier one
+//! still hangs (a dial into a black hole), so a healed link is back within that time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +16,15 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::peer::{Acceptor, Dialler, Handshake, HandshakeError};
-use herd_core::{PeerError, PeerId, PeerParseError};
+use herd_core::{PeerError, PeerId, PeerMsg, PeerParseError};
 use rand::Rng;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{sleep, timeout};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,14 +32,22 @@ use tracing::{debug, info, warn};
 use crate::codec::{LineCodec, LineError};
 use crate::driver::{Driver, Live, PeerBatchError};
 use crate::escape::Escaped;
+use crate::liveness::{self, Silence};
 use crate::queue::{PeerQueue, Take};
+use crate::scope::Scoped;
 
 /// First redial delay after a link goes down.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
-/// Longest redial delay (before jitter), so a returning neighbour is found within about a second.
-pub const BACKOFF_MAX: Duration = Duration::from_millis(1000);
-/// Longest time a dial plus handshake may take.
+/// Longest redial delay (before jitter). Attempts start at least this often while a link is
+/// down, whether or not the previous one has failed yet, so a returning neighbour or a
+/// healed partition is relinked within it (plus one round trip and the reconciliation),
+/// however long it lasted: within the 1 s a client may take to see an update elsewhere.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Longest time a dial plus handshake may take (its connect, and the wait for the peer's
+/// reply, are each bounded by the peer timeout as well).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most dial attempts to one neighbour in flight at once.
+pub const MAX_DIALS_IN_FLIGHT: usize = 4;
 
 /// Why a link could not be set up or went down.
 #[derive(Debug, Error)]
@@ -56,6 +70,9 @@ pub enum LinkError {
     /// The handshake took too long.
     #[error("handshake timed out")]
     Timeout,
+    /// Nothing was received for the peer timeout (the peer, or the path to it, is gone).
+    #[error("nothing received for {} ms", .0.as_millis())]
+    Silent(Duration),
     /// This server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -133,39 +150,46 @@ impl Backoff {
 }
 
 /// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
+///
+/// An attempt starts at each back-off delay, and also while earlier ones are still under way
+/// once the newest has waited [`BACKOFF_MAX`] (at most [`MAX_DIALS_IN_FLIGHT`] at once): one
+/// stuck in a black hole does not hold the next back, and a handshake that is merely slow is
+/// not doubled (two sessions dialled the same way replace each other).
 pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::Receiver<bool>) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
-    let mut first = true;
+    let mut attempts: JoinSet<Result<(), LinkError>> = JoinSet::new();
     let token = driver.token().clone();
+    let jitter = || rand::thread_rng().gen_range(0.0..1.0);
+    // When the next attempt starts: the first one at once.
+    let mut next = Instant::now();
+    // When the newest attempt in flight started.
+    let mut newest = Instant::now();
     loop {
-        while *up.borrow_and_update() {
+        if *up.borrow_and_update() {
+            // Attempts still in flight are left to end by themselves (aborting one just after
+            // its AUTH would leave the peer with a session this side never installed); one that
+            // succeeds is kept or refused by the link table's rule.
+            backoff.reset();
+            failures = 0;
             tokio::select! {
                 () = token.cancelled() => return,
                 r = up.changed() => if r.is_err() { return },
             }
-        }
-        if !std::mem::take(&mut first) {
-            let jittered = backoff.delay(rand::thread_rng().gen_range(0.0..1.0));
-            tokio::select! {
-                () = token.cancelled() => return,
-                () = sleep(jittered) => {}
-            }
-        }
-        if *up.borrow() {
-            backoff.reset();
+            next = Instant::now() + backoff.delay(jitter());
             continue;
         }
-        let result = match timeout(HANDSHAKE_TIMEOUT, dial(&driver, peer)).await {
-            Ok(r) => r,
-            Err(_) => Err(LinkError::Timeout),
+        let start_at = if attempts.is_empty() {
+            next
+        } else {
+            next.max(newest + BACKOFF_MAX)
         };
-        match result {
-            Ok(()) => {
-                backoff.reset();
-                failures = 0;
-            }
-            Err(e) => {
+        let room = attempts.len() < MAX_DIALS_IN_FLIGHT;
+        tokio::select! {
+            () = token.cancelled() => return,
+            r = up.changed() => if r.is_err() { return },
+            Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
+                let Ok(Err(e)) = joined else { continue };
                 failures += 1;
                 let name = driver.peer_name(peer);
                 if failures == 1 || matches!(e, LinkError::Handshake(_)) {
@@ -174,15 +198,33 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
                     debug!(peer = %name, error = %e, failures, "dial failed");
                 }
             }
+            () = sleep_until(start_at), if room => {
+                let d = driver.clone();
+                let attempt = async move {
+                    match timeout(HANDSHAKE_TIMEOUT, dial(&d, peer)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(LinkError::Timeout),
+                    }
+                };
+                attempts.spawn(Scoped::new(driver.spec().log_index, attempt));
+                newest = Instant::now();
+                next = newest + backoff.delay(jitter());
+            }
         }
     }
 }
 
 /// Dials `peer`, runs the dialler's side of the handshake and starts the session.
+///
+/// The connect and the wait for the peer's reply are each bounded by the peer timeout.
 async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
     let addr = &driver.spec().neighbours[peer.0].addr;
-    let mut stream = TcpStream::connect(addr.as_str()).await?;
+    let silence = liveness::peer_timeout(driver.limits());
+    let mut stream = timeout(silence, TcpStream::connect(addr.as_str()))
+        .await
+        .map_err(|_| LinkError::Silent(silence))??;
     stream.set_nodelay(true)?;
+    liveness::tune(&stream, driver.limits())?;
     let remote = stream.peer_addr()?;
     let dialler = Dialler::new(
         driver.name().clone(),
@@ -194,7 +236,9 @@ async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
     write_msg(&mut stream, &dialler.hello()).await?;
     let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let mut buf = BytesMut::with_capacity(4096);
-    let line = read_line(&mut stream, &mut codec, &mut buf).await?;
+    let line = timeout(silence, read_line(&mut stream, &mut codec, &mut buf))
+        .await
+        .map_err(|_| LinkError::Silent(silence))??;
     let reply = Handshake::parse(&line)?;
     let (peer_epoch, auth) = dialler.on_reply(&reply).inspect_err(|e| {
         warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
@@ -212,6 +256,9 @@ pub(crate) async fn accept(
     first: BytesMut,
     mut buf: BytesMut,
 ) {
+    if let Err(e) = liveness::tune(&stream, driver.limits()) {
+        debug!(%addr, error = %e, "cannot set the peer socket's timeouts");
+    }
     let result = timeout(
         HANDSHAKE_TIMEOUT,
         accept_handshake(&driver, &mut stream, &first, &mut buf),
@@ -311,6 +358,9 @@ struct SessionTask {
 impl SessionTask {
     async fn read_loop(self, mut read: OwnedReadHalf, mut codec: LineCodec, mut buf: BytesMut) {
         let token = self.driver.token().clone();
+        let mut silence = Silence::new(liveness::peer_timeout(self.driver.limits()));
+        let alarm = sleep_until(silence.deadline());
+        tokio::pin!(alarm);
         let reason = loop {
             if let Err(e) = self.feed(&mut codec, &mut buf) {
                 break e;
@@ -324,9 +374,25 @@ impl SessionTask {
                 () = token.cancelled() => return,
                 r = read.read_buf(&mut buf) => match r {
                     Ok(0) => break LinkError::Closed,
-                    Ok(_) => {}
+                    Ok(_) => silence.heard(Instant::now()),
                     Err(e) => break LinkError::Io(e),
                 },
+                () = &mut alarm => {
+                    let now = Instant::now();
+                    if silence.expired(now) {
+                        // A stalled runtime may have left bytes unread: they count.
+                        match read.try_read_buf(&mut buf) {
+                            Ok(0) => break LinkError::Closed,
+                            Ok(_) => silence.heard(now),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                warn!(peer = %self.driver.peer_name(self.peer), timeout_ms = silence.timeout().as_millis(), "peer silent; dropping link");
+                                break LinkError::Silent(silence.timeout());
+                            }
+                            Err(e) => break LinkError::Io(e),
+                        }
+                    }
+                    alarm.as_mut().reset(silence.deadline());
+                }
             }
         };
         self.end(&reason);
@@ -347,6 +413,8 @@ impl SessionTask {
 
     async fn write_loop(self, mut write: OwnedWriteHalf, queue: Arc<PeerQueue>) {
         let token = self.driver.token().clone();
+        let heartbeat = liveness::heartbeat(self.driver.limits());
+        let mut sent = Instant::now();
         let mut chunk = Vec::with_capacity(64 * 1024);
         let reason = loop {
             if queue.take_drain_request() {
@@ -361,6 +429,7 @@ impl SessionTask {
                         r = write.write_all(&chunk) => if let Err(e) = r { break LinkError::Io(e) },
                     }
                     chunk.clear();
+                    sent = Instant::now();
                 }
                 Take::Empty if token.is_cancelled() => {
                     let _ = write.shutdown().await;
@@ -372,6 +441,9 @@ impl SessionTask {
                     // Let the tasks that are ready run before taking: updates queued by
                     // them meanwhile go out in the same write.
                     () = queue.wait() => tokio::task::yield_now().await,
+                    // Quiet for a heartbeat: tell the peer this side is alive. A closed
+                    // queue refuses it, and the next take sees why.
+                    () = sleep_until(sent + heartbeat) => { let _ = queue.push(&PeerMsg::Ping); }
                 },
                 Take::Closed { overflowed: true } => {
                     warn!(peer = %self.driver.peer_name(self.peer), "peer queue overflowed; dropping link");
@@ -400,7 +472,7 @@ mod tests {
     fn backoff_doubles_up_to_the_cap_with_jitter_and_resets() {
         let mut b = Backoff::default();
         let full: Vec<u128> = (0..8).map(|_| b.delay(1.0).as_millis()).collect();
-        assert_eq!(full, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(full, [50, 100, 200, 400, 500, 500, 500, 500]);
         b.reset();
         assert_eq!(
             b.delay(0.0),

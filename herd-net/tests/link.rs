@@ -87,8 +87,18 @@ impl FakePeer {
         self.write.write_all(bytes).await.unwrap();
     }
 
-    /// The next line without `\n`, or `None` at end of stream.
+    /// The next line without `\n` other than a heartbeat ping, or `None` at end of stream.
     async fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let line = self.any_line().await?;
+            if line != b"P" {
+                return Some(line);
+            }
+        }
+    }
+
+    /// The next line without `\n`, pings included, or `None` at end of stream.
+    async fn any_line(&mut self) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         let n = tokio::time::timeout(
             Duration::from_secs(10),

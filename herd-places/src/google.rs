@@ -1,7 +1,7 @@
 //! Google Places over hyper: the legacy Nearby Search and the Places API (New).
 //!
 //! One [`HyperPlaces`] holds one pooled keep-alive client (plain HTTP or TLS through
-//! hyper-tls, by the base URL's scheme), a semaphore bounding the calls in flight, and the
+//! rustls, by the base URL's scheme), a semaphore bounding the calls in flight, and the
 //! per-call timeout, which covers the wait for a permit too. Failures become
 //! [`PlacesError`]s and, at the port, [`LookupError`]s; the API key is scrubbed from every
 //! message and never printed by `Debug`.
@@ -16,7 +16,7 @@ use herd_core::{LookupError, PlacesLookup, PlacesQuery};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_tls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -248,14 +248,21 @@ impl PlacesLookup for HyperPlaces {
 }
 
 /// One pooled, keep-alive client speaking plain HTTP or TLS by the URL's scheme.
+///
+/// TLS is rustls with the `ring` provider, named here rather than taken from the process
+/// default (which another crate could set to something else), and the Mozilla root set
+/// compiled in (`webpki-roots`): nothing is read from the system, so a machine without a CA
+/// certificates package still verifies Google. HTTP/1.1 only, as before (no ALPN `h2`).
 fn pooled_client(connect_timeout: Duration) -> Result<HttpClient, PlacesError> {
-    let tls =
-        hyper_tls::native_tls::TlsConnector::new().map_err(|e| PlacesError::Tls(e.to_string()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)
+        .map_err(|e| PlacesError::Tls(e.to_string()))?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = HttpsConnector::from((http, tls.into()));
+    let https = tls.https_or_http().enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)

@@ -299,6 +299,7 @@ impl RawLimits {
                 defaults.shutdown_grace,
                 "shutdown_grace_ms",
             )?,
+            ..defaults
         })
     }
 }

@@ -618,6 +618,10 @@ impl<S: PeerSink> Node<S> {
         from: PeerId,
         msg: PeerMsg,
     ) -> Result<(), PeerError> {
+        if msg == PeerMsg::Ping {
+            // Liveness is the adapter's concern; a ping is valid in any link state.
+            return Ok(());
+        }
         self.expire(now);
         let Some(link) = self
             .links
@@ -666,6 +670,7 @@ impl<S: PeerSink> Node<S> {
                 });
                 self.on_answer(now, from, (origin, qid), record);
             }
+            PeerMsg::Ping => {}
         }
         Ok(())
     }

@@ -65,6 +65,10 @@ pub enum PeerMsg {
         /// The newest record found, if any.
         record: Option<Arc<Record>>,
     },
+    /// "I am here": sent by either side when its link has been quiet for the heartbeat
+    /// interval. It needs no reply and changes nothing; any line received proves the
+    /// sender alive, and a link silent for the peer timeout is dropped by the adapter.
+    Ping,
 }
 
 /// Why a peer line could not be parsed.
@@ -181,6 +185,7 @@ impl PeerMsg {
                     None => out.extend_from_slice(b" -"),
                 }
             }
+            PeerMsg::Ping => out.push(b'P'),
         }
         out.push(b'\n');
     }
@@ -235,6 +240,7 @@ impl PeerMsg {
                 })
             }
             b'R' => Self::parse_answer(line),
+            b'P' if line == b"P" => Ok(PeerMsg::Ping),
             _ => Err(PeerParseError::Malformed),
         }
     }

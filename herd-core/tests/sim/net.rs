@@ -152,6 +152,7 @@ pub(crate) enum Kind {
     Synced,
     Query,
     Answer,
+    Ping,
 }
 
 fn kind(msg: &PeerMsg) -> Kind {
@@ -161,6 +162,7 @@ fn kind(msg: &PeerMsg) -> Kind {
         PeerMsg::Synced { .. } => Kind::Synced,
         PeerMsg::Query { .. } => Kind::Query,
         PeerMsg::Answer { .. } => Kind::Answer,
+        PeerMsg::Ping => Kind::Ping,
     }
 }
 
