@@ -14,13 +14,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use herd_core::peer::{Acceptor, Dialler, Handshake, HandshakeError};
-use herd_core::{PeerError, PeerId, PeerMsg, PeerParseError};
+use std::future::Future as _;
+use std::task::Poll;
+
+use bytes::{Buf as _, BytesMut};
+use herd_core::peer::seal::{Opened, Opener, SealError, Sealer, SessionKeys, DEFAULT_MAX_BATCH};
+use herd_core::peer::{Acceptor, Dialler, Handshake, HandshakeError, START_TLS};
+use herd_core::{PeerError, PeerId, PeerMsg, PeerParseError, ServerName};
 use rand::Rng;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -31,10 +34,35 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{LineCodec, LineError};
 use crate::driver::{Driver, Live, PeerBatchError};
-use crate::escape::Escaped;
+use crate::escape::{Clipped, Escaped};
 use crate::liveness::{self, Silence};
 use crate::queue::{PeerQueue, Take};
 use crate::scope::Scoped;
+use crate::tls::{certificate_names, peer_server_name, Prefixed};
+
+/// The reading side of a session: plain TCP or TLS.
+type PeerRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing side of a session.
+type PeerWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connection a session can run on, split into its reading and writing sides.
+trait IntoHalves: AsyncRead + AsyncWrite + Send + Unpin + 'static + Sized {
+    fn into_halves(self) -> (PeerRead, PeerWrite) {
+        let (r, w) = tokio::io::split(self);
+        (Box::new(r), Box::new(w))
+    }
+}
+
+impl IntoHalves for TcpStream {
+    // Plain TCP splits without the shared lock of `tokio::io::split`.
+    fn into_halves(self) -> (PeerRead, PeerWrite) {
+        let (r, w) = self.into_split();
+        (Box::new(r), Box::new(w))
+    }
+}
+
+impl IntoHalves for tokio_rustls::client::TlsStream<TcpStream> {}
+impl IntoHalves for tokio_rustls::server::TlsStream<Prefixed<TcpStream>> {}
 
 /// First redial delay after a link goes down.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -82,6 +110,18 @@ pub enum LinkError {
     /// The peer is not one of this server's neighbours.
     #[error("not a neighbour")]
     NotNeighbour,
+    /// The TLS handshake failed (a certificate not from the herd's CA, expired, ...).
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    /// The peer's certificate does not name the server its hello claims to be.
+    #[error("certificate does not name {0}")]
+    Certificate(ServerName),
+    /// This server requires TLS and the peer spoke plain text, or the other way round.
+    #[error("{0}")]
+    TlsMismatch(&'static str),
+    /// A sealed batch failed its check (changed on the way) or was malformed.
+    #[error("{0}")]
+    Seal(#[from] SealError),
 }
 
 impl From<PeerParseError> for LinkError {
@@ -100,8 +140,8 @@ impl From<LineError> for LinkError {
 }
 
 /// Reads one line of the handshake.
-async fn read_line(
-    stream: &mut TcpStream,
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
     codec: &mut LineCodec,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, LinkError> {
@@ -115,8 +155,12 @@ async fn read_line(
     }
 }
 
-async fn write_msg(stream: &mut TcpStream, msg: &Handshake) -> Result<(), LinkError> {
+async fn write_msg<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &Handshake,
+) -> Result<(), LinkError> {
     stream.write_all(&msg.to_line()).await?;
+    stream.flush().await?;
     Ok(())
 }
 
@@ -214,7 +258,8 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
     }
 }
 
-/// Dials `peer`, runs the dialler's side of the handshake and starts the session.
+/// Dials `peer`, runs the dialler's side of the handshake (inside TLS when configured) and
+/// starts the session.
 ///
 /// The connect and the wait for the peer's reply are each bounded by the peer timeout.
 async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
@@ -226,6 +271,31 @@ async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
     stream.set_nodelay(true)?;
     liveness::tune(&stream, driver.limits())?;
     let remote = stream.peer_addr()?;
+    let Some(tls) = driver.spec().tls.clone() else {
+        return dial_handshake(driver, peer, stream, remote).await;
+    };
+    let name = peer_server_name(driver.peer_name(peer).as_str())
+        .map_err(|e| LinkError::Tls(std::io::Error::other(e.to_string())))?;
+    let mut start = START_TLS.to_vec();
+    start.push(b'\n');
+    stream.write_all(&start).await?;
+    let stream = timeout(silence, tls.connector().connect(name, stream))
+        .await
+        .map_err(|_| LinkError::Silent(silence))?
+        .map_err(|e| {
+            warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer TLS handshake refused");
+            LinkError::Tls(e)
+        })?;
+    dial_handshake(driver, peer, stream, remote).await
+}
+
+async fn dial_handshake<S: IntoHalves>(
+    driver: &Arc<Driver>,
+    peer: PeerId,
+    mut stream: S,
+    remote: SocketAddr,
+) -> Result<(), LinkError> {
+    let silence = liveness::peer_timeout(driver.limits());
     let dialler = Dialler::new(
         driver.name().clone(),
         driver.peer_name(peer).clone(),
@@ -244,45 +314,104 @@ async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
         warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
     })?;
     write_msg(&mut stream, &auth).await?;
-    start_session(driver, peer, stream, codec, buf, peer_epoch, true);
+    let keys = sealing(driver, || dialler.session_keys(&reply));
+    start_session(driver, peer, stream, codec, buf, peer_epoch, true, keys);
     Ok(())
 }
 
-/// Runs the acceptor's side of the handshake on a connection whose first line is a hello.
+/// The keys to seal a session with: with a secret and without TLS (TLS protects the session
+/// by itself).
+fn sealing(driver: &Driver, keys: impl FnOnce() -> Option<SessionKeys>) -> Option<SessionKeys> {
+    if driver.spec().tls.is_some() {
+        None
+    } else {
+        keys()
+    }
+}
+
+/// Runs the acceptor's side of the handshake on a connection whose first line is a hello,
+/// or the start of TLS (then the hello comes inside it).
 pub(crate) async fn accept(
     driver: Arc<Driver>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     first: BytesMut,
-    mut buf: BytesMut,
+    buf: BytesMut,
 ) {
     if let Err(e) = liveness::tune(&stream, driver.limits()) {
         debug!(%addr, error = %e, "cannot set the peer socket's timeouts");
     }
-    let result = timeout(
-        HANDSHAKE_TIMEOUT,
-        accept_handshake(&driver, &mut stream, &first, &mut buf),
-    )
-    .await;
-    let result = result.unwrap_or(Err(LinkError::Timeout));
-    match result {
-        Ok((peer, peer_epoch, codec)) => {
-            start_session(&driver, peer, stream, codec, buf, peer_epoch, false)
+    let max = driver.limits().log_line_bytes;
+    let result = timeout(HANDSHAKE_TIMEOUT, accept_any(&driver, stream, &first, buf)).await;
+    if let Err(e) = result.unwrap_or(Err(LinkError::Timeout)) {
+        warn!(%addr, hello = %Clipped::new(&first, max), error = %e, "peer handshake refused");
+    }
+}
+
+async fn accept_any(
+    driver: &Arc<Driver>,
+    mut stream: TcpStream,
+    first: &[u8],
+    mut buf: BytesMut,
+) -> Result<(), LinkError> {
+    let tls = driver.spec().tls.clone();
+    match (first == START_TLS, tls) {
+        (false, None) => {
+            let hello = Handshake::parse(first)?;
+            let (peer, peer_epoch, codec, keys) =
+                accept_handshake(driver, &mut stream, &hello, &mut buf, |_| true).await?;
+            start_session(driver, peer, stream, codec, buf, peer_epoch, false, keys);
+            Ok(())
         }
-        Err(e) => {
-            warn!(%addr, hello = %Escaped(&first), error = %e, "peer handshake refused");
+        (true, Some(tls)) => {
+            let mut stream = tls
+                .peer_acceptor()
+                .accept(Prefixed::new(buf, stream))
+                .await
+                .map_err(LinkError::Tls)?;
+            let mut codec = LineCodec::new(driver.limits().max_peer_line());
+            let mut buf = BytesMut::with_capacity(4096);
+            let line = read_line(&mut stream, &mut codec, &mut buf).await?;
+            let hello = Handshake::parse(&line)?;
+            // rustls checked the chain; the name is the hello's to claim and the certificate's
+            // to prove.
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned();
+            let names = |who: &ServerName| {
+                cert.as_ref()
+                    .is_some_and(|c| certificate_names(c, who.as_str()))
+            };
+            let (peer, peer_epoch, codec, keys) =
+                accept_handshake(driver, &mut stream, &hello, &mut buf, names).await?;
+            start_session(driver, peer, stream, codec, buf, peer_epoch, false, keys);
+            Ok(())
+        }
+        (false, Some(_)) => {
             let _ = stream.shutdown().await;
+            Err(LinkError::TlsMismatch(
+                "plain-text peer refused: this herd's links use TLS",
+            ))
+        }
+        (true, None) => {
+            let _ = stream.shutdown().await;
+            Err(LinkError::TlsMismatch(
+                "peer asks for TLS but this server has no TLS configured",
+            ))
         }
     }
 }
 
-async fn accept_handshake(
+async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     driver: &Driver,
-    stream: &mut TcpStream,
-    first: &[u8],
+    stream: &mut S,
+    hello: &Handshake,
     buf: &mut BytesMut,
-) -> Result<(PeerId, u64, LineCodec), LinkError> {
-    let hello = Handshake::parse(first)?;
+    certified: impl Fn(&ServerName) -> bool,
+) -> Result<(PeerId, u64, LineCodec, Option<SessionKeys>), LinkError> {
     let neighbours = driver.neighbour_names();
     let mut acceptor = Acceptor::new(
         driver.name().clone(),
@@ -290,7 +419,10 @@ async fn accept_handshake(
         rand::random(),
         driver.spec().secret.clone(),
     );
-    let (name, peer_epoch, reply) = acceptor.on_hello(&hello, &neighbours)?;
+    let (name, peer_epoch, reply) = acceptor.on_hello(hello, &neighbours)?;
+    if !certified(&name) {
+        return Err(LinkError::Certificate(name));
+    }
     let peer = neighbours
         .iter()
         .position(|n| *n == name)
@@ -300,19 +432,22 @@ async fn accept_handshake(
     let mut codec = LineCodec::new(driver.limits().max_peer_line());
     let line = read_line(stream, &mut codec, buf).await?;
     acceptor.on_auth(&Handshake::parse(&line)?)?;
-    Ok((peer, peer_epoch, codec))
+    let keys = sealing(driver, || acceptor.session_keys());
+    Ok((peer, peer_epoch, codec, keys))
 }
 
 /// Installs a session after its handshake and starts its reader and writer (or closes it, a
-/// duplicate of the link's current session).
-fn start_session(
+/// duplicate of the link's current session). With `keys`, every batch is sealed both ways.
+#[allow(clippy::too_many_arguments)]
+fn start_session<S: IntoHalves>(
     driver: &Arc<Driver>,
     peer: PeerId,
-    stream: TcpStream,
+    stream: S,
     codec: LineCodec,
     buf: BytesMut,
     peer_epoch: u64,
     dialled_by_me: bool,
+    keys: Option<SessionKeys>,
 ) {
     let name = driver.peer_name(peer);
     let Some(Live {
@@ -330,21 +465,38 @@ fn start_session(
     } else {
         info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up");
     }
-    let (read, write) = stream.into_split();
+    let (read, write) = stream.into_halves();
+    let max_line = driver.limits().max_peer_line();
+    let opener = keys.as_ref().map(|k| Opener::new(k, max_line));
+    let sealer = keys.as_ref().map(Sealer::new);
     let writer = SessionTask {
         driver: driver.clone(),
         peer,
         id,
         kill: kill.clone(),
     };
-    driver.spawn(async move { writer.write_loop(write, queue).await });
+    driver.spawn(async move { writer.write_loop(write, queue, sealer).await });
     let reader = SessionTask {
         driver: driver.clone(),
         peer,
         id,
         kill,
     };
-    driver.spawn(async move { reader.read_loop(read, codec, buf).await });
+    driver.spawn(async move { reader.read_loop(read, codec, buf, opener).await });
+}
+
+/// Polls `read` once for bytes already there (a stalled runtime may have left some unread):
+/// `None` when none are.
+async fn read_ready(read: &mut PeerRead, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+    let fut = read.read_buf(buf);
+    tokio::pin!(fut);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// One side (reader or writer) of a session.
@@ -356,23 +508,43 @@ struct SessionTask {
 }
 
 impl SessionTask {
-    async fn read_loop(self, mut read: OwnedReadHalf, mut codec: LineCodec, mut buf: BytesMut) {
+    /// Reads the session's bytes and feeds them to the node; with an `opener`, the bytes
+    /// read (`raw`) reach the node's buffer only batch by batch, once each batch's seal checks.
+    async fn read_loop(
+        self,
+        mut read: PeerRead,
+        mut codec: LineCodec,
+        buf: BytesMut,
+        mut opener: Option<Opener>,
+    ) {
         let token = self.driver.token().clone();
         let mut silence = Silence::new(liveness::peer_timeout(self.driver.limits()));
         let alarm = sleep_until(silence.deadline());
         tokio::pin!(alarm);
+        // Without sealing the bytes read go straight to the node's buffer.
+        let (mut raw, mut buf) = match opener {
+            Some(_) => (buf, BytesMut::with_capacity(64 * 1024)),
+            None => (BytesMut::new(), buf),
+        };
         let reason = loop {
+            if let Some(o) = opener.as_mut() {
+                if let Err(e) = open_batches(o, &mut raw, &mut buf) {
+                    warn!(peer = %self.driver.peer_name(self.peer), error = %e, "peer batch failed its seal; dropping link");
+                    break e;
+                }
+            }
             if let Err(e) = self.feed(&mut codec, &mut buf) {
                 break e;
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(64 * 1024);
+            let into = if opener.is_some() { &mut raw } else { &mut buf };
+            if into.capacity() - into.len() < 4096 {
+                into.reserve(64 * 1024);
             }
             tokio::select! {
                 () = self.kill.cancelled() => return,
                 // At shutdown the writer flushes and ends the session.
                 () = token.cancelled() => return,
-                r = read.read_buf(&mut buf) => match r {
+                r = read.read_buf(into) => match r {
                     Ok(0) => break LinkError::Closed,
                     Ok(_) => silence.heard(Instant::now()),
                     Err(e) => break LinkError::Io(e),
@@ -380,15 +552,14 @@ impl SessionTask {
                 () = &mut alarm => {
                     let now = Instant::now();
                     if silence.expired(now) {
-                        // A stalled runtime may have left bytes unread: they count.
-                        match read.try_read_buf(&mut buf) {
-                            Ok(0) => break LinkError::Closed,
-                            Ok(_) => silence.heard(now),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        match read_ready(&mut read, into).await {
+                            Some(Ok(0)) => break LinkError::Closed,
+                            Some(Ok(_)) => silence.heard(now),
+                            None => {
                                 warn!(peer = %self.driver.peer_name(self.peer), timeout_ms = silence.timeout().as_millis(), "peer silent; dropping link");
                                 break LinkError::Silent(silence.timeout());
                             }
-                            Err(e) => break LinkError::Io(e),
+                            Some(Err(e)) => break LinkError::Io(e),
                         }
                     }
                     alarm.as_mut().reset(silence.deadline());
@@ -411,11 +582,17 @@ impl SessionTask {
         }
     }
 
-    async fn write_loop(self, mut write: OwnedWriteHalf, queue: Arc<PeerQueue>) {
+    async fn write_loop(
+        self,
+        mut write: PeerWrite,
+        queue: Arc<PeerQueue>,
+        mut sealer: Option<Sealer>,
+    ) {
         let token = self.driver.token().clone();
         let heartbeat = liveness::heartbeat(self.driver.limits());
         let mut sent = Instant::now();
         let mut chunk = Vec::with_capacity(64 * 1024);
+        let mut sealed = Vec::new();
         let reason = loop {
             if queue.take_drain_request() {
                 // The node paces a reconciliation delta: let it queue the next window while
@@ -424,9 +601,17 @@ impl SessionTask {
             }
             match queue.take(&mut chunk) {
                 Take::Data => {
+                    let out = match sealer.as_mut() {
+                        Some(s) => {
+                            sealed.clear();
+                            s.seal_all(&chunk, DEFAULT_MAX_BATCH, &mut sealed);
+                            &sealed
+                        }
+                        None => &chunk,
+                    };
                     tokio::select! {
                         () = self.kill.cancelled() => return,
-                        r = write.write_all(&chunk) => if let Err(e) = r { break LinkError::Io(e) },
+                        r = write_all_flush(&mut write, out) => if let Err(e) = r { break LinkError::Io(e) },
                     }
                     chunk.clear();
                     sent = Instant::now();
@@ -460,6 +645,29 @@ impl SessionTask {
         self.kill.cancel();
         if self.driver.link_down(self.peer, self.id) {
             info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+        }
+    }
+}
+
+/// Writes `bytes` and flushes them (a TLS stream holds written bytes until flushed).
+async fn write_all_flush(write: &mut PeerWrite, bytes: &[u8]) -> std::io::Result<()> {
+    write.write_all(bytes).await?;
+    write.flush().await
+}
+
+/// Moves every sealed batch at the front of `raw` whose seal checks into `buf`.
+fn open_batches(
+    opener: &mut Opener,
+    raw: &mut BytesMut,
+    buf: &mut BytesMut,
+) -> Result<(), LinkError> {
+    loop {
+        match opener.next(raw)? {
+            Opened::Need => return Ok(()),
+            Opened::Batch { body, consumed } => {
+                buf.extend_from_slice(&raw[..body]);
+                raw.advance(consumed);
+            }
         }
     }
 }

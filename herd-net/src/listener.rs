@@ -11,19 +11,31 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::{self, Served};
 use crate::driver::Driver;
 use crate::fast_accept::Listener;
 use crate::link;
+use crate::tls::HerdTls;
 
 /// After an `accept` error (out of file descriptors and the like), the pause before the next
 /// try, instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
+/// The per-address client counts of one server, shared by its plain and TLS listeners.
+#[derive(Debug, Clone)]
+pub(crate) struct Sources(Arc<PerIp>);
+
+impl Sources {
+    /// Counts for a server whose limit per address is `max`.
+    pub(crate) fn new(max: usize) -> Self {
+        Self(Arc::new(PerIp::new(max)))
+    }
+}
+
 /// Accepts connections on `listener` until shutdown.
-pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener) {
+pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener, sources: Sources) {
     let listener = match Listener::new(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -31,7 +43,7 @@ pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener) {
             return;
         }
     };
-    let per_ip = Arc::new(PerIp::new(driver.limits().max_clients_per_ip));
+    let per_ip = sources.0;
     loop {
         let accepted = tokio::select! {
             () = driver.token().cancelled() => break,
@@ -50,23 +62,75 @@ pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener) {
     info!("stopped accepting connections");
 }
 
-fn admit(driver: &Arc<Driver>, per_ip: &Arc<PerIp>, stream: std::net::TcpStream, addr: SocketAddr) {
+/// Accepts clients on the TLS client address until shutdown: each is admitted under the same
+/// limits as a plain client, then served the same line protocol over TLS 1.3.
+pub(crate) async fn accept_tls_loop(
+    driver: Arc<Driver>,
+    listener: TcpListener,
+    sources: Sources,
+    tls: HerdTls,
+) {
+    let per_ip = sources.0;
+    loop {
+        let accepted = tokio::select! {
+            () = driver.token().cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(suppressed) = driver.refusals().accept_errors.hit() {
+                    warn!(error = %e, suppressed, "TLS client accept failed; pausing");
+                }
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                continue;
+            }
+        };
+        let Some(slot) = client_slot(&driver, &per_ip, addr) else {
+            continue;
+        };
+        let d = driver.clone();
+        let acceptor = tls.client_acceptor().clone();
+        driver.spawn(async move {
+            let _slot = slot;
+            let _ = stream.set_nodelay(true);
+            // The handshake is a line's worth of input: it gets the line timeout.
+            let limit = d.limits().line_timeout;
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => client::serve_tls(d, tls_stream, addr).await,
+                Ok(Err(e)) => debug!(%addr, error = %e, "client TLS handshake failed"),
+                Err(_) => debug!(%addr, "client TLS handshake timed out"),
+            }
+        });
+    }
+    info!("stopped accepting TLS clients");
+}
+
+/// A place for a client from `addr` under both limits, or `None` (refused, counted, logged
+/// at most once a second per cause).
+fn client_slot(driver: &Driver, per_ip: &Arc<PerIp>, addr: SocketAddr) -> Option<ClientSlot> {
     let refusals = driver.refusals();
     let Some(from_ip) = per_ip.take(addr.ip()) else {
         if let Some(suppressed) = refusals.per_ip.hit() {
             warn!(%addr, limit = per_ip.max, suppressed, "too many client connections from one address; closed at once");
         }
-        return;
+        return None;
     };
     let Some(permit) = driver.admit_client() else {
         if let Some(suppressed) = refusals.max_clients.hit() {
             warn!(%addr, limit = driver.limits().max_clients, suppressed, "too many client connections; closed at once");
         }
-        return;
+        return None;
     };
-    let slot = ClientSlot {
+    Some(ClientSlot {
         _permit: permit,
         _from_ip: from_ip,
+    })
+}
+
+fn admit(driver: &Arc<Driver>, per_ip: &Arc<PerIp>, stream: std::net::TcpStream, addr: SocketAddr) {
+    let Some(slot) = client_slot(driver, per_ip, addr) else {
+        return;
     };
     let d = driver.clone();
     driver.spawn(async move {

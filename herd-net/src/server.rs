@@ -16,6 +16,7 @@ use crate::clock::RandomIds;
 use crate::driver::Driver;
 use crate::journal::{Journal, JournalSpec};
 use crate::links::LinkTable;
+use crate::listener::Sources;
 use crate::spec::ServerSpec;
 use crate::stats::ServerStats;
 
@@ -24,6 +25,7 @@ use crate::stats::ServerStats;
 pub struct ServerHandle {
     driver: Arc<Driver>,
     addr: SocketAddr,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -54,6 +56,26 @@ impl ServerHandle {
     /// The client's newest record as this server holds it (its AT line).
     pub fn record(&self, client: &[u8]) -> Option<Vec<u8>> {
         self.driver.record(client)
+    }
+
+    /// Serves clients over TLS on `listener` (the TLS client address): the same line protocol,
+    /// under the same client limits as the plain address.
+    ///
+    /// # Errors
+    /// When the server has no TLS configured.
+    pub fn serve_tls_clients(&self, listener: TcpListener) -> std::io::Result<()> {
+        let Some(tls) = self.driver.spec().tls.clone() else {
+            return Err(std::io::Error::other(
+                "a TLS client address needs the server's TLS files",
+            ));
+        };
+        self.driver.spawn(crate::listener::accept_tls_loop(
+            self.driver.clone(),
+            listener,
+            self.sources.clone(),
+            tls,
+        ));
+        Ok(())
     }
 
     /// Serves the stats on `listener`: each connection gets one JSON line, then is closed.
@@ -119,14 +141,23 @@ pub fn start(
         None => None,
     };
     let driver = Driver::new(spec, node, journal, token, tracker);
-    driver.spawn(crate::listener::accept_loop(driver.clone(), listener));
+    let sources = Sources::new(driver.limits().max_clients_per_ip);
+    driver.spawn(crate::listener::accept_loop(
+        driver.clone(),
+        listener,
+        sources.clone(),
+    ));
     driver.spawn(driver.clone().run_timer());
     for i in 0..names.len() {
         if let Some(up) = driver.link_watch(PeerId(i)) {
             driver.spawn(crate::link::dial_loop(driver.clone(), PeerId(i), up));
         }
     }
-    Ok(ServerHandle { driver, addr })
+    Ok(ServerHandle {
+        driver,
+        addr,
+        sources,
+    })
 }
 
 /// Opens the journal at `path`, puts its records into the node's store and rewrites it

@@ -7,6 +7,7 @@ use herd_core::{PlacesLookup, ServerName};
 use crate::journal::JournalSpec;
 use crate::limits::Limits;
 use crate::msglog::MessageLog;
+use crate::tls::HerdTls;
 
 /// A neighbour of a server: its name and the address to dial it at (`host:port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,10 @@ pub struct ServerSpec {
     pub message_log: Option<Arc<dyn MessageLog>>,
     /// The journal ([`crate::journal`]); `None`: the store lives in memory only.
     pub journal: Option<JournalSpec>,
+    /// TLS for peer links (and the TLS client address), if configured ([`crate::tls`]):
+    /// then every peer link is TLS 1.3 with certificates both ways, and a peer that speaks
+    /// plain text is refused.
+    pub tls: Option<HerdTls>,
 }
 
 impl std::fmt::Debug for ServerSpec {
@@ -47,6 +52,7 @@ impl std::fmt::Debug for ServerSpec {
             .field("neighbours", &self.neighbours)
             .field("limits", &self.limits)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 mod common;
 
 use common::{name, start_server};
+use herd_core::peer::seal::{Opened, Opener, Sealer};
 use herd_core::peer::Dialler;
 use herd_core::{Handshake, PeerMsg};
 use herd_net::{Neighbour, ServerHandle};
@@ -44,6 +45,13 @@ async fn server_dialling(
 struct FakePeer {
     read: BufReader<OwnedReadHalf>,
     write: OwnedWriteHalf,
+    /// After a handshake with a secret the session is sealed both ways (herd-core's own
+    /// `seal`): what this side sends is sealed, what it reads is opened batch by batch.
+    seal: Option<(Sealer, Opener)>,
+    /// Raw bytes read and not yet opened (sealed sessions).
+    raw_in: Vec<u8>,
+    /// Lines opened and not yet taken.
+    opened: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl FakePeer {
@@ -54,10 +62,7 @@ impl FakePeer {
     ) -> (Self, Result<u64, String>) {
         let stream = TcpStream::connect(handle.local_addr()).await.unwrap();
         let (r, w) = stream.into_split();
-        let mut p = FakePeer {
-            read: BufReader::new(r),
-            write: w,
-        };
+        let mut p = FakePeer::new(r, w);
         let d = Dialler::new(
             name(me),
             name("S"),
@@ -73,14 +78,32 @@ impl FakePeer {
         match d.on_reply(&reply) {
             Ok((epoch, auth)) => {
                 p.raw(&auth.to_line()).await;
+                p.seal = d
+                    .session_keys(&reply)
+                    .map(|k| (Sealer::new(&k), Opener::new(&k, 1 << 20)));
                 (p, Ok(epoch))
             }
             Err(e) => (p, Err(e.to_string())),
         }
     }
 
+    fn new(r: OwnedReadHalf, w: OwnedWriteHalf) -> Self {
+        FakePeer {
+            read: BufReader::new(r),
+            write: w,
+            seal: None,
+            raw_in: Vec::new(),
+            opened: std::collections::VecDeque::new(),
+        }
+    }
+
     async fn send(&mut self, msg: &PeerMsg) {
-        self.write.write_all(&msg.to_line()).await.unwrap();
+        let mut bytes = Vec::new();
+        match self.seal.as_mut() {
+            Some((sealer, _)) => sealer.seal(&msg.to_line(), &mut bytes),
+            None => bytes = msg.to_line(),
+        }
+        self.write.write_all(&bytes).await.unwrap();
     }
 
     async fn raw(&mut self, bytes: &[u8]) {
@@ -97,8 +120,40 @@ impl FakePeer {
         }
     }
 
-    /// The next line without `\n`, pings included, or `None` at end of stream.
+    /// The next line without `\n`, pings included, or `None` at end of stream; on a sealed
+    /// session only lines whose batch passed its check.
     async fn any_line(&mut self) -> Option<Vec<u8>> {
+        if self.seal.is_none() {
+            return self.wire_line().await;
+        }
+        loop {
+            if let Some(line) = self.opened.pop_front() {
+                return Some(line);
+            }
+            let (_, opener) = self.seal.as_mut().unwrap();
+            match opener
+                .next(&self.raw_in)
+                .expect("the server's batches pass their check")
+            {
+                Opened::Batch { body, consumed } => {
+                    for line in self.raw_in[..body].split(|&b| b == b'\n') {
+                        if !line.is_empty() {
+                            self.opened.push_back(line.to_vec());
+                        }
+                    }
+                    self.raw_in.drain(..consumed);
+                }
+                Opened::Need => {
+                    let mut line = self.wire_line().await?;
+                    line.push(b'\n');
+                    self.raw_in.extend_from_slice(&line);
+                }
+            }
+        }
+    }
+
+    /// The next line as it is on the wire, without `\n`, or `None` at end of stream.
+    async fn wire_line(&mut self) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         let n = tokio::time::timeout(
             Duration::from_secs(10),
@@ -233,10 +288,7 @@ async fn of_two_sessions_dialled_both_ways_the_one_dialled_by_the_smaller_name_i
     let (handle, token) = server_dialling(None, p_listener.local_addr().unwrap()).await;
     let (stream, _) = p_listener.accept().await.unwrap();
     let (r, w) = stream.into_split();
-    let mut by_s = FakePeer {
-        read: BufReader::new(r),
-        write: w,
-    };
+    let mut by_s = FakePeer::new(r, w);
     let hello = Handshake::parse(&by_s.line().await.unwrap()).unwrap();
     let mut acceptor = herd_core::peer::Acceptor::new(name("P"), 7, 9, None);
     let (who, _, reply) = acceptor.on_hello(&hello, &[name("S")]).unwrap();

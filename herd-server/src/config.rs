@@ -11,6 +11,11 @@
 //!             "journal_compact_lines": 100000,
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
 //! ```
+//! `"tls": {"ca": "tls/ca.pem", "cert": "tls/{name}.pem", "key": "tls/{name}.key"}` turns
+//! on TLS between servers (`herd-cli certs` makes the files; `{name}` is each server's name),
+//! and a server entry's `"tls_listen"` adds a TLS client address. Closed by default: a
+//! config with a server listening beyond loopback needs `"tls"`, a `"secret"` or
+//! `"insecure_peers": true` ([`HerdConfig::check_peer_security`]).
 //! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
 //! `herd_net::journal`); `"journal_fsync": true` makes it sync every write to the disk. Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
 //! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
@@ -65,6 +70,21 @@ pub enum ConfigError {
     /// No servers.
     #[error("config has no servers")]
     Empty,
+    /// A server listens beyond loopback and peers would join unauthenticated.
+    #[error(
+        "server {server} listens on {listen}, beyond loopback, but peers are not authenticated: \
+         configure \"tls\" or a \"secret\" (or {env}), or set \"insecure_peers\": true",
+        env = SECRET_ENV
+    )]
+    InsecurePeers {
+        /// The server.
+        server: String,
+        /// Its listen address.
+        listen: SocketAddr,
+    },
+    /// A TLS client address without TLS files.
+    #[error("server {0} has a \"tls_listen\" address but the config has no \"tls\"")]
+    TlsListenWithoutTls(String),
     /// The secret is empty.
     #[error("secret must not be empty")]
     EmptySecret,
@@ -86,6 +106,42 @@ struct RawConfig {
     data_dir: Option<std::path::PathBuf>,
     #[serde(default)]
     journal_fsync: bool,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    insecure_peers: bool,
+}
+
+/// TLS files (`"tls"` key): `{name}` in `cert` and `key` is each server's name.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: std::path::PathBuf,
+    cert: String,
+    key: String,
+}
+
+/// Where the herd's TLS files are: the CA, and each server's certificate and key, named by a
+/// pattern in which `{name}` stands for the server's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The herd's CA certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// Each server's certificate (PEM), `{name}` replaced.
+    pub cert: String,
+    /// Each server's private key (PEM), `{name}` replaced.
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// The files of server `name`.
+    pub fn paths(&self, name: &ServerName) -> herd_net::tls::TlsPaths {
+        herd_net::tls::TlsPaths {
+            cert: self.cert.replace("{name}", name.as_str()).into(),
+            key: self.key.replace("{name}", name.as_str()).into(),
+            ca: self.ca.clone(),
+        }
+    }
 }
 
 /// Tuning of the Places backend (`"places"` key); the timeout is `limits.places_timeout_ms`.
@@ -156,6 +212,8 @@ struct RawServerFull {
     listen: Option<String>,
     #[serde(default)]
     stats: Option<String>,
+    #[serde(default)]
+    tls_listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -185,6 +243,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Optional stats (admin) address.
     pub stats: Option<SocketAddr>,
+    /// Optional TLS client address: the same line protocol over TLS (needs `"tls"`).
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// A validated herd config.
@@ -204,6 +264,11 @@ pub struct HerdConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// Whether journal writes are followed by `fdatasync` (power-cut durability).
     pub journal_fsync: bool,
+    /// TLS for peer links and TLS client addresses, if configured.
+    pub tls: Option<TlsConfig>,
+    /// The operator's choice to let peers join from beyond loopback with neither TLS nor a
+    /// secret.
+    pub insecure_peers: bool,
 }
 
 impl std::fmt::Debug for HerdConfig {
@@ -216,6 +281,8 @@ impl std::fmt::Debug for HerdConfig {
             .field("places", &self.places)
             .field("data_dir", &self.data_dir)
             .field("journal_fsync", &self.journal_fsync)
+            .field("tls", &self.tls)
+            .field("insecure_peers", &self.insecure_peers)
             .finish()
     }
 }
@@ -332,10 +399,16 @@ impl HerdConfig {
         let mut servers = Vec::with_capacity(raw.servers.len());
         for (name, server) in raw.servers {
             let valid = ServerName::new(&name).map_err(|_| ConfigError::BadName(name.clone()))?;
-            let (addr, listen, stats) = match server {
-                RawServer::Addr(a) => (a, None, None),
-                RawServer::Full(f) => (f.addr, f.listen, f.stats),
+            let (addr, listen, stats, tls_listen) = match server {
+                RawServer::Addr(a) => (a, None, None, None),
+                RawServer::Full(f) => (f.addr, f.listen, f.stats, f.tls_listen),
             };
+            let tls_listen = tls_listen
+                .map(|s| sock(&name, "tls_listen", &s))
+                .transpose()?;
+            if tls_listen.is_some() && raw.tls.is_none() {
+                return Err(ConfigError::TlsListenWithoutTls(name));
+            }
             let listen = match listen {
                 Some(l) => sock(&name, "listen", &l)?,
                 None => sock(&name, "addr", &addr)?,
@@ -346,6 +419,7 @@ impl HerdConfig {
                 addr,
                 listen,
                 stats,
+                tls_listen,
             });
         }
         let links = validate_links(&servers, raw.links)?;
@@ -360,7 +434,32 @@ impl HerdConfig {
             places: raw.places.validate()?,
             data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
             journal_fsync: raw.journal_fsync,
+            tls: raw.tls.map(|t| TlsConfig {
+                ca: t.ca,
+                cert: t.cert,
+                key: t.key,
+            }),
+            insecure_peers: raw.insecure_peers,
         })
+    }
+
+    /// Closed by default: a server that peers can dial from beyond loopback needs TLS or a
+    /// secret (from the config or the environment), unless `"insecure_peers": true` says the
+    /// operator chose otherwise.
+    ///
+    /// # Errors
+    /// [`ConfigError::InsecurePeers`] naming the first such server.
+    pub fn check_peer_security(&self) -> Result<(), ConfigError> {
+        if self.tls.is_some() || self.insecure_peers || self.effective_secret().is_some() {
+            return Ok(());
+        }
+        match self.servers.iter().find(|s| !s.listen.ip().is_loopback()) {
+            Some(s) => Err(ConfigError::InsecurePeers {
+                server: s.name.to_string(),
+                listen: s.listen,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The built-in default herd.
@@ -486,6 +585,43 @@ mod tests {
         assert_eq!(w.addr, "welsh:12000");
         assert_eq!(w.listen, "0.0.0.0:12000".parse().unwrap());
         assert_eq!(c.links, HerdConfig::default_herd().links);
+        let paths = c.tls.as_ref().unwrap().paths(&w.name);
+        assert_eq!(
+            paths.cert,
+            std::path::PathBuf::from("/etc/herd/tls/Welsh.pem")
+        );
+        assert!(c.check_peer_security().is_ok(), "TLS makes it closed");
+    }
+
+    #[test]
+    fn peers_beyond_loopback_need_tls_a_secret_or_an_explicit_choice() {
+        // The environment's secret would count: these configs are checked without it.
+        if std::env::var_os(SECRET_ENV).is_some() {
+            return;
+        }
+        let open = r#"{"servers": {"A": {"addr": "a:1", "listen": "0.0.0.0:1"}}"#;
+        let c = HerdConfig::parse(&format!("{open}}}")).unwrap();
+        let e = c.check_peer_security().unwrap_err().to_string();
+        assert!(e.contains("server A listens on 0.0.0.0:1"), "{e}");
+        assert!(e.contains("insecure_peers"), "{e}");
+        for extra in [
+            r#", "secret": "s""#,
+            r#", "insecure_peers": true"#,
+            r#", "tls": {"ca": "c", "cert": "{name}.pem", "key": "{name}.key"}"#,
+        ] {
+            let c = HerdConfig::parse(&format!("{open}{extra}}}")).unwrap();
+            assert!(c.check_peer_security().is_ok(), "{extra}");
+        }
+        assert!(
+            HerdConfig::default_herd().check_peer_security().is_ok(),
+            "loopback"
+        );
+        let e = HerdConfig::parse(
+            r#"{"servers": {"A": {"addr": "127.0.0.1:1", "tls_listen": "127.0.0.1:2"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_listen"), "{e}");
     }
 
     #[test]

@@ -118,19 +118,32 @@ pub async fn start(
             Some(a) => Some(bind(name, a).await?),
             None => None,
         };
+        let tls_clients = match sc.tls_listen {
+            Some(a) => Some(bind(name, a).await?),
+            None => None,
+        };
         let local = listener.local_addr().map_err(|source| StartError::Bind {
             server: name.to_string(),
             addr: sc.listen,
             source,
         })?;
-        bound.push((name.clone(), listener, stats, local));
+        bound.push((name.clone(), listener, stats, tls_clients, local));
     }
     let secret: Option<Arc<[u8]>> = config.effective_secret().map(|s| Arc::from(s.into_bytes()));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut servers = Vec::with_capacity(bound.len());
-    let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.3)).collect();
-    for (index, (name, listener, stats, _)) in bound.into_iter().enumerate() {
+    let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.4)).collect();
+    for (index, (name, listener, stats, tls_clients, _)) in bound.into_iter().enumerate() {
+        let tls = match &config.tls {
+            Some(t) => Some(herd_net::tls::HerdTls::load(&t.paths(&name)).map_err(|e| {
+                StartError::Start {
+                    server: name.to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?),
+            None => None,
+        };
         let neighbours = config
             .neighbours(&name)
             .into_iter()
@@ -155,6 +168,7 @@ pub async fn start(
                     path: d.join(format!("{name}.journal")),
                     fsync: config.journal_fsync,
                 }),
+            tls,
         };
         let handle =
             herd_net::start(spec, listener, token.clone(), tracker.clone()).map_err(|source| {
@@ -165,6 +179,14 @@ pub async fn start(
             })?;
         if let Some(s) = stats {
             handle.serve_stats(s);
+        }
+        if let Some(l) = tls_clients {
+            handle
+                .serve_tls_clients(l)
+                .map_err(|source| StartError::Start {
+                    server: name.to_string(),
+                    source,
+                })?;
         }
         servers.push(handle);
     }

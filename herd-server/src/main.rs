@@ -118,6 +118,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = Some(dir.clone());
     }
+    config.check_peer_security().map_err(config_err)?;
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {

@@ -13,7 +13,7 @@ use thiserror::Error;
 pub mod handshake;
 pub mod seal;
 
-pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, Proof};
+pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, Proof, START_TLS};
 
 use crate::record::Record;
 use crate::types::{push_u128, ServerName};

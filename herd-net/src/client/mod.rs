@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{ClientAction, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
@@ -136,33 +136,7 @@ pub(crate) async fn serve(
     stream: std::net::TcpStream,
     addr: SocketAddr,
 ) -> Served {
-    let max = driver.limits().max_line_bytes;
-    let log = BatchLog::new(
-        addr,
-        driver.spec().message_log.clone(),
-        driver.limits().log_line_bytes,
-    );
-    let mut conn = Conn {
-        driver,
-        addr,
-        input: Input {
-            codec: LineCodec::new(max),
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            stop: Stop::No,
-            first: true,
-            now: clock::now(),
-            lines: 0,
-            line_deadline: None,
-            held: false,
-        },
-        output: Output {
-            out: Vec::with_capacity(4096),
-            queue: VecDeque::new(),
-            wrote: false,
-            nodelay: false,
-        },
-        log,
-    };
+    let mut conn = Conn::new(driver, addr);
     debug!(%addr, "connection opened");
     let first_line = match at_once::serve(&mut conn, &stream).await {
         AtOnce::Done => {
@@ -204,9 +178,83 @@ pub(crate) async fn serve(
     }
 }
 
+/// Serves a client on the TLS client address (after the TLS handshake): the same line
+/// protocol, and no peer ever comes this way (a handshake line is an invalid line here).
+pub(crate) async fn serve_tls<S: ClientStream>(
+    driver: Arc<Driver>,
+    mut stream: S,
+    addr: SocketAddr,
+) {
+    let mut conn = Conn::new(driver, addr);
+    conn.input.first = false;
+    debug!(%addr, "TLS connection opened");
+    match conn.run(&mut stream).await {
+        Ok(_) => conn.close(stream).await,
+        Err(e) => debug!(%addr, error = %e, "connection failed"),
+    }
+}
+
+/// A client connection's stream: plain TCP, or TLS over it.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Sets TCP_NODELAY on the socket underneath.
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
+
+    /// Whether closing must say so in the stream itself (TLS's close_notify), even after
+    /// the client's end of stream.
+    fn closes_in_band(&self) -> bool {
+        false
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nodelay(self, on)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        self.get_ref().0.set_nodelay(on)
+    }
+
+    fn closes_in_band(&self) -> bool {
+        true
+    }
+}
+
 impl Conn {
+    fn new(driver: Arc<Driver>, addr: SocketAddr) -> Self {
+        let max = driver.limits().max_line_bytes;
+        let log = BatchLog::new(
+            addr,
+            driver.spec().message_log.clone(),
+            driver.limits().log_line_bytes,
+        );
+        Conn {
+            driver,
+            addr,
+            input: Input {
+                codec: LineCodec::new(max),
+                buf: BytesMut::with_capacity(READ_CHUNK),
+                stop: Stop::No,
+                first: true,
+                now: clock::now(),
+                lines: 0,
+                line_deadline: None,
+                held: false,
+            },
+            output: Output {
+                out: Vec::with_capacity(4096),
+                queue: VecDeque::new(),
+                wrote: false,
+                nodelay: false,
+            },
+            log,
+        }
+    }
+
     /// Runs until the connection is done; returns the first line if it is a peer handshake.
-    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<Option<BytesMut>> {
+    async fn run<S: ClientStream>(&mut self, stream: &mut S) -> std::io::Result<Option<BytesMut>> {
         let idle_limit = self.driver.limits().idle_timeout;
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
@@ -233,7 +281,7 @@ impl Conn {
                     }
                 }
                 // A client that reads nothing for the idle time loses its connection.
-                match timeout(idle_limit, stream.write_all(&self.output.out)).await {
+                match timeout(idle_limit, write_flush(stream, &self.output.out)).await {
                     Ok(r) => r?,
                     Err(_) => {
                         info!(addr = %self.addr, "client does not read its replies; closing connection");
@@ -419,9 +467,9 @@ impl Conn {
         }
     }
 
-    async fn close(self, mut stream: TcpStream) {
+    async fn close<S: ClientStream>(self, mut stream: S) {
         let stop = self.input.stop;
-        if stop != Stop::Eof {
+        if stop != Stop::Eof || stream.closes_in_band() {
             // After the client's end of stream everything it sent has been read, so closing
             // the socket sends the FIN by itself (one system call fewer per connection).
             let _ = stream.shutdown().await;
@@ -459,6 +507,12 @@ impl Output {
             self.queue.pop_front();
         }
     }
+}
+
+/// Writes `bytes` and flushes them (a TLS stream holds written bytes until flushed).
+async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Waits for the reply at the front of the queue (which is `Waiting`).

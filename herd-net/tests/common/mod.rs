@@ -39,6 +39,7 @@ pub fn spec(me: &str, neighbours: Vec<Neighbour>, secret: Option<&str>) -> Serve
         log_index: 0,
         message_log: None,
         journal: None,
+        tls: None,
     }
 }
 
