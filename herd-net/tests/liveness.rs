@@ -239,6 +239,13 @@ async fn a_ten_second_silent_cut_is_noticed_and_healed_within_a_second() {
     silent_partition_heals(Duration::from_secs(10)).await;
 }
 
+/// The long cut: TCP's own retransmission back-off would keep a healed link idle for
+/// tens of seconds here; the redial every half second does not care how long the cut was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixty_second_silent_cut_is_noticed_and_healed_within_a_second() {
+    silent_partition_heals(Duration::from_secs(60)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_link_stays_up_on_heartbeats_alone() {
     let pair = pair().await;
