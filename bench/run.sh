@@ -13,6 +13,7 @@
 #   MEM_CLIENTS [1000000] clients stored for the memory figure
 #   WARN_ROWS [1]        also measure with RUST_LOG=warn (per-message logging off)
 #   JOURNAL_ROWS [1]     also measure T1/T2 with the journal on (--data-dir; durability cost)
+#   TLS_ROWS [1]         also measure T1/T2/T4 with TLS on the peer links (herd-cli certs)
 #   SKIP_BUILD [0]       use the binaries already in $CARGO_TARGET_DIR/release
 #   CARGO_TARGET_DIR     cargo's target dir [<repo>/target]
 #   RESULTS              output file [bench/results.md]
@@ -33,6 +34,8 @@ fi
 MEM_CLIENTS=${MEM_CLIENTS:-1000000}
 WARN_ROWS=${WARN_ROWS:-1}
 JOURNAL_ROWS=${JOURNAL_ROWS:-1}
+TLS_ROWS=${TLS_ROWS:-1}
+TLS_DIR=""   # set while the herds started carry TLS on their peer links
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS_MD=${RESULTS:-$HERE/results.md}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -40,7 +43,7 @@ CONNS=64
 KEYS=100000
 LON=-118.445127
 LAT=34.068930
-COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS bench/run.sh"
+COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS TLS_ROWS=$TLS_ROWS bench/run.sh"
 T_START=$(date +%s)
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -165,9 +168,9 @@ start_herd() { # start_herd KIND(default|single) LOGLEVEL(''=default) : sets CFG
     for try in 1 2 3; do
         CFG=$TMP/herd-$kind.json
         if [[ $kind == default ]]; then
-            "${TOOLS[@]}" config "$CFG" default "$REPO/deploy/herd.json"; want=5
+            "${TOOLS[@]}" config "$CFG" default "$REPO/deploy/herd.json" "$TLS_DIR"; want=5
         else
-            "${TOOLS[@]}" config "$CFG" single Goloman; want=1
+            "${TOOLS[@]}" config "$CFG" single Goloman "$TLS_DIR"; want=1
         fi
         mkdir -p "$LOGDIR"; rm -f "$LOGDIR"/*.log
         if [[ -n $level ]]; then
@@ -308,6 +311,46 @@ bench_journal() { # T1/T2 with the journal on: what write-before-reply durabilit
     done
     stop_herd
     rm -rf "$TMP/data"
+}
+
+bench_tls() { # T1/T2/T4 with TLS on every peer link, as ratios to the same rows without it
+    local p hv r herd refv errs_total=0 check=ok
+    TLS_DIR=$TMP/tls
+    "$CLI" certs --out "$TLS_DIR" >/dev/null || die "herd-cli certs failed"
+    start_herd single ""
+    for p in 1 16; do
+        hv=""
+        for ((r = 1; r <= ROUNDS; r++)); do
+            herd_load "$TMP/l.json" --to Goloman load -c "$CONNS" -d "$p" --duration "${ROUND_S}s" --fresh -k "$KEYS"
+            herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
+            errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
+            hv+=" $herd"; trim_logs
+            log "one server, pipeline $p, peer TLS configured, round $r: herd $herd/s"
+        done
+        [[ $p == 1 ]] && refv=$SINGLE_P1 || refv=$SINGLE_P16
+        row "order=$p.8" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p, peer TLS configured" \
+            "herd=$hv" "ref=$refv" unit=/s "ref_label=same without TLS" kind=info \
+            "target_text=(TLS cost; one server has no peer link, so this is the no-cost control)" \
+            "note=herd-server with \"tls\" from herd-cli certs; clients speak plain TCP; errors: $errs_total"
+    done
+    stop_herd
+    start_herd default ""
+    hv=""; errs_total=0
+    for ((r = 1; r <= ROUNDS; r++)); do
+        herd_load "$TMP/l.json" load --all -c "$CONNS" -d 16 --duration "${ROUND_S}s" --fresh -k "$KEYS"
+        herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
+        errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
+        "${TOOLS[@]}" wait-quiet "$CFG" 60 >"$TMP/q.json"
+        [[ $("${TOOLS[@]}" json "$TMP/q.json" converged) == True ]] || check="round $r: servers differ after the load"
+        hv+=" $herd"; trim_logs
+        log "herd over TLS peer links, round $r: $herd/s"
+    done
+    row "order=30.8" "figure=T4: whole herd (5 servers), pipeline 16 over all, TLS 1.3 on every peer link" \
+        "herd=$hv" "ref=$HERD_MAX" unit=/s "ref_label=same without TLS (T4 median)" kind=info \
+        "target_text=(TLS cost)" "check=$check" \
+        "note=herd-cli certs; \"tls\" in the config; stores compared after every round; load errors: $errs_total"
+    stop_herd
+    TLS_DIR=""
 }
 
 # ---- rows 4–6: the default herd ---------------------------------------------------------
@@ -516,6 +559,8 @@ if [[ $WARN_ROWS == 1 ]]; then
     bench_probe_idle ", RUST_LOG=warn"
     stop_herd
 fi
+
+[[ $TLS_ROWS == 1 ]] && bench_tls
 
 bench_memory "" ""
 [[ $WARN_ROWS == 1 ]] && bench_memory warn ", RUST_LOG=warn"

@@ -44,9 +44,11 @@ def cmd_ports(args):
 
 
 def cmd_config(args):
-    """config OUT default DEPLOY_JSON | config OUT single NAME: a herd config on fresh
-    ports, each server with a stats address."""
+    """config OUT default DEPLOY_JSON | config OUT single NAME [TLS_DIR]: a herd config on
+    fresh ports, each server with a stats address; with TLS_DIR (made by herd-cli certs),
+    TLS on every peer link."""
     out, kind = args[0], args[1]
+    tls_dir = args[3] if len(args) > 3 and args[3] else None
     if kind == "default":
         with open(args[2]) as f:
             base = json.load(f)
@@ -60,8 +62,12 @@ def cmd_config(args):
         n: {"addr": f"127.0.0.1:{ports[2 * i]}", "stats": f"127.0.0.1:{ports[2 * i + 1]}"}
         for i, n in enumerate(names)
     }
+    config = {"servers": servers, "links": links}
+    if tls_dir:
+        config["tls"] = {"ca": f"{tls_dir}/ca.pem", "cert": f"{tls_dir}/{{name}}.pem",
+                         "key": f"{tls_dir}/{{name}}.key"}
     with open(out, "w") as f:
-        json.dump({"servers": servers, "links": links}, f)
+        json.dump(config, f)
 
 
 def load_config(path):
