@@ -542,3 +542,98 @@ fn a_line_over_the_server_limit_ends_with_exit_2_after_the_earlier_replies() {
         "{err}"
     );
 }
+
+#[test]
+fn certs_then_tls_iamat_and_whatsat_against_a_real_server_match_plain() {
+    let Some(bin) = server_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls_addr) = (free_addr(), free_addr());
+    let config = dir.path().join("herd.json");
+    let tls_dir = dir.path().join("tls");
+    // The certificates come from herd-cli itself, for the config's servers.
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"servers": {{"Goloman": {{"addr": "{plain}", "tls_listen": "{tls_addr}"}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let made = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "certs",
+        "--out",
+        tls_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let t = tls_dir.display();
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"servers": {{"Goloman": {{"addr": "{plain}", "tls_listen": "{tls_addr}"}}}},
+                "tls": {{"ca": "{t}/ca.pem", "cert": "{t}/{{name}}.pem", "key": "{t}/{{name}}.key"}}}}"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--places", "offline", "--log-dir"])
+        .arg(dir.path().join("logs"))
+        .arg("--all")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start herd-server");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let up = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _proc = Killer(Some(child));
+    assert!(
+        up.contains(" listening on "),
+        "herd-server did not start: {up}"
+    );
+    let cfg = config.to_str().unwrap();
+    let ca = format!("{t}/ca.pem");
+    let over_tls = run(&[
+        "--config",
+        cfg,
+        "--tls",
+        "--ca",
+        &ca,
+        "--to",
+        "Goloman",
+        "iamat",
+        "kiwi",
+        "+34.068930-118.445127",
+        "--time",
+        "1520023934.918963997",
+    ]);
+    assert_eq!(code(&over_tls), 0, "{}", stderr(&over_tls));
+    assert!(
+        stdout(&over_tls).starts_with("AT Goloman "),
+        "{}",
+        stdout(&over_tls)
+    );
+    let tls_whatsat = run(&[
+        "--config", cfg, "--tls", "--ca", &ca, "--to", "Goloman", "whatsat", "kiwi", "10", "2",
+    ]);
+    let plain_whatsat = run(&[
+        "--config", cfg, "--to", "Goloman", "whatsat", "kiwi", "10", "2",
+    ]);
+    assert_eq!(code(&tls_whatsat), 0, "{}", stderr(&tls_whatsat));
+    assert_eq!(
+        stdout(&tls_whatsat),
+        stdout(&plain_whatsat),
+        "TLS and plain replies differ"
+    );
+    // A CA the server's certificate does not chain to is a connection failure (2).
+    let other = dir.path().join("other");
+    let made = run(&["--config", cfg, "certs", "--out", other.to_str().unwrap()]);
+    assert_eq!(code(&made), 0, "{}", stderr(&made));
+    let wrong_ca = format!("{}/ca.pem", other.display());
+    let refused = run(&[
+        "--config", cfg, "--tls", "--ca", &wrong_ca, "--to", "Goloman", "whatsat", "kiwi", "10",
+        "2",
+    ]);
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+}
