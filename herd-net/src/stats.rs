@@ -40,7 +40,8 @@ impl ServerStats {
              \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
              \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{},\
              \"refused_max_clients\":{},\"refused_per_ip\":{},\"accept_errors\":{},\
-             \"line_timeouts\":{}}}",
+             \"line_timeouts\":{},\"records_refused\":{},\"future_refused\":{},\"expired\":{},\
+             \"expired_on_arrival\":{},\"long_ids_refused\":{}}}",
             json_str(self.server.as_str()),
             self.records,
             self.digest,
@@ -63,6 +64,11 @@ impl ServerStats {
             self.refusals.per_ip,
             self.refusals.accept_errors,
             self.refusals.line_timeouts,
+            n.records_refused,
+            n.future_refused,
+            n.expired,
+            n.expired_on_arrival,
+            n.long_ids_refused,
         );
         s
     }
