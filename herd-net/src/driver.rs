@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{
-    ClientAction, Node, NodeEvent, PeerError, PeerId, QueryOutcome, ServerName, Timestamp,
+    ClientAction, Node, NodeEvent, NodeStats, PeerError, PeerId, QueryOutcome, ServerName,
+    Timestamp,
 };
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
@@ -32,7 +33,7 @@ use crate::journal::Journal;
 use crate::limits::Limits;
 use crate::links::{Installed, LinkTable, Session};
 use crate::queue::PeerQueue;
-use crate::ratelog::Refusals;
+use crate::ratelog::{Refusals, RATE_LOG_PERIOD};
 use crate::scope::Scoped;
 use crate::spec::ServerSpec;
 use crate::stats::ServerStats;
@@ -54,6 +55,8 @@ pub(crate) struct Driver {
     journal: Option<Arc<Journal>>,
     /// Wakes the timer when `settle` arms an earlier deadline.
     timer: Notify,
+    /// Times the timer ran ([`ServerStats::timer_wakeups`]).
+    timer_wakeups: AtomicU64,
     /// Client connections refused or closed early, by cause (logged at most once a second).
     refusals: Refusals,
 }
@@ -66,6 +69,94 @@ struct State {
     timer_at: Option<Timestamp>,
     /// Records from peers are in the journal's buffer and must be written by then.
     journal_due: Option<Timestamp>,
+    /// Records the node refused, by cause, as last logged.
+    refused: RefusedLog,
+}
+
+/// A cause for which the node does not store a record: its counter, level and log line.
+type RefusalCause = (fn(&NodeStats) -> u64, tracing::Level, &'static str);
+
+/// The causes for which the node does not store a record, in [`RefusedLog`] order.
+const REFUSAL_CAUSES: [RefusalCause; 4] = [
+    (
+        |s| s.records_refused,
+        tracing::Level::WARN,
+        "records for new clients not stored: the store is full (limits.max_records)",
+    ),
+    (
+        |s| s.future_refused,
+        tracing::Level::INFO,
+        "IAMATs not stored: client time too far ahead (limits.max_future_skew_ms)",
+    ),
+    (
+        |s| s.expired_on_arrival,
+        tracing::Level::INFO,
+        "records not stored: already expired on arrival (limits.record_ttl_ms)",
+    ),
+    (
+        |s| s.long_ids_refused,
+        tracing::Level::INFO,
+        "peer or journal records not stored: client id too long (limits.max_client_id_bytes)",
+    ),
+];
+
+/// The node's refusal counters, logged one line per cause at most once a second with the
+/// count since that cause's last line. On the hot path it costs one comparison of four
+/// counters; the count left over within a second is logged by the timer when it is up.
+#[derive(Debug, Default)]
+struct RefusedLog {
+    /// The counters as last compared.
+    seen: [u64; 4],
+    /// Per cause: the counter at its last line.
+    logged: [u64; 4],
+    /// Per cause: when its last line was logged.
+    at: [Option<Timestamp>; 4],
+    /// When a count not yet logged may be (`None`: none is waiting).
+    due: Option<Timestamp>,
+}
+
+impl RefusedLog {
+    fn counts(stats: &NodeStats) -> [u64; 4] {
+        REFUSAL_CAUSES.map(|(get, _, _)| get(stats))
+    }
+
+    /// Compares the node's counters with those last seen and, at `now`, returns the causes
+    /// to log now with their counts since their last line.
+    fn check(&mut self, stats: &NodeStats, now: impl FnOnce() -> Timestamp) -> Vec<(usize, u64)> {
+        let counts = Self::counts(stats);
+        if counts == self.seen && self.due.is_none() {
+            return Vec::new();
+        }
+        self.seen = counts;
+        let now = now();
+        if self.due.is_some_and(|d| d > now) {
+            return Vec::new();
+        }
+        self.due = None;
+        let mut out = Vec::new();
+        for (i, (&count, (logged, at))) in counts
+            .iter()
+            .zip(self.logged.iter_mut().zip(self.at.iter_mut()))
+            .enumerate()
+        {
+            let new = count - *logged;
+            if new == 0 {
+                continue;
+            }
+            match *at {
+                Some(last) if now.since(last) < RATE_LOG_PERIOD => {
+                    let due = last.plus(RATE_LOG_PERIOD);
+                    self.due = Some(self.due.map_or(due, |d| d.min(due)));
+                }
+                _ => {
+                    out.push((i, new));
+                    *logged = count;
+                    *at = Some(now);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Who writes out what a call appended to the journal.
@@ -130,6 +221,14 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The earliest of the node's deadlines, the journal's peer flush and the next refusal log.
+fn next_deadline(st: &State) -> Option<Timestamp> {
+    earliest(
+        earliest(st.node.poll_timeout(), st.journal_due),
+        st.refused.due,
+    )
+}
+
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -155,6 +254,7 @@ impl Driver {
                 waiters: HashMap::new(),
                 timer_at: None,
                 journal_due: None,
+                refused: RefusedLog::default(),
             }),
             token,
             tracker,
@@ -162,6 +262,7 @@ impl Driver {
             next_session: AtomicU64::new(1),
             journal,
             timer: Notify::new(),
+            timer_wakeups: AtomicU64::new(0),
             refusals: Refusals::default(),
         })
     }
@@ -364,7 +465,11 @@ impl Driver {
         if st.node.poll_timeout().is_some_and(|t| t <= now) {
             st.node.handle_timeout(now);
         }
-        st.timer_at = None;
+        self.timer_wakeups.fetch_add(1, Ordering::Relaxed);
+        // The timer task sleeps until the next deadline after this call; only a deadline
+        // that `settle` makes earlier still must wake it (else it would wake itself at once,
+        // again and again, for as long as any deadline is pending).
+        st.timer_at = next_deadline(&st);
         self.settle(&mut st, Flush::Soon);
         drop(st);
         if journal_due {
@@ -399,10 +504,26 @@ impl Driver {
                 }
             }
         }
-        let next = earliest(st.node.poll_timeout(), st.journal_due);
+        let logs = st.refused.check(st.node.stats(), clock::now);
+        for (cause, count) in logs {
+            self.log_refused(cause, count);
+        }
+        let next = next_deadline(st);
         if next.is_some() && (st.timer_at.is_none() || next < st.timer_at) {
             st.timer_at = next;
             self.timer.notify_one();
+        }
+    }
+
+    /// Logs that the node refused `count` records for cause `cause` ([`REFUSAL_CAUSES`])
+    /// since that cause's last line.
+    fn log_refused(&self, cause: usize, count: u64) {
+        let (_, level, msg) = REFUSAL_CAUSES[cause];
+        let limits = &self.spec.limits;
+        if level == tracing::Level::WARN {
+            tracing::warn!(count, max_records = limits.max_records, "{msg}");
+        } else {
+            tracing::info!(count, "{msg}");
         }
     }
 
@@ -434,6 +555,7 @@ impl Driver {
             links_up,
             clients,
             journal: self.journal.as_ref().map(|j| (j.lines(), j.errors())),
+            timer_wakeups: self.timer_wakeups.load(Ordering::Relaxed),
             refusals: self.refusals.counts(),
         }
     }
@@ -445,5 +567,46 @@ impl Driver {
             .store()
             .get(client)
             .map(|r| r.at_line().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at_ms(ms: u64) -> Timestamp {
+        Timestamp::from_parts(1_000 + ms / 1000, (ms % 1000) as u32 * 1_000_000)
+    }
+
+    #[test]
+    fn refusals_log_one_line_per_cause_a_second_with_the_count_since_the_last() {
+        let mut log = RefusedLog::default();
+        let mut s = NodeStats::default();
+        assert!(log
+            .check(&s, || panic!("no clock read without a change"))
+            .is_empty());
+        s.records_refused = 1;
+        assert_eq!(log.check(&s, || at_ms(0)), [(0, 1)]);
+        assert!(log.check(&s, || panic!("unchanged")).is_empty());
+        s.records_refused = 5;
+        s.future_refused = 2;
+        assert_eq!(
+            log.check(&s, || at_ms(10)),
+            [(1, 2)],
+            "another cause logs at once"
+        );
+        assert_eq!(log.due, Some(at_ms(1000)), "the rest waits for its second");
+        s.records_refused = 9;
+        assert!(log.check(&s, || at_ms(500)).is_empty());
+        assert_eq!(
+            log.check(&s, || at_ms(1000)),
+            [(0, 8)],
+            "the timer logs the rest"
+        );
+        assert_eq!(log.due, None);
+        assert!(log.check(&s, || panic!("nothing waiting")).is_empty());
+        s.long_ids_refused = 1;
+        s.expired_on_arrival = 3;
+        assert_eq!(log.check(&s, || at_ms(1001)), [(2, 3), (3, 1)]);
     }
 }

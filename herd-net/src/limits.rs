@@ -46,6 +46,81 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(250);
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest peer line accepted: a peer line carries an AT line built from a client line.
 pub const PEER_LINE_SLACK: usize = 1024;
+/// Default longest client id: 256 bytes ([`herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES`]).
+pub const DEFAULT_MAX_CLIENT_ID_BYTES: usize = herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES;
+/// Bytes of memory one stored record is assumed to cost when [`default_max_records`] sizes
+/// the store: 400, twice the ~190–200 bytes per client measured at a million clients
+/// (bench/README.md, T7: the store, its index and the allocator's slack), to leave room for
+/// long client ids and locations, the journal's buffers and peer queues.
+pub const BYTES_PER_RECORD: u64 = 400;
+/// The share of the machine's memory [`default_max_records`] lets the store use: one half.
+pub const MEMORY_SHARE_DIVISOR: u64 = 2;
+/// The store bound used when the machine's memory cannot be read: 5 million records (2 GB at
+/// [`BYTES_PER_RECORD`]).
+pub const FALLBACK_MAX_RECORDS: usize = 5_000_000;
+/// Default record lifetime: none (`None`), records live until replaced.
+pub const DEFAULT_RECORD_TTL: Option<Duration> = None;
+/// Default bound on how far ahead of the server's clock a client's time may be: none (`None`).
+pub const DEFAULT_MAX_FUTURE_SKEW: Option<Duration> = None;
+
+/// The default store bound: half the memory this process may use at [`BYTES_PER_RECORD`]
+/// bytes a record, computed once per process.
+///
+/// The memory is the smaller of `MemTotal` in `/proc/meminfo` and the cgroup v2 limit
+/// (`/sys/fs/cgroup/memory.max`, or v1's `memory.limit_in_bytes`) when one is set; when
+/// neither can be read it is [`FALLBACK_MAX_RECORDS`]. A 16 GiB machine thus holds about
+/// 21 million clients; a container limited to 512 MiB about 670 thousand.
+pub fn default_max_records() -> usize {
+    static CELL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CELL.get_or_init(|| records_for_memory(memory_limit_bytes()))
+}
+
+/// The store bound for `memory` bytes (`None`: unknown): see [`default_max_records`].
+pub fn records_for_memory(memory: Option<u64>) -> usize {
+    match memory {
+        None => FALLBACK_MAX_RECORDS,
+        Some(bytes) => {
+            let n = bytes / MEMORY_SHARE_DIVISOR / BYTES_PER_RECORD;
+            usize::try_from(n).unwrap_or(usize::MAX).max(1)
+        }
+    }
+}
+
+/// The memory this process may use: the smaller of the machine's and its cgroup's limit.
+fn memory_limit_bytes() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_meminfo_total(&t));
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|t| parse_cgroup_limit(&t));
+    match (total, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in bytes.
+fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut fields = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") | None => n.checked_mul(1024),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit file's value in bytes; `None` for `max` (no limit) or v1's
+/// "unlimited" (a huge number).
+fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
+}
 
 /// Limits of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +157,17 @@ pub struct Limits {
     pub heartbeat: Duration,
     /// A peer link that has received nothing for this long is dropped and redialled.
     pub peer_timeout: Duration,
+    /// Longest client id (bytes); a client line with a longer one is answered `? <line>`, a
+    /// peer's record with one is not stored.
+    pub max_client_id_bytes: usize,
+    /// Most clients in the store (default [`default_max_records`]); a record for a new
+    /// client beyond it is answered (an IAMAT) but not stored, and logged at `warn`.
+    pub max_records: usize,
+    /// How long after its client time a record expires and leaves the store (`None`: never).
+    pub record_ttl: Option<Duration>,
+    /// How far ahead of the server's clock an IAMAT's client time may be and still be stored
+    /// (`None`: any).
+    pub max_future_skew: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -100,6 +186,10 @@ impl Default for Limits {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             heartbeat: DEFAULT_HEARTBEAT,
             peer_timeout: DEFAULT_PEER_TIMEOUT,
+            max_client_id_bytes: DEFAULT_MAX_CLIENT_ID_BYTES,
+            max_records: default_max_records(),
+            record_ttl: DEFAULT_RECORD_TTL,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
         }
     }
 }
@@ -114,5 +204,34 @@ impl Limits {
     /// `peer_queue_bytes`, so that a delta always leaves room in the queue for live updates.
     pub fn resync_window(&self) -> usize {
         self.resync_window_bytes.min(self.peer_queue_bytes / 4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_bound_is_half_the_memory_at_400_bytes_a_record() {
+        assert_eq!(records_for_memory(Some(16 << 30)), 21_474_836);
+        assert_eq!(records_for_memory(Some(512 << 20)), 671_088);
+        assert_eq!(records_for_memory(Some(10)), 1, "never 0");
+        assert_eq!(records_for_memory(None), FALLBACK_MAX_RECORDS);
+        assert!(default_max_records() > 0);
+        assert_eq!(Limits::default().max_records, default_max_records());
+    }
+
+    #[test]
+    fn memory_files_are_read_in_bytes_and_no_limit_is_none() {
+        let meminfo = "MemTotal:        8048576 kB\nMemFree:  1 kB\n";
+        assert_eq!(parse_meminfo_total(meminfo), Some(8_048_576 * 1024));
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_cgroup_limit("max\n"), None);
+        assert_eq!(
+            parse_cgroup_limit("9223372036854771712\n"),
+            None,
+            "v1 unlimited"
+        );
     }
 }

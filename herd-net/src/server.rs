@@ -122,6 +122,8 @@ pub fn start(
             neighbours = %neighbours.join(","),
             places = spec.places_backend,
             secret = spec.secret.is_some(),
+            max_records = spec.limits.max_records,
+            record_ttl_ms = spec.limits.record_ttl.map(|d| d.as_millis() as u64),
             "server started"
         );
     });
@@ -129,6 +131,10 @@ pub fn start(
     let mut node_cfg = NodeConfig::new(spec.name.clone(), names.clone());
     node_cfg.resync_window = spec.limits.resync_window();
     node_cfg.journal = spec.journal.is_some();
+    node_cfg.max_client_id_bytes = spec.limits.max_client_id_bytes;
+    node_cfg.max_records = Some(spec.limits.max_records);
+    node_cfg.record_ttl = spec.limits.record_ttl;
+    node_cfg.max_future_skew = spec.limits.max_future_skew;
     let links = LinkTable::new(names.iter().map(|n| spec.name < *n));
     let mut node = Node::new(node_cfg, links, &mut RandomIds);
     let journal = match &spec.journal {

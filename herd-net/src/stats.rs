@@ -25,6 +25,9 @@ pub struct ServerStats {
     pub journal: Option<(u64, u64)>,
     /// Client connections refused or closed early, by cause ([`crate::ratelog`]).
     pub refusals: RefusalCounts,
+    /// Times the server's timer task ran: once per deadline (herd query, record expiry,
+    /// journal flush of peer records, refusal log), so an idle server's count stays still.
+    pub timer_wakeups: u64,
 }
 
 impl ServerStats {
@@ -40,7 +43,8 @@ impl ServerStats {
              \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
              \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{},\
              \"refused_max_clients\":{},\"refused_per_ip\":{},\"accept_errors\":{},\
-             \"line_timeouts\":{}}}",
+             \"line_timeouts\":{},\"records_refused\":{},\"future_refused\":{},\"expired\":{},\
+             \"expired_on_arrival\":{},\"long_ids_refused\":{},\"timer_wakeups\":{}}}",
             json_str(self.server.as_str()),
             self.records,
             self.digest,
@@ -63,6 +67,12 @@ impl ServerStats {
             self.refusals.per_ip,
             self.refusals.accept_errors,
             self.refusals.line_timeouts,
+            n.records_refused,
+            n.future_refused,
+            n.expired,
+            n.expired_on_arrival,
+            n.long_ids_refused,
+            self.timer_wakeups,
         );
         s
     }

@@ -9,13 +9,20 @@
 //!             "line_timeout_ms": 10000, "max_clients_per_ip": 256, "log_line_bytes": 512,
 //!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
 //!             "journal_compact_lines": 100000,
-//!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000}}
+//!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000,
+//!             "heartbeat_ms": 250, "peer_timeout_ms": 1000, "max_client_id_bytes": 256,
+//!             "max_records": 1000000, "record_ttl_ms": 86400000, "max_future_skew_ms": 60000,
+//!             "log_max_bytes": 268435456, "log_keep": 5}}
 //! ```
 //! `"tls": {"ca": "tls/ca.pem", "cert": "tls/{name}.pem", "key": "tls/{name}.key"}` turns
 //! on TLS between servers (`herd-cli certs` makes the files; `{name}` is each server's name),
 //! and a server entry's `"tls_listen"` adds a TLS client address. Closed by default: a
 //! config with a server listening beyond loopback needs `"tls"`, a `"secret"` or
 //! `"insecure_peers": true` ([`HerdConfig::check_peer_security`]).
+//! `max_records` defaults to a bound sized to the machine's memory
+//! ([`herd_net::limits::default_max_records`]); `record_ttl_ms` and `max_future_skew_ms` are
+//! off unless set. `log_max_bytes` and `log_keep` are the log rotation
+//! ([`HerdConfig::log_rotation`]); `--log-max-bytes` and `--log-keep` override them.
 //! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
 //! `herd_net::journal`); `"journal_fsync": true` makes it sync every write to the disk. Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
 //! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
@@ -67,6 +74,9 @@ pub enum ConfigError {
     /// A limit is out of range.
     #[error("limit {0} must be greater than 0")]
     BadLimit(&'static str),
+    /// Two limits are out of order.
+    #[error("limit {0} must be less than {1}")]
+    LimitOrder(&'static str, &'static str),
     /// No servers.
     #[error("config has no servers")]
     Empty,
@@ -230,6 +240,25 @@ struct RawLimits {
     journal_compact_lines: Option<u64>,
     places_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    peer_timeout_ms: Option<u64>,
+    max_client_id_bytes: Option<usize>,
+    max_records: Option<usize>,
+    record_ttl_ms: Option<u64>,
+    max_future_skew_ms: Option<u64>,
+    log_max_bytes: Option<u64>,
+    log_keep: Option<usize>,
+}
+
+/// Log file rotation from the config's `limits.log_max_bytes` and `limits.log_keep`; the
+/// command line's `--log-max-bytes` and `--log-keep` override each (`None`: not set here,
+/// the logger's default then).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Size past which a log file is rotated (0: never).
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept (0: none).
+    pub keep: Option<usize>,
 }
 
 /// One server of the herd.
@@ -258,6 +287,8 @@ pub struct HerdConfig {
     pub secret: Option<String>,
     /// The limits, for every server.
     pub limits: Limits,
+    /// Log rotation as the config sets it (`limits.log_max_bytes`, `limits.log_keep`).
+    pub log_rotation: LogRotation,
     /// Places backend tuning (concurrency, cache).
     pub places: PlacesTuning,
     /// Where each server keeps its journal (`DIR/NAME.journal`); `None`: in memory only.
@@ -278,6 +309,7 @@ impl std::fmt::Debug for HerdConfig {
             .field("links", &self.links)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("limits", &self.limits)
+            .field("log_rotation", &self.log_rotation)
             .field("places", &self.places)
             .field("data_dir", &self.data_dir)
             .field("journal_fsync", &self.journal_fsync)
@@ -308,66 +340,101 @@ fn positive<T: Default + PartialEq>(
 }
 
 impl RawLimits {
-    fn validate(self) -> Result<Limits, ConfigError> {
-        let ms = |v: Option<u64>, d: Duration, n| {
-            positive(v, u64::try_from(d.as_millis()).unwrap_or(u64::MAX), n)
-                .map(Duration::from_millis)
+    /// The limits, and the log rotation the config sets (also under `"limits"`).
+    fn validate(self) -> Result<(Limits, LogRotation), ConfigError> {
+        use herd_net::limits as d;
+        fn ms_of(d: Duration) -> u64 {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        }
+        let ms =
+            |v: Option<u64>, d: Duration, n| positive(v, ms_of(d), n).map(Duration::from_millis);
+        // Off unless set; when set, greater than 0.
+        let opt_ms = |v: Option<u64>, n| match v {
+            Some(0) => Err(ConfigError::BadLimit(n)),
+            v => Ok(v.map(Duration::from_millis)),
         };
-        let defaults = Limits::default();
-        Ok(Limits {
+        let heartbeat = ms(self.heartbeat_ms, d::DEFAULT_HEARTBEAT, "heartbeat_ms")?;
+        let peer_timeout = ms(
+            self.peer_timeout_ms,
+            d::DEFAULT_PEER_TIMEOUT,
+            "peer_timeout_ms",
+        )?;
+        if heartbeat >= peer_timeout {
+            return Err(ConfigError::LimitOrder("heartbeat_ms", "peer_timeout_ms"));
+        }
+        let limits = Limits {
             max_line_bytes: positive(
                 self.max_line_bytes,
-                defaults.max_line_bytes,
+                d::DEFAULT_MAX_LINE_BYTES,
                 "max_line_bytes",
             )?,
-            max_clients: positive(self.max_clients, defaults.max_clients, "max_clients")?,
+            max_clients: positive(self.max_clients, d::DEFAULT_MAX_CLIENTS, "max_clients")?,
             idle_timeout: ms(
                 self.idle_timeout_ms,
-                defaults.idle_timeout,
+                d::DEFAULT_IDLE_TIMEOUT,
                 "idle_timeout_ms",
             )?,
             line_timeout: ms(
                 self.line_timeout_ms,
-                defaults.line_timeout,
+                d::DEFAULT_LINE_TIMEOUT,
                 "line_timeout_ms",
             )?,
             max_clients_per_ip: positive(
                 self.max_clients_per_ip,
-                defaults.max_clients_per_ip,
+                d::DEFAULT_MAX_CLIENTS_PER_IP,
                 "max_clients_per_ip",
             )?,
             log_line_bytes: positive(
                 self.log_line_bytes,
-                defaults.log_line_bytes,
+                d::DEFAULT_LOG_LINE_BYTES,
                 "log_line_bytes",
             )?,
             peer_queue_bytes: positive(
                 self.peer_queue_bytes,
-                defaults.peer_queue_bytes,
+                d::DEFAULT_PEER_QUEUE_BYTES,
                 "peer_queue_bytes",
             )?,
             resync_window_bytes: positive(
                 self.resync_window_bytes,
-                defaults.resync_window_bytes,
+                d::DEFAULT_RESYNC_WINDOW_BYTES,
                 "resync_window_bytes",
             )?,
             journal_compact_lines: positive(
                 self.journal_compact_lines,
-                defaults.journal_compact_lines,
+                d::DEFAULT_JOURNAL_COMPACT_LINES,
                 "journal_compact_lines",
             )?,
             places_timeout: ms(
                 self.places_timeout_ms,
-                defaults.places_timeout,
+                d::DEFAULT_PLACES_TIMEOUT,
                 "places_timeout_ms",
             )?,
             shutdown_grace: ms(
                 self.shutdown_grace_ms,
-                defaults.shutdown_grace,
+                d::DEFAULT_SHUTDOWN_GRACE,
                 "shutdown_grace_ms",
             )?,
-            ..defaults
-        })
+            heartbeat,
+            peer_timeout,
+            max_client_id_bytes: positive(
+                self.max_client_id_bytes,
+                d::DEFAULT_MAX_CLIENT_ID_BYTES,
+                "max_client_id_bytes",
+            )?,
+            max_records: match self.max_records {
+                None => d::default_max_records(),
+                Some(0) => return Err(ConfigError::BadLimit("max_records")),
+                Some(n) => n,
+            },
+            record_ttl: opt_ms(self.record_ttl_ms, "record_ttl_ms")?,
+            max_future_skew: opt_ms(self.max_future_skew_ms, "max_future_skew_ms")?,
+        };
+        // 0 is allowed for both: it is their off switch, as on the command line.
+        let rotation = LogRotation {
+            max_bytes: self.log_max_bytes,
+            keep: self.log_keep,
+        };
+        Ok((limits, rotation))
     }
 }
 
@@ -426,11 +493,13 @@ impl HerdConfig {
         if raw.secret.as_deref() == Some("") {
             return Err(ConfigError::EmptySecret);
         }
+        let (limits, log_rotation) = raw.limits.validate()?;
         Ok(Self {
             servers,
             links,
             secret: raw.secret,
-            limits: raw.limits.validate()?,
+            limits,
+            log_rotation,
             places: raw.places.validate()?,
             data_dir: raw.data_dir.filter(|d| !d.as_os_str().is_empty()),
             journal_fsync: raw.journal_fsync,
@@ -656,6 +725,91 @@ mod tests {
         assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/d")));
         assert!(c.journal_fsync);
         assert_eq!(l.resync_window(), 1, "at most a quarter of the peer queue");
+    }
+
+    #[test]
+    fn hostile_load_limits_and_log_rotation_are_read() {
+        let c = HerdConfig::parse(
+            r#"{"servers": {"A": "127.0.0.1:1"},
+                "limits": {"heartbeat_ms": 100, "peer_timeout_ms": 400,
+                           "max_client_id_bytes": 64, "max_records": 3,
+                           "record_ttl_ms": 300, "max_future_skew_ms": 1000,
+                           "log_max_bytes": 0, "log_keep": 2}}"#,
+        )
+        .unwrap();
+        let l = &c.limits;
+        assert_eq!(l.heartbeat, Duration::from_millis(100));
+        assert_eq!(l.peer_timeout, Duration::from_millis(400));
+        assert_eq!((l.max_client_id_bytes, l.max_records), (64, 3));
+        assert_eq!(l.record_ttl, Some(Duration::from_millis(300)));
+        assert_eq!(l.max_future_skew, Some(Duration::from_millis(1000)));
+        assert_eq!(
+            c.log_rotation,
+            LogRotation {
+                max_bytes: Some(0),
+                keep: Some(2)
+            }
+        );
+        let d = HerdConfig::parse(
+            r#"{"servers": {"A": "127.0.0.1:1"},
+                "limits": {"record_ttl_ms": null, "max_records": null}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.limits, Limits::default(), "null is the default");
+        assert_eq!(d.limits.record_ttl, None, "off by default");
+        assert_eq!(d.limits.max_future_skew, None, "off by default");
+        assert_eq!(
+            d.limits.max_records,
+            herd_net::limits::default_max_records(),
+            "sized to the memory"
+        );
+        assert_eq!(
+            d.limits.max_client_id_bytes,
+            herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES
+        );
+        assert_eq!(d.log_rotation, LogRotation::default());
+    }
+
+    #[test]
+    fn hostile_load_limits_out_of_range_are_refused() {
+        let cases = [
+            (
+                r#""max_client_id_bytes": 0"#,
+                "max_client_id_bytes must be greater than 0",
+            ),
+            (r#""max_records": 0"#, "max_records must be greater than 0"),
+            (
+                r#""record_ttl_ms": 0"#,
+                "record_ttl_ms must be greater than 0",
+            ),
+            (
+                r#""max_future_skew_ms": 0"#,
+                "max_future_skew_ms must be greater than 0",
+            ),
+            (
+                r#""heartbeat_ms": 0"#,
+                "heartbeat_ms must be greater than 0",
+            ),
+            (
+                r#""peer_timeout_ms": 0"#,
+                "peer_timeout_ms must be greater than 0",
+            ),
+            (
+                r#""heartbeat_ms": 1000, "peer_timeout_ms": 1000"#,
+                "heartbeat_ms must be less than peer_timeout_ms",
+            ),
+            (
+                r#""heartbeat_ms": 2000"#,
+                "heartbeat_ms must be less than peer_timeout_ms",
+            ),
+            (r#""record_ttl_ms": -1"#, "invalid config"),
+            (r#""log_keep": "5""#, "invalid config"),
+        ];
+        for (bad, want) in cases {
+            let text = format!(r#"{{"servers": {{"A": "127.0.0.1:1"}}, "limits": {{{bad}}}}}"#);
+            let err = HerdConfig::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{bad}: {err}");
+        }
     }
 
     #[test]

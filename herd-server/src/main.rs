@@ -48,12 +48,14 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// Rotate DIR/NAME.log before it would grow past this size: it becomes NAME.log.1 (the
     /// older ones shift up) and a new NAME.log is started. Bytes, or with a K, M or G suffix
-    /// (powers of 1024); 0 never rotates.
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_size)]
-    log_max_bytes: u64,
+    /// (powers of 1024); 0 never rotates. Overrides the config's "limits.log_max_bytes";
+    /// default 256M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    log_max_bytes: Option<u64>,
     /// Rotated log files kept per server (NAME.log.1 … NAME.log.K; the oldest is deleted).
-    #[arg(long, value_name = "K", default_value_t = logging::DEFAULT_KEEP)]
-    log_keep: usize,
+    /// Overrides the config's "limits.log_keep"; default 5.
+    #[arg(long, value_name = "K")]
+    log_keep: Option<usize>,
 }
 
 /// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
@@ -73,6 +75,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
     };
     num.checked_mul(1 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The log rotation: each of the command line's options, else the config's, else the default.
+fn rotation(cli: &Cli, config: &HerdConfig) -> logging::Rotation {
+    let d = logging::Rotation::default();
+    logging::Rotation {
+        max_bytes: cli
+            .log_max_bytes
+            .or(config.log_rotation.max_bytes)
+            .unwrap_or(d.max_bytes),
+        keep: cli.log_keep.or(config.log_rotation.keep).unwrap_or(d.keep),
+    }
 }
 
 struct Failure(u8, anyhow::Error);
@@ -137,10 +151,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let hup = signal(SignalKind::hangup())
         .context("cannot listen for SIGHUP")
         .map_err(|e| Failure(EXIT_START, e))?;
-    let rotation = logging::Rotation {
-        max_bytes: cli.log_max_bytes,
-        keep: cli.log_keep,
-    };
+    let rotation = rotation(&cli, &config);
     let _guards =
         logging::init(&cli.log_dir, &names, rotation).map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
@@ -198,7 +209,41 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, rotation, Cli};
+    use clap::Parser;
+    use herd_server::{config::HerdConfig, logging};
+
+    #[test]
+    fn log_rotation_comes_from_the_command_line_then_the_config_then_the_default() {
+        let plain = HerdConfig::parse(r#"{"servers": {"A": "127.0.0.1:1"}}"#).unwrap();
+        let set = HerdConfig::parse(
+            r#"{"servers": {"A": "127.0.0.1:1"}, "limits": {"log_max_bytes": 1000, "log_keep": 0}}"#,
+        )
+        .unwrap();
+        let cli = |args: &[&str]| Cli::parse_from(["herd-server", "--all"].iter().chain(args));
+        assert_eq!(rotation(&cli(&[]), &plain), logging::Rotation::default());
+        assert_eq!(
+            rotation(&cli(&[]), &set),
+            logging::Rotation {
+                max_bytes: 1000,
+                keep: 0
+            }
+        );
+        assert_eq!(
+            rotation(&cli(&["--log-max-bytes", "64K"]), &set),
+            logging::Rotation {
+                max_bytes: 64 << 10,
+                keep: 0
+            }
+        );
+        assert_eq!(
+            rotation(&cli(&["--log-keep", "3", "--log-max-bytes", "0"]), &set),
+            logging::Rotation {
+                max_bytes: 0,
+                keep: 3
+            }
+        );
+    }
 
     #[test]
     fn sizes_take_binary_suffixes() {
