@@ -288,12 +288,9 @@ bench_single() { # bench_single LEVEL LABEL
     stop_herd
 }
 
-bench_journal() { # T1/T2 with the journal on: what write-before-reply durability costs
-    local p hv r herd refv errs_total=0
-    rm -rf "$TMP/data"
-    SERVER_ARGS=(--data-dir "$TMP/data")
-    start_herd single ""
-    SERVER_ARGS=()
+single_variant_rows() { # ORDER LABEL REF_LABEL TARGET_TEXT NOTE: T1/T2 rows of a variant of the
+    # running single server, each against the same run's row without the variant
+    local order=$1 label=$2 ref_label=$3 target_text=$4 note=$5 p hv r herd refv errs_total=0
     for p in 1 16; do
         hv=""
         for ((r = 1; r <= ROUNDS; r++)); do
@@ -301,38 +298,35 @@ bench_journal() { # T1/T2 with the journal on: what write-before-reply durabilit
             herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
             errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
             hv+=" $herd"; trim_logs
-            log "one server, pipeline $p, journal on, round $r: herd $herd/s"
+            log "one server, pipeline $p, $label, round $r: herd $herd/s"
         done
         [[ $p == 1 ]] && refv=$SINGLE_P1 || refv=$SINGLE_P16
-        row "order=$p.7" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p, journal on (--data-dir)" \
-            "herd=$hv" "ref=$refv" unit=/s "ref_label=same without journal" kind=info \
-            "target_text=(durability cost)" \
-            "note=herd-server --data-dir: every stored record written to the journal before its reply (no fsync); herd-cli load -c $CONNS -d $p --fresh -k $KEYS; errors: $errs_total"
+        row "order=$p.$order" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p, $label" \
+            "herd=$hv" "ref=$refv" unit=/s "ref_label=$ref_label" kind=info \
+            "target_text=$target_text" \
+            "note=$note; herd-cli load -c $CONNS -d $p --fresh -k $KEYS; errors: $errs_total"
     done
+}
+
+bench_journal() { # T1/T2 with the journal on: what write-before-reply durability costs
+    rm -rf "$TMP/data"
+    SERVER_ARGS=(--data-dir "$TMP/data")
+    start_herd single ""
+    SERVER_ARGS=()
+    single_variant_rows 7 "journal on (--data-dir)" "same without journal" "(durability cost)" \
+        "herd-server --data-dir: every stored record written to the journal before its reply (no fsync)"
     stop_herd
     rm -rf "$TMP/data"
 }
 
 bench_tls() { # T1/T2/T4 with TLS on every peer link, as ratios to the same rows without it
-    local p hv r herd refv errs_total=0 check=ok
+    local hv r herd errs_total=0 check=ok
     TLS_DIR=$TMP/tls
     "$CLI" certs --out "$TLS_DIR" >/dev/null || die "herd-cli certs failed"
     start_herd single ""
-    for p in 1 16; do
-        hv=""
-        for ((r = 1; r <= ROUNDS; r++)); do
-            herd_load "$TMP/l.json" --to Goloman load -c "$CONNS" -d "$p" --duration "${ROUND_S}s" --fresh -k "$KEYS"
-            herd=$("${TOOLS[@]}" json "$TMP/l.json" requests_per_s)
-            errs_total=$((errs_total + $(load_errors "$TMP/l.json")))
-            hv+=" $herd"; trim_logs
-            log "one server, pipeline $p, peer TLS configured, round $r: herd $herd/s"
-        done
-        [[ $p == 1 ]] && refv=$SINGLE_P1 || refv=$SINGLE_P16
-        row "order=$p.8" "figure=T$((p == 1 ? 1 : 2)): 1 server, IAMAT, $CONNS conns, pipeline $p, peer TLS configured" \
-            "herd=$hv" "ref=$refv" unit=/s "ref_label=same without TLS" kind=info \
-            "target_text=(TLS cost; one server has no peer link, so this is the no-cost control)" \
-            "note=herd-server with \"tls\" from herd-cli certs; clients speak plain TCP; errors: $errs_total"
-    done
+    single_variant_rows 8 "peer TLS configured" "same without TLS" \
+        "(TLS cost; one server has no peer link, so this is the no-cost control)" \
+        "herd-server with \"tls\" from herd-cli certs; clients speak plain TCP"
     stop_herd
     start_herd default ""
     hv=""; errs_total=0
