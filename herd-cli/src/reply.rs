@@ -36,7 +36,8 @@ impl Expect {
         match parse_client_line(line) {
             ClientLine::Blank => Self::Nothing,
             ClientLine::IAmAt(_) | ClientLine::Invalid(_) => Self::Line,
-            ClientLine::WhatsAt(_) => Self::Places,
+            // A NEARBY's reply ends with an empty line too.
+            ClientLine::WhatsAt(_) | ClientLine::Nearby(_) => Self::Places,
         }
     }
 }
@@ -295,7 +296,8 @@ pub(crate) fn write_stateless_answer(
             let record = Record::from_iamat(server, Timestamp(0), &zero);
             places.write(record.at_line(), req.max_items, out);
         }
-        ClientLine::Invalid(_) => write_invalid(line, out),
+        // The echo server holds no clients: no client is near anything.
+        ClientLine::Invalid(_) | ClientLine::Nearby(_) => write_invalid(line, out),
     }
 }
 

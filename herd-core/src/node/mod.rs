@@ -32,9 +32,12 @@ use thiserror::Error;
 use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
 use crate::ports::{IdSource, PeerId, PeerSink};
-use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
+use crate::protocol::{
+    parse_client_line, write_invalid, write_nearby_reply, ClientLine, NearbyCenter, NearbyHit,
+    NearbyRequest, WhatsAt,
+};
 use crate::record::Record;
-use crate::store::{is_expired, LocationStore, Offer};
+use crate::store::{is_expired, LocationStore, NearbyQuery, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
 mod query;
@@ -88,6 +91,9 @@ pub struct NodeConfig {
     /// call handles its event); one that arrives already expired is not stored (an IAMAT is
     /// still answered). Counted in [`NodeStats::expired`] and [`NodeStats::expired_on_arrival`].
     pub record_ttl: Option<Duration>,
+    /// Whether the store keeps its nearby index (default `true`), which answers `NEARBY` by
+    /// searching it; without it `NEARBY` scans every record (the same answer, slower).
+    pub nearby_index: bool,
     /// How far a client's time may be ahead of the server's `now` (default `None`: any). An
     /// IAMAT further ahead is answered with its AT line but neither stored nor flooded
     /// ([`NodeStats::future_refused`]).
@@ -108,6 +114,7 @@ impl NodeConfig {
             max_records: None,
             record_ttl: None,
             max_future_skew: None,
+            nearby_index: true,
         }
     }
 }
@@ -229,6 +236,8 @@ pub struct NodeStats {
     /// WHATSATs answered `? ` because the herd did not know the client (or the query could
     /// not start, [`NodeConfig::max_queries`]).
     pub whatsats_unknown: u64,
+    /// NEARBY requests answered (invalid ones count in `invalid`).
+    pub nearbys: u64,
     /// Reconciliations: digests answered with a delta (one per link session).
     pub resyncs: u64,
     /// Records sent in reconciliation deltas.
@@ -323,7 +332,8 @@ impl<S: PeerSink> Node<S> {
         ];
         // Epoch 0 means "never seen" in digests, so a real epoch is never 0.
         let epoch = ids.next_u64().max(1);
-        let store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
+        let mut store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
+        store.set_nearby_index(cfg.nearby_index);
         Self {
             cfg,
             epoch,
@@ -416,7 +426,55 @@ impl<S: PeerSink> Node<S> {
                 self.stats.whatsats += 1;
                 self.whatsat(now, line, &req, out)
             }
+            ClientLine::Nearby(req) => self.nearby(now, line, &req, out),
         }
+    }
+
+    /// Answers a NEARBY from the store: every server holds every client's newest record,
+    /// so no herd query is needed. A client form for a client not held is `? <line>`.
+    fn nearby(
+        &mut self,
+        now: Timestamp,
+        line: &[u8],
+        req: &NearbyRequest<'_>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        let (subject, lat, lon, exclude) = match req.center {
+            NearbyCenter::Client(c) if c.len() > self.cfg.max_client_id_bytes => {
+                return self.invalid(line, out);
+            }
+            NearbyCenter::Client(c) => match self.store.get(c) {
+                Some(r) => (Some(r.clone()), r.lat(), r.lon(), Some(c)),
+                None => return self.invalid(line, out),
+            },
+            NearbyCenter::Point { lat, lon, .. } => (None, lat, lon, None),
+        };
+        self.stats.nearbys += 1;
+        let found = self.store.nearby(&NearbyQuery {
+            lat,
+            lon,
+            radius_m: req.radius.km() * 1000.0,
+            max: usize::from(req.max),
+            exclude,
+        });
+        let now_s = now.as_nanos() as f64 / 1e9;
+        let hits: Vec<NearbyHit<'_>> = found
+            .iter()
+            .map(|n| NearbyHit {
+                at_line: n.record.at_line(),
+                client: n.record.client(),
+                distance_m: n.distance_m,
+                age_s: now_s - n.record.time().as_nanos() as f64 / 1e9,
+            })
+            .collect();
+        write_nearby_reply(
+            subject.as_ref().map(|r| r.at_line()),
+            (lat, lon),
+            req.radius,
+            &hits,
+            out,
+        );
+        ClientAction::Replied
     }
 
     fn invalid(&mut self, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
