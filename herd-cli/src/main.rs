@@ -188,43 +188,56 @@ fn one_of<T: Clone>(
     }
 }
 
+/// The group of options a flag belongs to (what [`Takes`] says yes or no to).
+#[derive(Debug, Clone, Copy)]
+enum Group {
+    Servers,
+    Config,
+    Json,
+    Timeout,
+    Tls,
+    All,
+}
+
+impl Takes {
+    /// Whether the command takes the options of `group`.
+    fn takes(&self, group: Group) -> bool {
+        match group {
+            Group::Servers => self.servers,
+            Group::Config => self.config,
+            Group::Json => self.json,
+            Group::Timeout => self.timeout,
+            Group::Tls => self.tls,
+            Group::All => self.all,
+        }
+    }
+}
+
 impl Before {
-    /// The flags given, for the ones the command does not take.
-    fn given(&self) -> Vec<(&'static str, fn(&Takes) -> bool)> {
+    /// The flags given, each with its group.
+    fn given(&self) -> Vec<(&'static str, Group)> {
         let r = &self.request;
-        let mut v: Vec<(&'static str, fn(&Takes) -> bool)> = Vec::new();
-        if !r.servers.server.is_empty() {
-            v.push(("--server", |t| t.servers));
-        }
-        if !r.servers.to.is_empty() {
-            v.push(("--to", |t| t.servers));
-        }
-        if r.config.config.is_some() {
-            v.push(("--config", |t| t.config));
-        }
-        if r.json.json {
-            v.push(("--json", |t| t.json));
-        }
-        if r.timeout.timeout.is_some() {
-            v.push(("--timeout", |t| t.timeout));
-        }
-        if r.tls.tls {
-            v.push(("--tls", |t| t.tls));
-        }
-        if r.tls.ca.is_some() {
-            v.push(("--ca", |t| t.tls));
-        }
-        if self.all {
-            v.push(("--all", |t| t.all));
-        }
-        v
+        [
+            ("--server", Group::Servers, !r.servers.server.is_empty()),
+            ("--to", Group::Servers, !r.servers.to.is_empty()),
+            ("--config", Group::Config, r.config.config.is_some()),
+            ("--json", Group::Json, r.json.json),
+            ("--timeout", Group::Timeout, r.timeout.timeout.is_some()),
+            ("--tls", Group::Tls, r.tls.tls),
+            ("--ca", Group::Tls, r.tls.ca.is_some()),
+            ("--all", Group::All, self.all),
+        ]
+        .into_iter()
+        .filter(|&(_, _, given)| given)
+        .map(|(flag, group, _)| (flag, group))
+        .collect()
     }
 
     /// Merges these options with the command's own (`after`, holding only what the command
     /// takes): refuses an option the command does not take, and one given twice.
     fn merge(&self, command: &str, takes: Takes, after: &RequestOpts) -> Result<Global, Failure> {
-        for (flag, taken) in self.given() {
-            if !taken(&takes) {
+        for (flag, group) in self.given() {
+            if !takes.takes(group) {
                 let hint = if (flag == "--tls" || flag == "--ca") && command == "load" {
                     " (load speaks plain TCP only; --tls is for iamat, whatsat, send and probe)"
                 } else {
