@@ -176,6 +176,44 @@ fn whatsat_for_an_unknown_client_exits_1() {
     ]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(stdout(&out), "? WHATSAT nobody 10 5\n");
+    // The server answers `? ` to a malformed line too; herd-cli knows this WHATSAT is
+    // well-formed, so it says what the `? ` means here.
+    let err = stderr(&out);
+    assert!(
+        err.contains("the herd does not know client nobody"),
+        "{err}"
+    );
+    assert!(!err.contains("invalid"), "{err}");
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "--json",
+        "whatsat",
+        "nobody",
+        "10",
+        "5",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reply"], "invalid");
+    assert_eq!(v["error"], "the herd does not know client nobody");
+    // An id over the server's default max_client_id_bytes (256) is refused as such: the
+    // message gives both readings.
+    let long = "x".repeat(300);
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "whatsat",
+        &long,
+        "10",
+        "5",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_client_id_bytes"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&[
         "--server",
         herd.addr("Goloman"),
@@ -213,6 +251,11 @@ fn send_from_stdin_against_a_real_server() {
         "WHATSAT gives the stored AT line: {text}"
     );
     assert!(text.ends_with("}\n\n? WHATSAT ghost 1 1\n"), "{text:?}");
+    assert!(
+        stderr(&out).contains("`? ` to 2 of 4 requests (1 of them a WHATSAT for a client the herd does not know: ghost)"),
+        "{}",
+        stderr(&out)
+    );
     // JSON mode: one object per reply, in order.
     let out = run_with(
         &["--server", herd.addr("Goloman"), "--json", "send"],
