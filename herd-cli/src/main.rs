@@ -8,8 +8,14 @@
 //! [`load`] the benchmark client; [`echo`] the trivial in-process server that shows the load
 //! generator is not the bottleneck; [`probe`] measures propagation between two servers; [`certs`] makes the herd's TLS files.
 //!
+//! Options: each command takes its own set of the shared options (`--server`, `--to`,
+//! `--config`, `--json`, `--timeout`, `--tls`/`--ca`, and `load`'s `--all`), so its `--help`
+//! lists only those; the same options may come before the command ([`Before`]), and are
+//! merged into its own ([`Before::merge`]) or refused when it does not take them.
+//!
 //! Exit codes: 0 a normal reply, 1 the server answered `? `, 2 a connection, timeout or
-//! malformed-reply error, 64 bad usage or config.
+//! malformed-reply error, 64 bad usage or config (all checked before connecting). With
+//! `--json` a failure is also one JSON object on stdout, `{"error": ..., "exit_code": ...}`.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
