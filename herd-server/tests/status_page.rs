@@ -304,6 +304,32 @@ fn link_tag<'a>(dom: &'a str, a: &str, b: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no link {a}-{b} in the page: {dom}"))
 }
 
+/// The dumped DOM without its `<style>` and `<script>` elements: only the rendered markup.
+fn markup(dom: &str) -> String {
+    let mut out = String::with_capacity(dom.len());
+    let mut rest = dom;
+    loop {
+        let next = ["<style", "<script"]
+            .iter()
+            .filter_map(|open| rest.find(open).map(|at| (at, *open)))
+            .min();
+        let Some((at, open)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at]);
+        let close = if open == "<style" {
+            "</style>"
+        } else {
+            "</script>"
+        };
+        match rest[at..].find(close) {
+            Some(end) => rest = &rest[at + end + close.len()..],
+            None => return out,
+        }
+    }
+}
+
 fn count(dom: &str, needle: &str) -> usize {
     dom.matches(needle).count()
 }
@@ -341,7 +367,7 @@ fn chromium_renders_the_five_servers_the_six_links_up_and_a_marker_per_client() 
     );
 
     let url = format!("http://{}/", layout.admin[PAGE_OF]);
-    let dom = chromium(&bin, &url, &["--dump-dom"]);
+    let dom = markup(&chromium(&bin, &url, &["--dump-dom"]));
     assert!(dom.contains("id=\"updated\""), "{dom}");
     assert!(
         tag_with(&dom, "id=\"updated\"").is_some_and(|t| t.contains("class=\"live\"")),
@@ -401,7 +427,7 @@ fn chromium_renders_the_five_servers_the_six_links_up_and_a_marker_per_client() 
         gone,
         "/herd never showed Welsh unreachable and its link not up"
     );
-    let dom = chromium(&bin, &url, &["--dump-dom"]);
+    let dom = markup(&chromium(&bin, &url, &["--dump-dom"]));
     assert_eq!(count(&dom, "data-server=\""), HERD.len(), "{dom}");
     let welsh = tag_with(&dom, "data-server=\"Welsh\"").unwrap();
     assert!(welsh.contains("data-reachable=\"false\""), "{welsh}");
