@@ -93,6 +93,14 @@ pub(crate) fn why_invalid(request: &[u8]) -> String {
             shown_id(i.client),
             herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES
         ),
+        ClientLine::Nearby(n) => match n.center {
+            herd_core::protocol::NearbyCenter::Client(c) => {
+                format!("this server does not hold client {}", shown_id(c))
+            }
+            herd_core::protocol::NearbyCenter::Point { .. } => {
+                "the server found the request invalid".to_owned()
+            }
+        },
         ClientLine::Invalid(e) => format!("the request is invalid ({e})"),
         ClientLine::IAmAt(_) | ClientLine::Blank => {
             "the server found the request invalid".to_owned()
