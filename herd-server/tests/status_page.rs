@@ -3,8 +3,10 @@
 //! the six links up and one marker per client; a screenshot goes to `target/status-page.png`.
 //! When a server is killed, the page shows it unreachable and its link not up.
 //!
-//! Needs `chromium` on the PATH (or `HERD_CHROMIUM=/path/to/chromium`); without it the test
-//! fails saying so. `HERD_SKIP_BROWSER=1` skips it (it says so and passes).
+//! Needs `chromium` on the PATH (or `HERD_CHROMIUM=/path/to/chromium`). Without it the test
+//! says so and passes, so the README's test command works on a machine without a browser;
+//! `.ci/run` installs chromium and sets `HERD_REQUIRE_BROWSER=1`, which makes a missing
+//! browser a failure. `HERD_SKIP_BROWSER=1` skips it (it says so and passes).
 
 mod common;
 
@@ -223,13 +225,17 @@ fn browser() -> Option<PathBuf> {
             .map(|d| d.join("chromium"))
             .find(|p| p.is_file())
     });
+    let help = "the status page test needs Debian's chromium on the PATH (`apt-get install -y \
+                chromium`, which .ci/run does), or HERD_CHROMIUM=/path/to/chromium";
     match found {
         Some(p) => Some(p),
-        None => panic!(
-            "the status page test needs Debian's chromium on the PATH (`apt-get install -y \
-             chromium`, which .ci/run does), or HERD_CHROMIUM=/path/to/chromium; set \
-             HERD_SKIP_BROWSER=1 to skip it"
-        ),
+        None if std::env::var("HERD_REQUIRE_BROWSER").is_ok_and(|v| v == "1") => {
+            panic!("{help} (HERD_REQUIRE_BROWSER=1)")
+        }
+        None => {
+            eprintln!("status_page: NOT RUN: {help}; .ci/run installs it and requires it");
+            None
+        }
     }
 }
 
