@@ -104,8 +104,7 @@ impl Layout {
         };
         for n in names {
             let start = Instant::now();
-            while TcpStream::connect_timeout(&self.addrs[*n], Duration::from_millis(200)).is_err()
-            {
+            while TcpStream::connect_timeout(&self.addrs[*n], Duration::from_millis(200)).is_err() {
                 if let Some(status) = p.child.try_wait().unwrap() {
                     panic!("{tag} exited at start ({status}): {}", p.stderr());
                 }
@@ -235,7 +234,10 @@ fn iamats(addr: SocketAddr, prefix: &str, from: u64, to: u64) {
         input.extend_from_slice(format!("IAMAT {prefix}{i} +34.06-118.44 {i}.5\n").as_bytes());
     }
     let out = exchange(addr, &input);
-    let answered = out.split(|&b| b == b'\n').filter(|l| l.starts_with(b"AT ")).count();
+    let answered = out
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"AT "))
+        .count();
     assert_eq!(answered as u64, to - from, "every IAMAT is answered");
 }
 
@@ -303,13 +305,17 @@ fn a_sixth_server_joins_the_running_herd_under_load_and_leaves_it_again() {
         ("Welsh", "reloaded: Welsh +link Frank"),
     ] {
         assert!(
-            poll(Duration::from_secs(10), || layout.log(server).contains(line)),
+            poll(Duration::from_secs(10), || layout
+                .log(server)
+                .contains(line)),
             "no {line:?} in {server}.log:\n{}",
             layout.log(server)
         );
     }
     assert!(
-        layout.log("Hands").contains("reloaded: Goloman +link Frank"),
+        layout
+            .log("Hands")
+            .contains("reloaded: Goloman +link Frank"),
         "a process-wide line reaches each of its servers' logs"
     );
     let mut frank = layout.spawn(&["Frank"]);
@@ -335,7 +341,9 @@ fn a_sixth_server_joins_the_running_herd_under_load_and_leaves_it_again() {
     assert!(
         poll(Duration::from_secs(20), || layout.all_hold(&all, records)),
         "not every server holds all {records} records: {:?}",
-        all.iter().map(|n| (n, layout.records(n))).collect::<Vec<_>>()
+        all.iter()
+            .map(|n| (n, layout.records(n)))
+            .collect::<Vec<_>>()
     );
     for n in HERD {
         assert_eq!(
@@ -366,7 +374,8 @@ fn a_sixth_server_joins_the_running_herd_under_load_and_leaves_it_again() {
     // The old herd goes on without it: a new record reaches every old server, not Frank.
     iamats(layout.addrs["Hands"], "after", 0, 1);
     assert!(
-        poll(Duration::from_secs(10), || layout.all_hold(&HERD, records + 1)),
+        poll(Duration::from_secs(10), || layout
+            .all_hold(&HERD, records + 1)),
         "the old herd does not converge without Frank"
     );
     assert_eq!(layout.records("Frank"), Some(records));
@@ -429,7 +438,11 @@ fn a_bad_config_on_sighup_leaves_the_herd_running_as_before_and_says_why_in_one_
     assert!(poll(Duration::from_secs(10), || layout.all_hold(&["A", "B"], 10)));
 
     // A good config is applied by the next SIGHUP.
-    layout.write(&["A", "B"], &[("A", "B")], ", \"limits\": {\"max_records\": 10}");
+    layout.write(
+        &["A", "B"],
+        &[("A", "B")],
+        ", \"limits\": {\"max_records\": 10}",
+    );
     p.hup();
     assert!(
         poll(Duration::from_secs(10), || layout
@@ -440,14 +453,22 @@ fn a_bad_config_on_sighup_leaves_the_herd_running_as_before_and_says_why_in_one_
     );
     iamats(layout.addrs["A"], "full", 0, 1);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(layout.records("A"), Some(10), "the new bound applies at once");
+    assert_eq!(
+        layout.records("A"),
+        Some(10),
+        "the new bound applies at once"
+    );
     assert_eq!(layout.log("A").matches("config not reloaded").count(), 3);
 }
 
 #[test]
 fn check_config_prints_the_resolved_herd_or_the_error_and_version_names_the_commit() {
     let layout = Layout::new(&["A", "B"]);
-    layout.write(&["A", "B"], &[("A", "B")], ", \"limits\": {\"record_ttl_ms\": 5000}");
+    layout.write(
+        &["A", "B"],
+        &[("A", "B")],
+        ", \"limits\": {\"record_ttl_ms\": 5000}",
+    );
     let out = Command::new(BIN)
         .arg("--check-config")
         .arg("--config")
@@ -486,7 +507,10 @@ fn check_config_prints_the_resolved_herd_or_the_error_and_version_names_the_comm
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.starts_with(&format!("herd-server {} (commit ", env!("CARGO_PKG_VERSION"))),
+        text.starts_with(&format!(
+            "herd-server {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{text}"
     );
 }
