@@ -811,6 +811,25 @@ mod tests {
     }
 
     #[test]
+    fn the_client_bound_changes_for_new_connections_and_open_ones_stay() {
+        let count = ClientCount::new(2);
+        let a = count.admit().unwrap();
+        let b = count.admit().unwrap();
+        assert!(count.admit().is_none(), "full");
+        count.max.store(1, Ordering::Release);
+        assert_eq!(count.open.load(Ordering::Acquire), 2, "open ones stay");
+        drop(a);
+        assert!(count.admit().is_none(), "still at the lowered bound");
+        drop(b);
+        let c = count.admit().unwrap();
+        assert!(count.admit().is_none());
+        count.max.store(3, Ordering::Release);
+        let _d = count.admit().unwrap();
+        drop(c);
+        assert_eq!(count.open.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
     fn refusals_log_one_line_per_cause_a_second_with_the_count_since_the_last() {
         let mut log = RefusedLog::default();
         let mut s = NodeStats::default();

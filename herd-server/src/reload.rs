@@ -292,7 +292,6 @@ impl Plan {
 }
 
 /// What a reload remembers of the running config.
-#[derive(Debug)]
 pub(crate) struct Running {
     /// The config the servers run with now.
     pub(crate) config: HerdConfig,
@@ -300,6 +299,16 @@ pub(crate) struct Running {
     pub(crate) tls_files: Vec<Option<Vec<u8>>>,
     /// Where to read the config again.
     pub(crate) source: Option<ConfigSource>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS files hold private keys: never printed.
+        f.debug_struct("Running")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The bytes of the TLS files of server `name` under `config` (CA, certificate, key), or
