@@ -404,8 +404,7 @@ fn a_bad_config_on_sighup_leaves_the_herd_running_as_before_and_says_why_in_one_
         assert!(found, "no line for {text:?}:\n{log}");
         let line = log
             .lines()
-            .filter(|l| l.contains("config not reloaded"))
-            .last()
+            .rfind(|l| l.contains("config not reloaded"))
             .unwrap_or_default()
             .to_owned();
         assert!(line.contains(expect), "{line}");
