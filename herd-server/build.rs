@@ -16,6 +16,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=HERD_COMMIT");
+    println!("cargo:rerun-if-env-changed=GIT_DIR");
     let commit = git(&["rev-parse", "--short", "HEAD"])
         .or_else(|| {
             std::env::var("HERD_COMMIT")
