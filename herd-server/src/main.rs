@@ -132,12 +132,17 @@ fn on_sighup(herd: &Herd) {
 
 /// `--check-config`: the config as a start would read it, validated and printed.
 fn check_config(cli: &Cli) -> Result<(), Failure> {
-    let config = reload::reread(&source(cli)).map_err(|e| match e {
-        reload::ReloadError::Invalid(e) => config_err(e),
-        e => config_err(e),
-    })?;
+    let config = reload::reread(&source(cli)).map_err(read_err)?;
     print!("{}", reload::describe(&config));
     Ok(())
+}
+
+/// A config that cannot be read at start: its own message (without the reload's prefix).
+fn read_err(e: reload::ReloadError) -> Failure {
+    match e {
+        reload::ReloadError::Invalid(e) => config_err(e),
+        e => config_err(e),
+    }
 }
 
 /// Where the config comes from, with the command line's overrides.
@@ -165,11 +170,7 @@ async fn serve(herd: Herd, mut hup: Signal) -> anyhow::Result<bool> {
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
     let source = source(&cli);
-    let config = match reload::reread(&source) {
-        Ok(c) => c,
-        Err(reload::ReloadError::Invalid(e)) => return Err(config_err(e)),
-        Err(e) => return Err(config_err(e)),
-    };
+    let config = reload::reread(&source).map_err(read_err)?;
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {
