@@ -16,7 +16,10 @@
 //!   it is, it never fills the link's queue, and live updates for that neighbour wait in the
 //!   delta (they join it in log order) until it is through;
 //! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
-//!   its spanning tree (an echo wave) and is answered by a deadline.
+//!   its spanning tree (an echo wave) and is answered by a deadline;
+//! - neighbours can be added ([`Node::add_neighbour`]) and removed ([`Node::remove_neighbour`])
+//!   while the node runs, and its limits changed ([`Node::set_limits`]): a [`PeerId`] is an
+//!   index that is never reused, and a removed neighbour's link is down for good.
 //!
 //! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
 //! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
