@@ -539,6 +539,7 @@ pub fn describe(config: &HerdConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn name(s: &str) -> ServerName {
         ServerName::new(s).unwrap()
@@ -692,6 +693,38 @@ mod tests {
             p.summary(&[name("A")]),
             "reloaded: TLS files reloaded for A; not applied until a restart: data_dir, \
              places, limits.log_keep"
+        );
+    }
+
+    #[test]
+    fn a_reread_applies_the_command_line_overrides_and_the_start_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.json");
+        std::fs::write(
+            &path,
+            r#"{"servers": {"A": "127.0.0.1:1"}, "data_dir": "/x"}"#,
+        )
+        .unwrap();
+        let source = ConfigSource {
+            path: Some(path.clone()),
+            data_dir: Some("/y".into()),
+        };
+        let config = reread(&source).unwrap();
+        assert_eq!(config.data_dir.as_deref(), Some(Path::new("/y")));
+        assert_eq!(
+            reread(&ConfigSource::default()).unwrap(),
+            HerdConfig::default_herd()
+        );
+        // Beyond loopback without a secret or TLS: refused as at start.
+        std::fs::write(&path, r#"{"servers": {"A": "10.1.2.3:1"}}"#).unwrap();
+        let e = reread(&source).unwrap_err();
+        assert!(e.to_string().contains("beyond loopback"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = reread(&source).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config not reloaded: cannot read config"),
+            "{e}"
         );
     }
 
