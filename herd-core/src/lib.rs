@@ -27,7 +27,9 @@ pub mod types;
 pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
-pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats, PeerError, QueryOutcome};
+pub use node::{
+    ClientAction, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError, QueryOutcome,
+};
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{IdSource, PeerId, PeerSendError, PeerSink};
 pub use protocol::{parse_client_line, ClientLine};

@@ -258,6 +258,26 @@ impl LocationStore {
         self.ttl
     }
 
+    /// Changes the records' lifetime (`None`: they no longer expire). The expiry index is
+    /// rebuilt from the held records under the new lifetime (one pass over the store), so
+    /// [`LocationStore::expire`] and [`LocationStore::next_expiry`] follow it at once;
+    /// nothing is removed here (records the new lifetime has already expired leave at the
+    /// next [`LocationStore::expire`]).
+    pub fn set_ttl(&mut self, ttl: Option<Duration>) {
+        if ttl == self.ttl {
+            return;
+        }
+        self.ttl = ttl;
+        self.expiry = match ttl {
+            None => BTreeMap::new(),
+            Some(ttl) => self
+                .slots
+                .iter()
+                .map(|s| ((expiry_nanos(&s.record, ttl), s.seq), s.record.clone()))
+                .collect(),
+        };
+    }
+
     /// Notes a record newly held under log number `seq` (digest and expiry index).
     fn account_in(&mut self, record: &Arc<Record>, seq: u64) {
         self.digest = self.digest.wrapping_add(line_hash(record.at_line()));
@@ -658,6 +678,29 @@ mod tests {
             (plain.next_expiry(), plain.expire(Timestamp(u64::MAX))),
             (None, 0)
         );
+    }
+
+    #[test]
+    fn a_lifetime_set_later_rebuilds_the_expiry_index_and_none_clears_it() {
+        let s_ = |n: u64| Timestamp(n * 1_000_000_000);
+        let mut s = LocationStore::new(3);
+        s.offer(rec("A", "IAMAT a +1+1 100", 0));
+        s.offer(rec("A", "IAMAT b +1+1 150", 0));
+        assert_eq!(s.next_expiry(), None);
+        s.set_ttl(Some(Duration::from_secs(10)));
+        assert_eq!(s.ttl(), Some(Duration::from_secs(10)));
+        assert_eq!(s.next_expiry(), Some(s_(110)));
+        // A longer lifetime moves every expiry; a replaced record's old entry is gone.
+        s.offer(rec("A", "IAMAT a +1+1 120", 0));
+        s.set_ttl(Some(Duration::from_secs(100)));
+        assert_eq!(s.next_expiry(), Some(s_(220)));
+        assert_eq!(s.expire(s_(219)), 0);
+        assert_eq!(s.expire(s_(220)), 1);
+        assert_eq!(s.next_expiry(), Some(s_(250)));
+        s.set_ttl(None);
+        assert_eq!((s.next_expiry(), s.expire(Timestamp(u64::MAX))), (None, 0));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.digest(), digest_of(s.records().map(|r| &**r)));
     }
 
     #[derive(Debug, Clone)]

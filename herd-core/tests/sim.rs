@@ -250,6 +250,35 @@ fn links_that_drop_and_partitions_that_heal_never_lose_an_acknowledged_record() 
     });
 }
 
+#[test]
+fn links_added_and_removed_mid_run_end_with_every_record_on_every_server() {
+    for_each_seed("links_added_and_removed", 60, |seed| {
+        let mut rng = Rng::new(seed ^ 0xadd);
+        let cfg = random_config(&mut rng, 5);
+        let crashes = cfg.crashes;
+        let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
+        sim.chaos(100);
+        // Welsh, a leaf, gains a second neighbour; then a link of the cycle goes: the herd
+        // stays connected throughout.
+        sim.add_link("Welsh", "Hands");
+        sim.chaos(100);
+        let gone = sim.topo.link("Holiday", "Wilkes");
+        sim.remove_link(gone);
+        sim.chaos(100);
+        sim.settle(2_000_000);
+        sim.check_settled();
+        if !crashes {
+            assert_eq!(
+                sim.lost(),
+                0,
+                "without crashes nothing acknowledged is lost"
+            );
+        }
+        sim.check_queries_after_settling();
+        (sim.summary(), sim.lost())
+    });
+}
+
 fn quiet_default_herd(seed: u64, cfg: SimConfig) -> Sim {
     let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
     sim.connect_all();

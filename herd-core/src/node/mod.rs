@@ -16,7 +16,10 @@
 //!   it is, it never fills the link's queue, and live updates for that neighbour wait in the
 //!   delta (they join it in log order) until it is through;
 //! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
-//!   its spanning tree (an echo wave) and is answered by a deadline.
+//!   its spanning tree (an echo wave) and is answered by a deadline;
+//! - neighbours can be added ([`Node::add_neighbour`]) and removed ([`Node::remove_neighbour`])
+//!   while the node runs, and its limits changed ([`Node::set_limits`]): a [`PeerId`] is an
+//!   index that is never reused, and a removed neighbour's link is down for good.
 //!
 //! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
 //! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
@@ -100,7 +103,63 @@ pub struct NodeConfig {
     pub max_future_skew: Option<Duration>,
 }
 
+/// The limits of a node that [`Node::set_limits`] changes while it runs (the fields of
+/// [`NodeConfig`] of the same names, which document each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// [`NodeConfig::query_timeout`]: applies to herd queries started after the change.
+    pub query_timeout: Duration,
+    /// [`NodeConfig::max_queries`]: applies to herd queries started after the change.
+    pub max_queries: usize,
+    /// [`NodeConfig::resync_window`]: applies from the next pacing decision.
+    pub resync_window: usize,
+    /// [`NodeConfig::max_client_id_bytes`]: applies to lines and records from then on;
+    /// records already held with longer ids stay.
+    pub max_client_id_bytes: usize,
+    /// [`NodeConfig::max_records`]: applies to records for new clients from then on; a
+    /// store already holding more keeps them (it only takes no new client until below).
+    pub max_records: Option<usize>,
+    /// [`NodeConfig::record_ttl`]: applies at once to every held record (the expiry index
+    /// is rebuilt; what the new lifetime has expired leaves the store at the change).
+    pub record_ttl: Option<Duration>,
+    /// [`NodeConfig::max_future_skew`]: applies to IAMATs from then on.
+    pub max_future_skew: Option<Duration>,
+}
+
 impl NodeConfig {
+    /// The limits [`Node::set_limits`] can change.
+    pub fn limits(&self) -> NodeLimits {
+        NodeLimits {
+            query_timeout: self.query_timeout,
+            max_queries: self.max_queries,
+            resync_window: self.resync_window,
+            max_client_id_bytes: self.max_client_id_bytes,
+            max_records: self.max_records,
+            record_ttl: self.record_ttl,
+            max_future_skew: self.max_future_skew,
+        }
+    }
+
+    /// Sets the fields of `limits`.
+    pub fn set_limits(&mut self, limits: NodeLimits) {
+        let NodeLimits {
+            query_timeout,
+            max_queries,
+            resync_window,
+            max_client_id_bytes,
+            max_records,
+            record_ttl,
+            max_future_skew,
+        } = limits;
+        self.query_timeout = query_timeout;
+        self.max_queries = max_queries;
+        self.resync_window = resync_window;
+        self.max_client_id_bytes = max_client_id_bytes;
+        self.max_records = max_records;
+        self.record_ttl = record_ttl;
+        self.max_future_skew = max_future_skew;
+    }
+
     /// A config with default limits.
     pub fn new(name: ServerName, neighbours: Vec<ServerName>) -> Self {
         Self {
@@ -295,6 +354,21 @@ struct Link {
     resync: Option<Resync>,
     /// Whether this session's digest has been handled (a session honours one).
     digest_done: bool,
+    /// Whether the neighbour was removed ([`Node::remove_neighbour`]): the link stays down
+    /// for good.
+    removed: bool,
+}
+
+impl Link {
+    const DOWN: Link = Link {
+        state: LinkState::Down,
+        peer_epoch: 0,
+        seen: 0,
+        source: 0,
+        resync: None,
+        digest_done: false,
+        removed: false,
+    };
 }
 
 /// One server's protocol state machine.
@@ -319,17 +393,7 @@ pub struct Node<S: PeerSink> {
 impl<S: PeerSink> Node<S> {
     /// A node with an empty store; its epoch, hash seeds and query ids come from `ids`.
     pub fn new(cfg: NodeConfig, sink: S, ids: &mut impl IdSource) -> Self {
-        let links = vec![
-            Link {
-                state: LinkState::Down,
-                peer_epoch: 0,
-                seen: 0,
-                source: 0,
-                resync: None,
-                digest_done: false,
-            };
-            cfg.neighbours.len()
-        ];
+        let links = vec![Link::DOWN; cfg.neighbours.len()];
         // Epoch 0 means "never seen" in digests, so a real epoch is never 0.
         let epoch = ids.next_u64().max(1);
         let mut store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
@@ -360,9 +424,69 @@ impl<S: PeerSink> Node<S> {
         self.epoch
     }
 
-    /// The neighbour list ([`PeerId`] indexes it).
+    /// The neighbour list ([`PeerId`] indexes it). A removed neighbour keeps its place (so
+    /// no [`PeerId`] changes meaning) and is never linked again ([`Node::is_removed`]).
     pub fn neighbours(&self) -> &[ServerName] {
         &self.cfg.neighbours
+    }
+
+    /// Whether `peer` was removed ([`Node::remove_neighbour`]); `false` for an unknown id.
+    pub fn is_removed(&self, peer: PeerId) -> bool {
+        self.links.get(peer.0).is_some_and(|l| l.removed)
+    }
+
+    /// The neighbours not removed, with their [`PeerId`]s.
+    pub fn active_neighbours(&self) -> impl Iterator<Item = (PeerId, &ServerName)> + '_ {
+        self.cfg
+            .neighbours
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.links[*i].removed)
+            .map(|(i, n)| (PeerId(i), n))
+    }
+
+    /// Adds neighbour `name` (its link down until [`Node::handle_link_up`]) and returns its
+    /// [`PeerId`]: the next index, as ids are never reused. A name that is already a
+    /// neighbour (not removed) keeps its id, which is returned; a removed one gets a new id.
+    pub fn add_neighbour(&mut self, name: ServerName) -> PeerId {
+        if let Some((peer, _)) = self.active_neighbours().find(|(_, n)| **n == name) {
+            return peer;
+        }
+        self.cfg.neighbours.push(name);
+        self.links.push(Link::DOWN);
+        PeerId(self.links.len() - 1)
+    }
+
+    /// Removes neighbour `peer` for good: its link goes down as by [`Node::handle_link_down`]
+    /// (queries waiting on its answer count it as a "no", so they still finish), it is never
+    /// offered updates or queries again, a later [`Node::handle_link_up`] for it is ignored
+    /// and its messages are ignored (counted in [`NodeStats::peer_errors`]). Its id is not
+    /// reused. Unknown or already removed: nothing happens.
+    pub fn remove_neighbour(&mut self, now: Timestamp, peer: PeerId) {
+        if self.links.get(peer.0).is_none_or(|l| l.removed) {
+            return;
+        }
+        self.handle_link_down(now, peer);
+        self.links[peer.0] = Link {
+            removed: true,
+            ..Link::DOWN
+        };
+    }
+
+    /// The limits now.
+    pub fn limits(&self) -> NodeLimits {
+        self.cfg.limits()
+    }
+
+    /// Changes the limits at `now` (see [`NodeLimits`] for when each takes effect). A new
+    /// record lifetime applies to every held record at once: the store's expiry index is
+    /// rebuilt and the records it has already expired are removed now (counted in
+    /// [`NodeStats::expired`]); as every server expires by client time, servers given the
+    /// same lifetime still agree.
+    pub fn set_limits(&mut self, now: Timestamp, limits: NodeLimits) {
+        self.cfg.set_limits(limits);
+        self.store.set_ttl(limits.record_ttl);
+        self.expire(now);
     }
 
     /// The location store.
@@ -615,6 +739,10 @@ impl<S: PeerSink> Node<S> {
     }
 
     fn send(&mut self, to: PeerId, msg: &PeerMsg) {
+        if self.links.get(to.0).is_some_and(|l| l.removed) {
+            // An answer owed to a removed neighbour (a query it sent before): it is gone.
+            return;
+        }
         self.stats.peer_sent += 1;
         if self.sink.send(to, msg).is_err() {
             // The adapter drops the link; stop using it until it is reported up again.
@@ -631,7 +759,7 @@ impl<S: PeerSink> Node<S> {
     /// The link to `peer` is up (handshake done): start reconciliation.
     pub fn handle_link_up(&mut self, now: Timestamp, peer: PeerId) {
         self.expire(now);
-        let Some(link) = self.links.get_mut(peer.0) else {
+        let Some(link) = self.links.get_mut(peer.0).filter(|l| !l.removed) else {
             return;
         };
         if link.state != LinkState::Down {
