@@ -56,6 +56,10 @@ struct Cli {
     /// Overrides the config's "limits.log_keep"; default 5.
     #[arg(long, value_name = "K")]
     log_keep: Option<usize>,
+    /// Log line format: text (`STAMP LEVEL message key=value ...`, a value with a space or a
+    /// quote in double quotes) or json (one JSON object per line, the fields as keys).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: logging::LogFormat,
 }
 
 /// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
@@ -128,6 +132,7 @@ async fn serve(herd: Herd, mut hup: Signal) -> anyhow::Result<bool> {
 }
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
+    let filter = logging::filter_from_env().map_err(config_err)?;
     let mut config = HerdConfig::load(cli.config.as_deref()).map_err(config_err)?;
     if let Some(dir) = &cli.data_dir {
         config.data_dir = Some(dir.clone());
@@ -151,9 +156,12 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let hup = signal(SignalKind::hangup())
         .context("cannot listen for SIGHUP")
         .map_err(|e| Failure(EXIT_START, e))?;
-    let rotation = rotation(&cli, &config);
-    let _guards =
-        logging::init(&cli.log_dir, &names, rotation).map_err(|e| Failure(EXIT_START, e))?;
+    let settings = logging::LogSettings {
+        rotation: rotation(&cli, &config),
+        format: cli.log_format,
+    };
+    let _guards = logging::init(&cli.log_dir, &names, settings, filter)
+        .map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
