@@ -428,7 +428,8 @@ impl LogFile {
                 match sink.reopen() {
                     Ok(()) => {
                         failed = false;
-                        let _ = sink.write_lines(&self.event_line("INFO", "log file reopened", &[]));
+                        let _ =
+                            sink.write_lines(&self.event_line("INFO", "log file reopened", &[]));
                     }
                     Err(e) => eprintln!(
                         "herd-server: cannot reopen the log file {}: {e}",
@@ -501,7 +502,9 @@ pub enum FilterError {
     #[error("RUST_LOG is not valid UTF-8")]
     NotUnicode,
     /// A directive of `RUST_LOG` does not parse.
-    #[error("invalid RUST_LOG {value:?}: {reason} (e.g. RUST_LOG=info or RUST_LOG=warn,herd_net=debug)")]
+    #[error(
+        "invalid RUST_LOG {value:?}: {reason} (e.g. RUST_LOG=info or RUST_LOG=warn,herd_net=debug)"
+    )]
     Invalid {
         /// The value given.
         value: String,

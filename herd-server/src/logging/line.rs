@@ -170,7 +170,9 @@ pub(crate) fn push_field(out: &mut Vec<u8>, format: LogFormat, key: &str, value:
                 Value::U64(n) => write!(out, "{n}"),
                 Value::I64(n) => write!(out, "{n}"),
                 // NaN and the infinities become null.
-                Value::F64(n) => serde_json::to_writer(&mut *out, &n).map_err(std::io::Error::other),
+                Value::F64(n) => {
+                    serde_json::to_writer(&mut *out, &n).map_err(std::io::Error::other)
+                }
                 Value::Bool(b) => write!(out, "{b}"),
             };
         }
@@ -230,12 +232,18 @@ mod tests {
                 ]
             ),
             "T  INFO client message addr=127.0.0.1:9 msg=\"IAMAT a +1+1 1\" \
-             reply=\"say \\\"hi\\\"\\\\n\" empty=\"\" eq=a=b json={\"a\":1} q=\"\\\"a\" ctl=\"a\\nb\\x01\" n=7 i=-7 ok=true\n"
+             reply=\"say \\\"hi\\\"\\n\" empty=\"\" eq=a=b json={\"a\":1} q=\"\\\"a\" ctl=\"a\\nb\\x01\" n=7 i=-7 ok=true\n"
         );
         assert_eq!(text("a=b", &[]), "T  INFO \"a=b\"\n");
         assert_eq!(
-            String::from_utf8(line(LogFormat::Text, b"T", "WARN", "", &[("x", Value::U64(1))]))
-                .unwrap(),
+            String::from_utf8(line(
+                LogFormat::Text,
+                b"T",
+                "WARN",
+                "",
+                &[("x", Value::U64(1))]
+            ))
+            .unwrap(),
             "T  WARN x=1\n"
         );
     }
