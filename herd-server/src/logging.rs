@@ -72,8 +72,8 @@ static FILES: OnceLock<Vec<Arc<LogFile>>> = OnceLock::new();
 /// Lines dropped in every file of the process since it started.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// The bulk message log of server `index`, if file logging is installed and client messages
-/// are enabled at `info` by `RUST_LOG`.
+/// The bulk message log of server `index`, once file logging is installed in the text format
+/// (in JSON every client message is a `tracing` event).
 pub fn message_log(index: usize) -> Option<Arc<dyn MessageLog>> {
     MESSAGE_LOGS.get()?.get(index).cloned()
 }
@@ -558,21 +558,27 @@ impl Stderr {
         let mut err = io::stderr().lock();
         // Nothing sensible to do when stderr is gone.
         let _ = match level_at.filter(|_| self.colour) {
-            Some(r) => {
-                let colour: &[u8] = if level == Level::ERROR {
-                    b"\x1b[31m"
-                } else {
-                    b"\x1b[33m"
-                };
-                err.write_all(&line[..r.start])
-                    .and_then(|()| err.write_all(colour))
-                    .and_then(|()| err.write_all(&line[r.clone()]))
-                    .and_then(|()| err.write_all(b"\x1b[0m"))
-                    .and_then(|()| err.write_all(&line[r.end..]))
-            }
+            Some(r) => err.write_all(&coloured(line, level, r)),
             None => err.write_all(line),
         };
     }
+}
+
+/// `line` with its level word (`at`) in red for an error, yellow otherwise.
+fn coloured(line: &[u8], level: Level, at: std::ops::Range<usize>) -> Vec<u8> {
+    let colour: &[u8] = if level == Level::ERROR {
+        b"\x1b[31m"
+    } else {
+        b"\x1b[33m"
+    };
+    let at = at.start.min(line.len())..at.end.min(line.len());
+    let mut out = Vec::with_capacity(line.len() + 10);
+    out.extend_from_slice(&line[..at.start]);
+    out.extend_from_slice(colour);
+    out.extend_from_slice(&line[at.clone()]);
+    out.extend_from_slice(b"\x1b[0m");
+    out.extend_from_slice(&line[at.end..]);
+    out
 }
 
 /// The one layer: formats each event once, writes it to its server's file (or every file)
@@ -952,6 +958,50 @@ mod tests {
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_writers_own_lines_follow_the_format() {
+        let file = LogFile::with_format("J.log".into(), 1, LogFormat::Json);
+        file.dropped.store(7, Ordering::Relaxed);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (began, _write_began) = mpsc::channel();
+        let mut sink = Stalled {
+            open: Arc::new((Mutex::new(true), Condvar::new())),
+            began,
+            out: out.clone(),
+        };
+        file.notice(&mut sink, 3);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(
+            v["message"],
+            "log lines dropped (the log writer fell behind)"
+        );
+        assert_eq!(
+            (&v["file"], &v["dropped"], &v["total_dropped"]),
+            (&"J.log".into(), &3.into(), &7.into())
+        );
+        let reopened = file.event_line("INFO", "log file reopened", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&reopened).unwrap();
+        assert_eq!(v["message"], "log file reopened");
+    }
+
+    #[test]
+    fn only_the_level_word_is_coloured() {
+        let line = b"2026-01-01T00:00:00.000000Z  WARN x y=1\n";
+        let stamp = 27;
+        let at = stamp + 6 - 4..stamp + 6;
+        assert_eq!(
+            coloured(line, Level::WARN, at),
+            b"2026-01-01T00:00:00.000000Z  \x1b[33mWARN\x1b[0m x y=1\n"
+        );
+        let line = b"2026-01-01T00:00:00.000000Z ERROR x\n";
+        assert_eq!(
+            coloured(line, Level::ERROR, stamp + 1..stamp + 6),
+            b"2026-01-01T00:00:00.000000Z \x1b[31mERROR\x1b[0m x\n"
+        );
     }
 
     #[test]
