@@ -254,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        let cli = |args: &[&str]| Cli::try_parse_from(["herd-server", "--all"].iter().chain(args));
+        assert_eq!(cli(&[]).unwrap().log_format, logging::LogFormat::Text);
+        assert_eq!(
+            cli(&["--log-format", "json"]).unwrap().log_format,
+            logging::LogFormat::Json
+        );
+        assert!(cli(&["--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn sizes_take_binary_suffixes() {
         assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("1000"), Ok(1000));
