@@ -663,7 +663,11 @@ impl SessionTask {
     fn end(&self, reason: &LinkError) {
         self.kill.cancel();
         if self.driver.link_down(self.peer, self.id) {
-            info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            if matches!(reason, LinkError::ShuttingDown) {
+                info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            } else {
+                warn!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            }
         }
     }
 }

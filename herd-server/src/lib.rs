@@ -44,8 +44,10 @@ pub enum StartError {
     /// The same name given twice.
     #[error("server {0} given twice")]
     Duplicate(String),
-    /// A listener could not be bound (port in use, ...).
-    #[error("server {server}: cannot listen on {addr}: {source}")]
+    /// A listener could not be bound (port in use, ...). The cause is the error's
+    /// [`source`](std::error::Error::source), not part of its message (`{:#}` with anyhow
+    /// shows both, once each).
+    #[error("server {server}: cannot listen on {addr}")]
     Bind {
         /// The server.
         server: String,
@@ -55,7 +57,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A server could not start after binding (its journal cannot be read or written, ...).
-    #[error("server {server}: cannot start: {source}")]
+    /// The cause is the error's source, as for [`StartError::Bind`].
+    #[error("server {server}: cannot start")]
     Start {
         /// The server.
         server: String,

@@ -69,6 +69,10 @@ struct Cli {
     /// Overrides the config's "limits.log_keep"; default 5.
     #[arg(long, value_name = "K")]
     log_keep: Option<usize>,
+    /// Log line format: text (`STAMP LEVEL message key=value ...`, a value with a space or a
+    /// quote in double quotes) or json (one JSON object per line, the fields as keys).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: logging::LogFormat,
 }
 
 /// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
@@ -169,6 +173,7 @@ async fn serve(herd: std::sync::Arc<Herd>, mut hup: Signal) -> anyhow::Result<bo
 }
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
+    let filter = logging::filter_from_env().map_err(config_err)?;
     let source = source(&cli);
     let config = reload::reread(&source).map_err(read_err)?;
     let names: Vec<String> = if cli.all {
@@ -189,9 +194,12 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let hup = signal(SignalKind::hangup())
         .context("cannot listen for SIGHUP")
         .map_err(|e| Failure(EXIT_START, e))?;
-    let rotation = rotation(&cli, &config);
-    let _guards =
-        logging::init(&cli.log_dir, &names, rotation).map_err(|e| Failure(EXIT_START, e))?;
+    let settings = logging::LogSettings {
+        rotation: rotation(&cli, &config),
+        format: cli.log_format,
+    };
+    let _guards = logging::init(&cli.log_dir, &names, settings, filter)
+        .map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
@@ -306,6 +314,17 @@ mod tests {
                 keep: 3
             }
         );
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        let cli = |args: &[&str]| Cli::try_parse_from(["herd-server", "--all"].iter().chain(args));
+        assert_eq!(cli(&[]).unwrap().log_format, logging::LogFormat::Text);
+        assert_eq!(
+            cli(&["--log-format", "json"]).unwrap().log_format,
+            logging::LogFormat::Json
+        );
+        assert!(cli(&["--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,16 @@ use tracing::{error, warn};
 
 use super::log::log_reply;
 use crate::driver::{Driver, Settings};
+use crate::ratelog::RateLog;
+
+/// Failed Places lookups in this process, by kind of failure, each logged at most once a
+/// second (`suppressed`: those not logged since the last line).
+static LOOKUP_FAILURES: [RateLog; 4] = [
+    RateLog::new(),
+    RateLog::new(),
+    RateLog::new(),
+    RateLog::new(),
+];
 
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
@@ -34,7 +44,17 @@ pub(super) async fn places(
         Err(_) => Err(LookupError::Timeout),
     };
     if let Err(e) = &result {
-        warn!(%addr, error = %e, "places lookup failed");
+        // A failing service fails every lookup: at most one line a second per kind of failure
+        // (the Places backend logs the details, per cause, as rarely).
+        let cause = match e {
+            LookupError::Unavailable(_) => 0,
+            LookupError::Timeout => 1,
+            LookupError::Status(_) => 2,
+            LookupError::BadReply(_) => 3,
+        };
+        if let Some(suppressed) = LOOKUP_FAILURES[cause].hit() {
+            warn!(%addr, error = %e, suppressed, "places lookup failed");
+        }
     }
     let mut out = Vec::with_capacity(4096);
     write_whatsat_reply(record.at_line(), result, query.max_items, &mut out);
