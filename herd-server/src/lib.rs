@@ -87,10 +87,8 @@ pub struct Herd {
 /// The version and commit this binary was built from.
 pub const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
-    commit: match option_env!("HERD_BUILD_COMMIT") {
-        Some(c) => c,
-        None => "unknown",
-    },
+    // Set by build.rs: git's short commit, else HERD_COMMIT of the build, else `unknown`.
+    commit: env!("HERD_GIT_COMMIT"),
 };
 
 /// What the admin listeners get from the process around the herd.

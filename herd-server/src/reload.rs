@@ -222,7 +222,7 @@ pub fn plan(
         servers.push(sp);
     }
     let mut restart_only = Vec::new();
-    let restart_checks: [(&'static str, bool); 6] = [
+    let restart_checks: [(&'static str, bool); 8] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("journal_fsync", old.journal_fsync != new.journal_fsync),
         ("places", old.places != new.places),
@@ -237,6 +237,14 @@ pub fn plan(
         (
             "limits.journal_compact_lines",
             old.limits.journal_compact_lines != new.limits.journal_compact_lines,
+        ),
+        (
+            "limits.admin_max_connections",
+            old.admin_limits.max_connections != new.admin_limits.max_connections,
+        ),
+        (
+            "limits.admin_header_timeout_ms",
+            old.admin_limits.header_timeout != new.admin_limits.header_timeout,
         ),
     ];
     for (key, changed) in restart_checks {
@@ -537,6 +545,23 @@ pub fn describe(config: &HerdConfig) -> String {
         "limits.log_keep: {}",
         config.log_rotation.keep.unwrap_or(rotation.keep)
     );
+    let _ = writeln!(
+        out,
+        "limits.admin_max_connections: {}\nlimits.admin_header_timeout_ms: {}",
+        config.admin_limits.max_connections,
+        ms(config.admin_limits.header_timeout),
+    );
+    let token = match (
+        std::env::var(crate::config::ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|s| !s.is_empty()),
+        &config.admin_token,
+    ) {
+        (Some(_), _) => format!("set (from {})", crate::config::ADMIN_TOKEN_ENV),
+        (None, Some(_)) => "set (from the config)".to_owned(),
+        (None, None) => "none".to_owned(),
+    };
+    let _ = writeln!(out, "admin_token: {token}");
     let p = &config.places;
     let _ = writeln!(
         out,
@@ -749,7 +774,7 @@ mod tests {
         for want in [
             "herd: 3 servers, 1 links\n",
             "server A: addr 127.0.0.1:1001, listen 127.0.0.1:1001, admin none, stats none, tls_listen none; neighbours: B\n",
-            "server C: addr 127.0.0.1:1003, listen 127.0.0.1:1003, stats none, tls_listen none; neighbours: none\n",
+            "server C: addr 127.0.0.1:1003, listen 127.0.0.1:1003, admin none, stats none, tls_listen none; neighbours: none\n",
             "link A B\n",
             "limits.max_line_bytes: 65536\n",
             "limits.record_ttl_ms: 5000\n",

@@ -480,7 +480,7 @@ fn check_config_prints_the_resolved_herd_or_the_error_and_version_names_the_comm
     for want in [
         "herd: 2 servers, 1 links".to_owned(),
         format!(
-            "server A: addr {}, listen {}, stats {}",
+            "server A: addr {}, listen {}, admin none, stats {}",
             layout.addrs["A"], layout.addrs["A"], layout.stats["A"]
         ),
         "link A B".to_owned(),
