@@ -131,7 +131,8 @@ for name in $names; do
   forward "$name" <"$tmp/$name.err" &
   fwd_of[$name]=$!
   started+=("$name")
-  deadline=$((SECONDS + start_timeout))
+  # Milliseconds: $SECONDS ticks in whole seconds, so a deadline on it can come early.
+  deadline=$(( $(date +%s%3N) + start_timeout * 1000 ))
   while [ ! -e "$tmp/$name.up" ] && [ "$stopping" -eq 0 ]; do
     if ! alive "$name"; then
       reap "$name"
@@ -139,7 +140,7 @@ for name in $names; do
       failed=1
       break
     fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
+    if [ "$(date +%s%3N)" -ge "$deadline" ]; then
       say "server $name did not start within ${start_timeout}s; stopping it$(others "$name")"
       failed=1
       break
