@@ -38,6 +38,22 @@ pub(crate) struct WhatsatArgs {
     max_items: String,
 }
 
+/// Arguments of `nearby`.
+#[derive(Debug, Args)]
+pub(crate) struct NearbyArgs {
+    /// The client at the centre (left out of the results), or with --point an ISO 6709
+    /// location, e.g. +34.068930-118.445127.
+    #[arg(allow_hyphen_values = true)]
+    center: String,
+    /// CENTER is a location, not a client id (sends `NEARBY POINT ...`).
+    #[arg(long)]
+    point: bool,
+    /// Radius in km, more than 0 and at most 50.
+    radius_km: String,
+    /// Most clients to return, 1 to 1000.
+    max_items: String,
+}
+
 /// Arguments of `send`.
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
@@ -104,6 +120,43 @@ pub(crate) async fn whatsat(g: &Global, a: WhatsatArgs) -> Result<u8, Failure> {
         .map_err(|_| bad("max items", &a.max_items, "expected 1 to 20"))?;
     let mut line = Vec::new();
     write_whatsat(client.as_bytes(), &a.radius_km, max, &mut line);
+    one_request(g, line).await
+}
+
+/// `nearby`: one NEARBY (a herd extension), half-close, print the reply.
+pub(crate) async fn nearby(g: &Global, a: NearbyArgs) -> Result<u8, Failure> {
+    RadiusKm::parse(a.radius_km.as_bytes()).map_err(|_| {
+        bad(
+            "radius",
+            &a.radius_km,
+            "expected km, more than 0 and at most 50",
+        )
+    })?;
+    let max_ok = !a.max_items.is_empty()
+        && a.max_items.bytes().all(|b| b.is_ascii_digit())
+        && a.max_items
+            .parse::<u32>()
+            .is_ok_and(|n| (1..=u32::from(herd_core::protocol::MAX_NEARBY)).contains(&n));
+    if !max_ok {
+        return Err(bad("max items", &a.max_items, "expected 1 to 1000"));
+    }
+    let center = if a.point {
+        let loc = Location::parse(a.center.as_bytes()).map_err(|_| {
+            bad(
+                "location",
+                &a.center,
+                "expected ISO 6709 like +34.068930-118.445127",
+            )
+        })?;
+        let mut c = b"POINT ".to_vec();
+        c.extend_from_slice(loc.as_bytes());
+        c
+    } else {
+        client_id(&a.center)?.as_bytes().to_vec()
+    };
+    let mut line = b"NEARBY ".to_vec();
+    line.extend_from_slice(&center);
+    line.extend_from_slice(format!(" {} {}\n", a.radius_km, a.max_items).as_bytes());
     one_request(g, line).await
 }
 

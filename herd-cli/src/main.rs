@@ -302,6 +302,15 @@ struct WhatsatCmd {
     opts: RequestOpts,
 }
 
+/// `nearby`.
+#[derive(Debug, Args)]
+struct NearbyCmd {
+    #[command(flatten)]
+    args: basic::NearbyArgs,
+    #[command(flatten)]
+    opts: RequestOpts,
+}
+
 /// `send`.
 #[derive(Debug, Args)]
 struct SendCmd {
@@ -358,6 +367,9 @@ enum Command {
     Iamat(IamatCmd),
     /// Ask what is near a client: sends WHATSAT and prints the AT line and the places JSON.
     Whatsat(WhatsatCmd),
+    /// Which clients are near a client or a point (herd extension): sends NEARBY and prints
+    /// the subject's AT line and the JSON of the clients found, nearest first.
+    Nearby(NearbyCmd),
     /// Send raw lines (the arguments, or stdin when none) and print each reply.
     Send(SendCmd),
     /// Benchmark client: many requests over many connections, then throughput and latency.
@@ -374,6 +386,7 @@ enum Command {
 enum Ready {
     Iamat(basic::IamatArgs),
     Whatsat(basic::WhatsatArgs),
+    Nearby(basic::NearbyArgs),
     Send(basic::SendArgs),
     Load(load::LoadArgs),
     Probe(probe::ProbeArgs),
@@ -402,6 +415,7 @@ impl Cli {
                 b.merge("whatsat", REQUEST, &c.opts)?,
                 Ready::Whatsat(c.args),
             ),
+            Command::Nearby(c) => (b.merge("nearby", REQUEST, &c.opts)?, Ready::Nearby(c.args)),
             Command::Send(c) => (b.merge("send", REQUEST, &c.opts)?, Ready::Send(c.args)),
             Command::Load(mut c) => {
                 let takes = Takes {
@@ -545,6 +559,7 @@ fn run(g: Global, command: Ready) -> Result<u8, Failure> {
         match command {
             Ready::Iamat(a) => basic::iamat(&g, a).await,
             Ready::Whatsat(a) => basic::whatsat(&g, a).await,
+            Ready::Nearby(a) => basic::nearby(&g, a).await,
             Ready::Send(a) => basic::send(&g, a).await,
             Ready::Load(a) => load::run(&g, a).await,
             Ready::Probe(a) => probe::run(&g, a).await,

@@ -28,6 +28,12 @@ pub(crate) enum Expect {
     Line,
     /// A WHATSAT: `? ` or the AT line, JSON lines and an empty line.
     Places,
+    /// A NEARBY (herd extension): `? `, or (for the client form, `subject`) the subject's AT
+    /// line, then one JSON line and an empty line.
+    Nearby {
+        /// Whether the reply starts with the subject's AT line (the client form).
+        subject: bool,
+    },
 }
 
 impl Expect {
@@ -36,8 +42,10 @@ impl Expect {
         match parse_client_line(line) {
             ClientLine::Blank => Self::Nothing,
             ClientLine::IAmAt(_) | ClientLine::Invalid(_) => Self::Line,
-            // A NEARBY's reply ends with an empty line too.
-            ClientLine::WhatsAt(_) | ClientLine::Nearby(_) => Self::Places,
+            ClientLine::WhatsAt(_) => Self::Places,
+            ClientLine::Nearby(n) => Self::Nearby {
+                subject: matches!(n.center, herd_core::protocol::NearbyCenter::Client(_)),
+            },
         }
     }
 }
@@ -120,6 +128,13 @@ pub(crate) enum Reply {
         /// The JSON text as received.
         json: Vec<u8>,
     },
+    /// A NEARBY reply: the subject's AT line (client form) and the JSON line.
+    Nearby {
+        /// The subject's record, for the client form.
+        record: Option<Record>,
+        /// The JSON text as received.
+        json: Vec<u8>,
+    },
     /// `? <line>`: the echoed line.
     Invalid(Vec<u8>),
 }
@@ -136,8 +151,11 @@ pub(crate) enum Step {
 /// The part of a WHATSAT reply read so far (see [`Step::More`]).
 #[derive(Debug)]
 pub(crate) struct Body {
-    record: Record,
+    /// The AT line (a WHATSAT's, or a client-form NEARBY's subject).
+    record: Option<Record>,
     json: Vec<u8>,
+    /// A NEARBY reply rather than a WHATSAT's.
+    nearby: bool,
 }
 
 impl Body {
@@ -147,9 +165,15 @@ impl Body {
             if self.json.last() == Some(&b'\n') {
                 self.json.pop();
             }
-            return Step::Done(Reply::Places {
-                record: self.record,
-                json: self.json,
+            return Step::Done(match (self.nearby, self.record) {
+                (false, Some(record)) => Reply::Places {
+                    record,
+                    json: self.json,
+                },
+                (_, record) => Reply::Nearby {
+                    record,
+                    json: self.json,
+                },
             });
         }
         self.json.extend_from_slice(line);
@@ -178,10 +202,18 @@ pub(crate) fn frame(buf: &[u8], expect: Expect) -> Option<(usize, Kind)> {
     if line.starts_with(INVALID_PREFIX) {
         return Some((nl + 1, Kind::Invalid));
     }
+    if expect == (Expect::Nearby { subject: false }) {
+        // The point form: one JSON line, then the empty line.
+        if !line.starts_with(b"{") {
+            return Some((nl + 1, Kind::Malformed));
+        }
+        let end = buf[nl..].windows(2).position(|w| w == b"\n\n")?;
+        return Some((nl + end + 2, Kind::At));
+    }
     if !line.starts_with(AT_PREFIX) {
         return Some((nl + 1, Kind::Malformed));
     }
-    if expect != Expect::Places {
+    if !matches!(expect, Expect::Places | Expect::Nearby { .. }) {
         return Some((nl + 1, Kind::At));
     }
     // The JSON ends at the first empty line.
@@ -198,13 +230,28 @@ impl Reply {
         if let Some(echo) = line.strip_prefix(INVALID_PREFIX) {
             return Ok(Step::Done(Reply::Invalid(echo.to_vec())));
         }
-        let record = Record::parse(line)?;
-        if expect != Expect::Places {
-            return Ok(Step::Done(Reply::At(record)));
+        if expect == (Expect::Nearby { subject: false }) {
+            if !line.starts_with(b"{") {
+                return Err(FieldError::Location);
+            }
+            let mut json = line.to_vec();
+            json.push(b'\n');
+            return Ok(Step::More(Body {
+                record: None,
+                json,
+                nearby: true,
+            }));
         }
+        let record = Record::parse(line)?;
+        let nearby = match expect {
+            Expect::Places => false,
+            Expect::Nearby { .. } => true,
+            Expect::Nothing | Expect::Line => return Ok(Step::Done(Reply::At(record))),
+        };
         Ok(Step::More(Body {
-            record,
+            record: Some(record),
             json: Vec::new(),
+            nearby,
         }))
     }
 
@@ -217,6 +264,7 @@ impl Reply {
     pub(crate) fn record(&self) -> Option<&Record> {
         match self {
             Reply::At(record) | Reply::Places { record, .. } => Some(record),
+            Reply::Nearby { record, .. } => record.as_ref(),
             Reply::Invalid(_) => None,
         }
     }
@@ -231,6 +279,14 @@ impl Reply {
             Reply::Places { record, json } => {
                 out.extend_from_slice(record.at_line());
                 out.push(b'\n');
+                out.extend_from_slice(json);
+                out.extend_from_slice(b"\n\n");
+            }
+            Reply::Nearby { record, json } => {
+                if let Some(r) = record {
+                    out.extend_from_slice(r.at_line());
+                    out.push(b'\n');
+                }
                 out.extend_from_slice(json);
                 out.extend_from_slice(b"\n\n");
             }
@@ -264,6 +320,14 @@ impl Reply {
                 m.insert("reply".into(), json!("places"));
                 m.extend(record_fields(record));
                 m.insert("places".into(), places);
+            }
+            Reply::Nearby { record, json } => {
+                let nearby: Value = serde_json::from_slice(json)?;
+                m.insert("reply".into(), json!("nearby"));
+                if let Some(r) = record {
+                    m.insert("subject".into(), Value::Object(record_fields(r)));
+                }
+                m.insert("nearby".into(), nearby);
             }
             Reply::Invalid(line) => {
                 m.insert("reply".into(), json!("invalid"));

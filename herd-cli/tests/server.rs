@@ -598,3 +598,59 @@ fn certs_then_tls_iamat_and_whatsat_against_a_real_server_match_plain() {
     ]);
     assert_eq!(code(&refused), 2, "{}", stderr(&refused));
 }
+
+#[test]
+fn nearby_a_client_and_a_point_against_a_real_server() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let addr = herd.addr("Goloman");
+    for (client, loc) in [
+        ("kiwi.cs.ucla.edu", "+34.068930-118.445127"),
+        ("boelter", "+34.069072-118.442781"),
+    ] {
+        assert_eq!(code(&run(&["--server", addr, "iamat", client, loc])), 0);
+    }
+    let out = run(&["--server", addr, "nearby", "kiwi.cs.ucla.edu", "1", "5"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert!(
+        lines[0].starts_with("AT Goloman ") && lines[0].contains(" kiwi.cs.ucla.edu "),
+        "{text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert_eq!(doc["results"][0]["client"], "boelter");
+    assert_eq!((lines[2], lines.len()), ("", 4), "{text:?}");
+    let out = run(&[
+        "--server",
+        addr,
+        "--json",
+        "nearby",
+        "--point",
+        "+34.069-118.4428",
+        "0.5",
+        "5",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reply"], "nearby");
+    assert!(v.get("subject").is_none());
+    assert_eq!(v["nearby"]["count"], 2);
+    let out = run(&["--server", addr, "nearby", "nobody", "1", "5"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("this server does not hold client nobody"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in [
+        ["kiwi", "0", "5"],
+        ["kiwi", "1", "1001"],
+        ["kiwi", "51", "5"],
+    ] {
+        let mut args = vec!["--server", addr, "nearby"];
+        args.extend(bad);
+        assert_eq!(code(&run(&args)), 64, "{bad:?}");
+    }
+    let out = run(&["--server", addr, "nearby", "--point", "34-118", "1", "5"]);
+    assert_eq!(code(&out), 64);
+}
