@@ -14,7 +14,9 @@
 #
 # Environment: ROUNDS [5] rounds per build and row, ROUND_S [2] seconds per round,
 # ROWS ["T1 T2 T3 T4"] which rows (T3: classic clients, a new connection per IAMAT),
-# RESULTS [bench/ab-results.md] where the table goes.
+# RESULTS [bench/ab-results.md] where the table goes; LIMITS_A, LIMITS_B: JSON objects merged
+# into the config's "limits" of A's or B's servers (e.g. LIMITS_B='{"nearby_index": false}'
+# with the same build as A and B measures what one setting costs).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,13 +54,16 @@ stop() {
 trap 'stop; rm -rf "$TMP"' EXIT
 trap 'exit 130' INT TERM
 
-start() { # start BINARY KIND(single|default): sets CFG, PID
-    local bin=$1 kind=$2 want=1 i
+start() { # start BINARY KIND(single|default) [LIMITS_JSON]: sets CFG, PID
+    local bin=$1 kind=$2 limits=${3:-} want=1 i
     CFG=$TMP/herd-$kind.json
     if [[ $kind == default ]]; then
         "${TOOLS[@]}" config "$CFG" default "$REPO/deploy/herd.json"; want=5
     else
         "${TOOLS[@]}" config "$CFG" single Goloman
+    fi
+    if [[ -n $limits ]]; then
+        python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c.setdefault("limits", {}).update(json.loads(sys.argv[2])); json.dump(c, open(sys.argv[1], "w"))' "$CFG" "$limits"
     fi
     rm -rf "$TMP/logs"; mkdir -p "$TMP/logs"
     env -u RUST_LOG "$bin" --config "$CFG" --all --log-dir "$TMP/logs" 2>"$TMP/server.err" &
@@ -83,9 +88,9 @@ EOF
     die "herd-server $bin did not start: $(cat "$TMP/server.err")"
 }
 
-round() { # round BINARY KIND LOAD-ARGS...: prints requests/s of one round (errors fail it)
-    local bin=$1 kind=$2; shift 2
-    start "$bin" "$kind"
+round() { # round BINARY KIND LIMITS_JSON LOAD-ARGS...: prints requests/s of one round (errors fail it)
+    local bin=$1 kind=$2 limits=$3; shift 3
+    start "$bin" "$kind" "$limits"
     timeout $((ROUND_S + 60)) "$CLI" --config "$CFG" "$@" --duration "${ROUND_S}s" --fresh -k "$KEYS" --json >"$TMP/l.json" ||
         die "herd-cli load failed: $(cat "$TMP/l.json")"
     local errs
@@ -110,8 +115,8 @@ row() { # row NAME KIND LOAD-ARGS...
     local name=$1 kind=$2; shift 2
     local a="" b="" r
     for ((r = 1; r <= ROUNDS; r++)); do
-        a+=" $(round "$OLD/release/herd-server" "$kind" "$@")"
-        b+=" $(round "$NEW/release/herd-server" "$kind" "$@")"
+        a+=" $(round "$OLD/release/herd-server" "$kind" "${LIMITS_A:-}" "$@")"
+        b+=" $(round "$NEW/release/herd-server" "$kind" "${LIMITS_B:-}" "$@")"
         log "$name round $r: A$a | B$b"
     done
     python3 - "$name" "$a" "$b" >>"$RESULTS" <<'EOF'

@@ -186,6 +186,16 @@ impl Record {
         Location::degrees(field).unwrap_or((0.0, 0.0))
     }
 
+    /// The location field as the client sent it (ISO 6709).
+    pub fn location_text(&self) -> &[u8] {
+        location_field(self.at_line())
+    }
+
+    /// Latitude and longitude in degrees, parsed once.
+    pub fn position(&self) -> (f64, f64) {
+        self.location()
+    }
+
     /// Latitude in degrees.
     pub fn lat(&self) -> f64 {
         self.location().0

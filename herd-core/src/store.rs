@@ -184,7 +184,8 @@ impl LocationStore {
             let mut near = NearIndex::new();
             for (i, slot) in self.slots.iter().enumerate() {
                 let i = u32::try_from(i).unwrap_or(u32::MAX);
-                near.insert(i, slot.record.lat(), slot.record.lon());
+                let (lat, lon) = slot.record.position();
+                near.insert(i, lat, lon);
             }
             self.near = Some(near);
         }
@@ -199,8 +200,8 @@ impl LocationStore {
     /// client id), at most `q.max`, without `q.exclude`. Uses the nearby index when it is
     /// kept, else scans every record ([`LocationStore::nearby_scan`]); both give the same
     /// answer.
-    pub fn nearby(&self, q: &NearbyQuery<'_>) -> Vec<Nearby> {
-        let Some(near) = &self.near else {
+    pub fn nearby(&mut self, q: &NearbyQuery<'_>) -> Vec<Nearby> {
+        let Some(near) = &mut self.near else {
             return self.nearby_scan(q);
         };
         let slots = &self.slots;
@@ -209,10 +210,7 @@ impl LocationStore {
             q.lon,
             q.radius_m,
             q.max,
-            |s| {
-                let r = &slots[s as usize].record;
-                (r.lat(), r.lon())
-            },
+            |s| slots[s as usize].record.position(),
             |s| {
                 q.exclude
                     .is_some_and(|c| slots[s as usize].record.client() == c)
@@ -335,12 +333,11 @@ impl LocationStore {
                 );
                 self.sources[index] = compact_source(source);
                 if let Some(near) = &mut self.near {
-                    let slot = u32::try_from(index).unwrap_or(u32::MAX);
-                    near.relocate(
-                        slot,
-                        (old.record.lat(), old.record.lon()),
-                        (record.lat(), record.lon()),
-                    );
+                    // A client that has not moved (the same location text) keeps its key.
+                    if old.record.location_text() != record.location_text() {
+                        let slot = u32::try_from(index).unwrap_or(u32::MAX);
+                        near.relocate(slot, old.record.position(), record.position());
+                    }
                 }
                 self.account_out(&old.record, old.seq);
             }
@@ -362,7 +359,8 @@ impl LocationStore {
                 self.sources.push(compact_source(source));
                 v.insert(index);
                 if let Some(near) = &mut self.near {
-                    near.insert(index, record.lat(), record.lon());
+                    let (lat, lon) = record.position();
+                    near.insert(index, lat, lon);
                 }
             }
         }
@@ -391,17 +389,17 @@ impl LocationStore {
             }
         }
         if let Some(near) = &mut self.near {
-            let r = &self.slots[index].record;
+            let (lat, lon) = self.slots[index].record.position();
             let s = u32::try_from(index).unwrap_or(u32::MAX);
-            near.remove(s, r.lat(), r.lon());
+            near.remove(s, lat, lon);
             if index != last {
-                let moved = &self.slots[last].record;
+                let (lat, lon) = self.slots[last].record.position();
                 let (from, to) = (
                     u32::try_from(last).unwrap_or(u32::MAX),
                     u32::try_from(index).unwrap_or(u32::MAX),
                 );
-                near.remove(from, moved.lat(), moved.lon());
-                near.insert(to, moved.lat(), moved.lon());
+                near.remove(from, lat, lon);
+                near.insert(to, lat, lon);
             }
         }
         let slot = self.slots.swap_remove(index);

@@ -70,7 +70,7 @@ fn query() -> impl Strategy<Value = ((f64, f64), f64, usize, Option<u16>)> {
     )
 }
 
-fn same(store: &LocationStore, q: &NearbyQuery<'_>) {
+fn same(store: &mut LocationStore, q: &NearbyQuery<'_>) {
     let fast = store.nearby(q);
     let slow = store.nearby_scan(q);
     let lines = |v: &[herd_core::Nearby]| {
@@ -106,7 +106,7 @@ proptest! {
         for ((lat, lon), radius_m, max, exclude) in queries {
             let id = exclude.map(|c| format!("c{c}"));
             let q = NearbyQuery { lat, lon, radius_m, max, exclude: id.as_deref().map(str::as_bytes) };
-            same(&store, &q);
+            same(&mut store, &q);
         }
     }
 }
@@ -162,4 +162,50 @@ fn many_clients_at_one_spot_are_all_found_in_id_order() {
     let want: Vec<String> = (1..=10).map(|i| format!("same{i:03}")).collect();
     assert_eq!(ids, want.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
     assert_eq!(found, store.nearby_scan(&q));
+}
+
+#[test]
+fn batches_of_buffered_changes_apply_in_order() {
+    // More changes than one buffer holds, many to the same clients (moves, removals, returns),
+    // queried now and then: the index always answers what a scan answers.
+    let mut store = LocationStore::new(11);
+    store.set_nearby_index(true);
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for t in 1..=20_000u64 {
+        let c = next() % 3000;
+        if next() % 10 == 0 {
+            store.remove(format!("m{c}").as_bytes());
+        } else {
+            let lat = 40.0 + (next() % 1000) as f64 * 1e-4;
+            let lon = -74.0 + (next() % 1000) as f64 * 1e-4;
+            store.offer(record(&format!("m{c}"), lat, lon, t));
+        }
+        if t % 4999 == 0 {
+            let q = NearbyQuery {
+                lat: 40.05,
+                lon: -73.95,
+                radius_m: 3_000.0,
+                max: 200,
+                exclude: None,
+            };
+            let (fast, slow) = (store.nearby(&q), store.nearby_scan(&q));
+            assert_eq!(fast, slow);
+        }
+    }
+    let q = NearbyQuery {
+        lat: 40.05,
+        lon: -73.95,
+        radius_m: 50_000.0,
+        max: 1000,
+        exclude: None,
+    };
+    let all = store.nearby(&q);
+    assert_eq!(all, store.nearby_scan(&q));
+    assert_eq!(all.len(), 1000.min(store.len()));
 }

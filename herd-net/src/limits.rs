@@ -168,6 +168,9 @@ pub struct Limits {
     /// How far ahead of the server's clock an IAMAT's client time may be and still be stored
     /// (`None`: any).
     pub max_future_skew: Option<Duration>,
+    /// Whether the store keeps its nearby index for `NEARBY` (default `true`; without it
+    /// `NEARBY` scans the store). Read at start.
+    pub nearby_index: bool,
 }
 
 impl Default for Limits {
@@ -190,6 +193,7 @@ impl Default for Limits {
             max_records: default_max_records(),
             record_ttl: DEFAULT_RECORD_TTL,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+            nearby_index: true,
         }
     }
 }

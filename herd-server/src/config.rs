@@ -276,6 +276,7 @@ struct RawLimits {
     log_max_bytes: Option<u64>,
     log_keep: Option<usize>,
     admin_max_connections: Option<usize>,
+    nearby_index: Option<bool>,
     admin_header_timeout_ms: Option<u64>,
 }
 
@@ -486,6 +487,7 @@ impl RawLimits {
             },
             record_ttl: opt_ms(self.record_ttl_ms, "record_ttl_ms")?,
             max_future_skew: opt_ms(self.max_future_skew_ms, "max_future_skew_ms")?,
+            nearby_index: self.nearby_index.unwrap_or(true),
         };
         // 0 is allowed for both: it is their off switch, as on the command line.
         let rotation = LogRotation {

@@ -222,7 +222,7 @@ pub fn plan(
         servers.push(sp);
     }
     let mut restart_only = Vec::new();
-    let restart_checks: [(&'static str, bool); 8] = [
+    let restart_checks: [(&'static str, bool); 9] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("journal_fsync", old.journal_fsync != new.journal_fsync),
         ("places", old.places != new.places),
@@ -237,6 +237,10 @@ pub fn plan(
         (
             "limits.journal_compact_lines",
             old.limits.journal_compact_lines != new.limits.journal_compact_lines,
+        ),
+        (
+            "limits.nearby_index",
+            old.limits.nearby_index != new.limits.nearby_index,
         ),
         (
             "limits.admin_max_connections",

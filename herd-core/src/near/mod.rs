@@ -182,10 +182,20 @@ pub struct Found {
     pub distance_m: f64,
 }
 
+/// Changes buffered before they are applied to the set together ([`NearIndex::flush`]).
+const PENDING_MAX: usize = 4096;
+
 /// The positions of the store's records, by slot.
+///
+/// Changes are buffered and applied to the ordered set in sorted batches (at
+/// [`PENDING_MAX`] changes, or before a search): one insert of a random key into a set of a
+/// million costs a few cache misses on its way down the tree, while a sorted batch walks
+/// neighbouring paths that are already in the cache.
 #[derive(Debug, Default, Clone)]
 pub struct NearIndex {
     keys: BTreeSet<u64>,
+    /// Buffered changes in the order they were made: (key, inserted?).
+    pending: Vec<(u64, bool)>,
 }
 
 impl NearIndex {
@@ -194,27 +204,61 @@ impl NearIndex {
         Self::default()
     }
 
-    /// Points indexed.
-    pub fn len(&self) -> usize {
+    /// Points indexed (buffered changes included).
+    pub fn len(&mut self) -> usize {
+        self.flush();
         self.keys.len()
     }
 
-    /// Whether no point is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+    /// Whether no point is indexed (buffered changes included).
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    fn change(&mut self, key: u64, inserted: bool) {
+        self.pending.push((key, inserted));
+        if self.pending.len() >= PENDING_MAX {
+            self.flush();
+        }
+    }
+
+    /// Applies the buffered changes: sorted by key (stably, so each key's changes keep
+    /// their order), the last change of each key decides whether it is in the set.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_by_key(|&(k, _)| k);
+        let mut i = 0;
+        while i < pending.len() {
+            let k = pending[i].0;
+            let mut last = pending[i].1;
+            while i < pending.len() && pending[i].0 == k {
+                last = pending[i].1;
+                i += 1;
+            }
+            if last {
+                self.keys.insert(k);
+            } else {
+                self.keys.remove(&k);
+            }
+        }
+        pending.clear();
+        self.pending = pending;
     }
 
     /// Indexes slot `slot` at (`lat`, `lon`) (slots at or above [`MAX_SLOTS`] are not held).
     pub fn insert(&mut self, slot: u32, lat: f64, lon: f64) {
         if slot < MAX_SLOTS {
-            self.keys.insert(key(lat, lon, slot));
+            self.change(key(lat, lon, slot), true);
         }
     }
 
     /// Removes slot `slot`, indexed at (`lat`, `lon`).
     pub fn remove(&mut self, slot: u32, lat: f64, lon: f64) {
         if slot < MAX_SLOTS {
-            self.keys.remove(&key(lat, lon, slot));
+            self.change(key(lat, lon, slot), false);
         }
     }
 
@@ -222,8 +266,8 @@ impl NearIndex {
     pub fn relocate(&mut self, slot: u32, from: (f64, f64), to: (f64, f64)) {
         let (old, new) = (key(from.0, from.1, slot), key(to.0, to.1, slot));
         if old != new && slot < MAX_SLOTS {
-            self.keys.remove(&old);
-            self.keys.insert(new);
+            self.change(old, false);
+            self.change(new, true);
         }
     }
 
@@ -232,7 +276,7 @@ impl NearIndex {
     /// distance, so the caller can order ties), skipping slots `skip` says to.
     /// `position(slot)` gives a slot's exact position.
     pub fn nearest(
-        &self,
+        &mut self,
         lat: f64,
         lon: f64,
         radius_m: f64,
@@ -240,6 +284,7 @@ impl NearIndex {
         position: impl Fn(u32) -> (f64, f64),
         skip: impl Fn(u32) -> bool,
     ) -> Vec<Found> {
+        self.flush();
         let mut out: Vec<Found> = Vec::new();
         if max == 0 || !(lat.is_finite() && lon.is_finite() && radius_m >= 0.0) {
             return out;
