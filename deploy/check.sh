@@ -18,7 +18,7 @@ echo "-- systemd: herd-server@.service, installed as deploy/README.md says, veri
 sysroot="$tmp/root"
 mkdir -p "$sysroot/etc/systemd/system" "$sysroot/usr/local/bin" "$sysroot/usr/lib/systemd" "$sysroot/bin"
 cp -a /lib/systemd/system "$sysroot/usr/lib/systemd/" # the targets the unit is ordered after
-cp "$(command -v kill)" "$sysroot/bin/kill"
+cp /bin/kill "$sysroot/bin/kill" # the unit's ExecReload
 install -m 755 "$server" "$sysroot/usr/local/bin/herd-server"
 cp "$here/herd-server@.service" "$sysroot/etc/systemd/system/"
 for instance in Welsh Hands; do

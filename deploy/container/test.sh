@@ -7,8 +7,7 @@
 #   3. Goloman cut off the network while IAMATs keep arriving on both sides, healed: every
 #      store holds the same records (same count and digest) within a few seconds;
 #   4. Welsh killed (SIGKILL) and restarted while its only neighbour is cut off: its journal
-#      volume gives it back
-#      its store; reconnected, the herd agrees again.
+#      volume gives it back its store; the neighbour back, the herd agrees again.
 # Everything it starts (containers, network, volumes) carries its own prefix and is removed at
 # exit, whatever happens. Skips (exit 0, with a SKIP line) only when no container engine can
 # run here; HERD_CONTAINER_TEST=require turns that skip into a failure.
