@@ -6,6 +6,8 @@ a line-protocol client, and a server's counters. Every network wait is bounded.
   herdtest.py services COMPOSE                                the server services, one a line
   herdtest.py send HOST:PORT LINE...                          send lines, print the replies
   herdtest.py stats ADDR [TOKEN|-]                            one server's counters (JSON line)
+  herdtest.py same ADDR RECORDS PID...                         exit 0 when every server holds
+                                                              RECORDS records, one digest
   herdtest.py ready ADDR                                      exit 0 when GET /readyz is 200
 """
 
@@ -127,6 +129,36 @@ def stats(addr, token=None):
         return json.loads(read_all(s).decode())
 
 
+def stats_in(pid, addr, token=None):
+    """stats() from inside the network namespace of process `pid` (its loopback), then back:
+    one process polls every container (setns(2) through ctypes; Python 3.11 has no os.setns)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    with open("/proc/self/ns/net", "rb") as home, open(f"/proc/{pid}/ns/net", "rb") as there:
+        if libc.setns(there.fileno(), clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into process {pid}'s network")
+        try:
+            return stats(addr, token)
+        finally:
+            if libc.setns(home.fileno(), clone_newnet) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+
+
+def same(addr, want, pids, token=None):
+    """Whether every server (by PID) holds `want` records with one digest; prints them."""
+    seen = []
+    for pid in pids:
+        try:
+            s = stats_in(pid, addr, token)
+            seen.append((s["server"], s["records"], s["digest"]))
+        except (OSError, ValueError) as e:
+            seen.append((f"pid {pid}", None, str(e)))
+    print(" ".join(f"{n}:{r}:{d}" for n, r, d in seen))
+    return all(r == want for _, r, _ in seen) and len({d for _, _, d in seen}) == 1
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "run-args":
@@ -137,6 +169,9 @@ def main(argv):
         sys.stdout.write(send(argv[2], argv[3:]))
     elif cmd == "stats":
         print(json.dumps(stats(argv[2], argv[3] if len(argv) > 3 else None)))
+    elif cmd == "same":
+        token = os.environ.get("HERD_TEST_TOKEN")
+        return 0 if same(argv[2], int(argv[3]), argv[4:], token) else 1
     elif cmd == "ready":
         status, body = http_get(argv[2], "/readyz")
         print(f"{status} {body.strip()}")
