@@ -22,6 +22,18 @@ prefix="herdtest-$$"
 net="$prefix-net"
 T0=$(date +%s)
 
+dump_logs() {
+  set +e
+  [ -n "${services:-}" ] && podman ps -a --filter "label=herd-test=$prefix" --format '{{.Names}} {{.Status}}' >&2
+  for svc in ${services:-}; do
+    local mp
+    mp=$(podman volume inspect -f '{{.Mountpoint}}' "$prefix-$svc" 2>/dev/null) || continue
+    echo "--- last lines of $svc's logs:" >&2
+    tail -n 15 "$mp"/logs/*.log 2>/dev/null >&2
+    podman logs --tail 5 "$prefix-$svc" >&2 2>&1
+  done
+}
+
 say() { echo "container test [$(($(date +%s) - T0))s]: $*"; }
 fail() { echo "container test: FAIL: $*" >&2; dump_logs; exit 1; }
 skip() {
@@ -45,18 +57,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-dump_logs() {
-  set +e
-  [ -n "${services:-}" ] && podman ps -a --filter "label=herd-test=$prefix" --format '{{.Names}} {{.Status}}' >&2
-  for svc in ${services:-}; do
-    local mp
-    mp=$(podman volume inspect -f '{{.Mountpoint}}' "$prefix-$svc" 2>/dev/null) || continue
-    echo "--- last lines of $svc's logs:" >&2
-    tail -n 15 "$mp"/logs/*.log 2>/dev/null >&2
-    podman logs --tail 5 "$prefix-$svc" >&2 2>&1
-  done
-}
 
 image="${HERD_IMAGE:-}"
 if [ -z "$image" ]; then
