@@ -28,11 +28,13 @@ for instance in Welsh Hands; do
 done
 unit="$here/herd-server@.service"
 grep -qx 'RestartPreventExitStatus=64' "$unit" || fail "the unit must not restart on exit 64"
+# shellcheck disable=SC2016 # $MAINPID is systemd's, literally
 grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$unit" || fail "ExecReload must send SIGHUP"
 grep -q -- '--data-dir /var/lib/herd/%i --log-dir /var/log/herd/%i' "$unit" ||
   fail "every instance needs its own state and log directory"
-grep -qx 'StateDirectory=herd/%i' "$unit" && grep -qx 'LogsDirectory=herd/%i' "$unit" ||
-  fail "StateDirectory and LogsDirectory must be per instance"
+for d in StateDirectory LogsDirectory; do
+  grep -qx "$d=herd/%i" "$unit" || fail "$d must be per instance (herd/%i)"
+done
 
 echo "-- Kubernetes: manifests against the $k8s_version schemas (strict: unknown fields fail)"
 HERD_ADMIN_TOKEN=ci-token PLACES_API_KEY=ci-key HERD_CLI="$cli" \
