@@ -95,6 +95,8 @@ pub struct LocationStore {
     ttl: Option<Duration>,
     /// With a lifetime: every held record by (expiry time, local log number).
     expiry: BTreeMap<(u128, u64), Arc<Record>>,
+    /// Bytes of the AT lines held ([`LocationStore::line_bytes`]).
+    line_bytes: u64,
 }
 
 impl std::fmt::Debug for LocationStore {
@@ -119,6 +121,7 @@ impl LocationStore {
             digest: 0,
             ttl: None,
             expiry: BTreeMap::new(),
+            line_bytes: 0,
         }
     }
 
@@ -131,6 +134,12 @@ impl LocationStore {
         }
     }
 
+    /// Bytes of the AT lines of the records held: the size of the data, not of the memory
+    /// that holds it (the table, the slots and the record headers come on top).
+    pub fn line_bytes(&self) -> u64 {
+        self.line_bytes
+    }
+
     /// The records' lifetime, if they expire.
     pub fn ttl(&self) -> Option<Duration> {
         self.ttl
@@ -139,6 +148,7 @@ impl LocationStore {
     /// Notes a record newly held under log number `seq` (digest and expiry index).
     fn account_in(&mut self, record: &Arc<Record>, seq: u64) {
         self.digest = self.digest.wrapping_add(line_hash(record.at_line()));
+        self.line_bytes += record.at_line().len() as u64;
         if let Some(ttl) = self.ttl {
             self.expiry
                 .insert((expiry_nanos(record, ttl), seq), record.clone());
@@ -148,6 +158,7 @@ impl LocationStore {
     /// Notes a record, held under log number `seq`, no longer held.
     fn account_out(&mut self, record: &Record, seq: u64) {
         self.digest = self.digest.wrapping_sub(line_hash(record.at_line()));
+        self.line_bytes -= record.at_line().len() as u64;
         if let Some(ttl) = self.ttl {
             self.expiry.remove(&(expiry_nanos(record, ttl), seq));
         }
@@ -383,6 +394,24 @@ mod tests {
         assert_eq!(s.get(b"c").unwrap().origin(), b"B");
         assert_eq!(s.offer(rec("A", "IAMAT c +2+2 10.5", 0)), Offer::Stored(3));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn line_bytes_follow_replacements_removals_and_expiry() {
+        let mut s = LocationStore::with_ttl(3, Some(std::time::Duration::from_secs(10)));
+        let a = rec("A", "IAMAT a +1+1 1", 0);
+        let b = rec("A", "IAMAT b +1+1 2", 0);
+        let a2 = rec("A", "IAMAT a +10+10 3", 0);
+        let len = |r: &Arc<Record>| r.at_line().len() as u64;
+        s.offer(a.clone());
+        s.offer(b.clone());
+        assert_eq!(s.line_bytes(), len(&a) + len(&b));
+        s.offer(a2.clone());
+        assert_eq!(s.line_bytes(), len(&a2) + len(&b));
+        s.remove(b"b");
+        assert_eq!(s.line_bytes(), len(&a2));
+        s.expire(Timestamp::from_parts(100, 0));
+        assert_eq!((s.len(), s.line_bytes()), (0, 0));
     }
 
     #[test]

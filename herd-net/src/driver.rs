@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{
-    ClientAction, Node, NodeEvent, NodeStats, PeerError, PeerId, QueryOutcome, ServerName,
+    ClientAction, Node, NodeEvent, NodeStats, PeerError, PeerId, QueryOutcome, Record, ServerName,
     Timestamp,
 };
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -36,7 +36,7 @@ use crate::queue::PeerQueue;
 use crate::ratelog::{Refusals, RATE_LOG_PERIOD};
 use crate::scope::Scoped;
 use crate::spec::ServerSpec;
-use crate::stats::ServerStats;
+use crate::stats::{LinkState, LinkStats, ServerStats};
 use crate::warm::{warm, Lines};
 
 /// Records from peers reach the journal file within this time (a client's records are
@@ -59,6 +59,9 @@ pub(crate) struct Driver {
     timer_wakeups: AtomicU64,
     /// Client connections refused or closed early, by cause (logged at most once a second).
     refusals: Refusals,
+    /// Whether a reconciliation with a neighbour has finished since the start (or there are
+    /// no neighbours): the readiness of `/readyz`.
+    synced_once: AtomicBool,
 }
 
 /// What the lock protects.
@@ -247,6 +250,7 @@ impl Driver {
         tracker: TaskTracker,
     ) -> Arc<Self> {
         let clients = Arc::new(Semaphore::new(spec.limits.max_clients));
+        let no_neighbours = spec.neighbours.is_empty();
         Arc::new(Self {
             spec,
             state: Mutex::new(State {
@@ -264,6 +268,7 @@ impl Driver {
             timer: Notify::new(),
             timer_wakeups: AtomicU64::new(0),
             refusals: Refusals::default(),
+            synced_once: AtomicBool::new(no_neighbours),
         })
     }
 
@@ -358,8 +363,10 @@ impl Driver {
             return Err(PeerBatchError::Stale);
         }
         let mut result = Ok(());
+        let mut heard = 0u64;
         let mut warm_left = warm(st.node.store(), buf, Lines::Peer);
         while let Some(line) = codec.decode(buf).transpose() {
+            heard += 1;
             let line = match line {
                 Ok(line) => line,
                 Err(e) => {
@@ -375,6 +382,12 @@ impl Driver {
             if warm_left == 0 {
                 warm_left = warm(st.node.store(), buf, Lines::Peer);
             }
+        }
+        st.node
+            .sink_mut()
+            .heard(peer, heard, std::time::Instant::now());
+        if !self.synced_once.load(Ordering::Relaxed) && st.node.is_linked(peer) {
+            self.synced_once.store(true, Ordering::Relaxed);
         }
         self.settle(&mut st, Flush::Soon);
         result
@@ -547,17 +560,67 @@ impl Driver {
             .filter(|&p| node.is_linked(p))
             .map(|p| node.neighbours()[p.0].clone())
             .collect();
+        let now = std::time::Instant::now();
+        let links = (0..node.neighbours().len())
+            .map(PeerId)
+            .filter_map(|p| {
+                let view = node.sink().view(p)?;
+                let state = if node.is_linked(p) {
+                    LinkState::Up
+                } else if view.session {
+                    LinkState::Syncing
+                } else {
+                    LinkState::Down
+                };
+                Some(LinkStats {
+                    peer: node.neighbours()[p.0].clone(),
+                    state,
+                    queue_bytes: view.queued,
+                    sent: view.counts.sent,
+                    received: view.counts.received,
+                    last_heard: view
+                        .counts
+                        .last_heard
+                        .map(|t| now.saturating_duration_since(t)),
+                })
+            })
+            .collect();
         ServerStats {
             server: node.name().clone(),
             node: node.stats().clone(),
             records: node.store().len(),
+            store_line_bytes: node.store().line_bytes(),
             digest: node.store().digest(),
+            links,
             links_up,
             clients,
             journal: self.journal.as_ref().map(|j| (j.lines(), j.errors())),
             timer_wakeups: self.timer_wakeups.load(Ordering::Relaxed),
             refusals: self.refusals.counts(),
         }
+    }
+
+    /// Whether the server is ready: a reconciliation with a neighbour has finished since the
+    /// start (or it has no neighbours). The journal, if any, is restored before the driver
+    /// exists.
+    pub(crate) fn ready(&self) -> bool {
+        if self.synced_once.load(Ordering::Relaxed) {
+            return true;
+        }
+        let st = lock(&self.state);
+        let node = &st.node;
+        let any = (0..node.neighbours().len()).any(|p| node.is_linked(PeerId(p)));
+        if any {
+            self.synced_once.store(true, Ordering::Relaxed);
+        }
+        any
+    }
+
+    /// Up to `max` of the records held (in no particular order) and how many are held.
+    pub(crate) fn sample_records(&self, max: usize) -> (Vec<Arc<Record>>, usize) {
+        let st = lock(&self.state);
+        let store = st.node.store();
+        (store.records().take(max).cloned().collect(), store.len())
     }
 
     /// The client's newest record as this server holds it (its AT line).

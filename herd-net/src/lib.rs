@@ -16,7 +16,8 @@
 //!   `client` (one client connection), [`link`] (dial, handshake, a session's reader and
 //!   writer; [`liveness`]: its pings, timeouts and socket options); `fast_accept` and `warm`
 //!   are performance tricks kept in their own modules;
-//! - [`server`]: builds one server and starts its tasks.
+//! - [`server`]: builds one server and starts its tasks; [`admin`]: its HTTP admin listener
+//!   (metrics, health, stats, the status page, reload).
 //!
 //! Every decision about what a line means is herd-core's.
 
@@ -26,6 +27,8 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(rust_2018_idioms)]
 
+#[forbid(unsafe_code)]
+pub mod admin;
 #[forbid(unsafe_code)]
 mod client;
 #[forbid(unsafe_code)]

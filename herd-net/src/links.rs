@@ -12,6 +12,7 @@
 //! the lexicographically smaller name is kept.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use herd_core::{PeerId, PeerMsg, PeerSendError, PeerSink};
 use tokio::sync::watch;
@@ -51,6 +52,30 @@ struct Slot {
     /// Whether this server's sessions are the ones kept among simultaneous dials.
     mine_preferred: bool,
     up: watch::Sender<bool>,
+    /// Counters of the link across its sessions ([`LinkTable::view`]).
+    counts: LinkCounts,
+}
+
+/// A link's traffic across all its sessions, for the admin listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounts {
+    /// Peer messages handed to the link's queue.
+    pub sent: u64,
+    /// Peer messages received on it.
+    pub received: u64,
+    /// When a message last arrived (pings included).
+    pub last_heard: Option<Instant>,
+}
+
+/// One link as the admin listener shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkView {
+    /// Whether a session is open (handshake done; it may still be reconciling).
+    pub session: bool,
+    /// Bytes queued for the peer and not yet taken by the writer.
+    pub queued: usize,
+    /// Traffic counters.
+    pub counts: LinkCounts,
 }
 
 /// Every neighbour's link: sessions, queues and up/down watches.
@@ -70,6 +95,7 @@ impl LinkTable {
                     session: None,
                     mine_preferred,
                     up: watch::Sender::new(false),
+                    counts: LinkCounts::default(),
                 })
                 .collect(),
         }
@@ -130,6 +156,24 @@ impl LinkTable {
         self.slots.get(peer.0).map(|s| s.up.subscribe())
     }
 
+    /// Notes `messages` received from `peer` at `at`.
+    pub fn heard(&mut self, peer: PeerId, messages: u64, at: Instant) {
+        if let Some(slot) = self.slots.get_mut(peer.0) {
+            slot.counts.received += messages;
+            slot.counts.last_heard = Some(at);
+        }
+    }
+
+    /// `peer`'s link as the admin listener shows it.
+    pub fn view(&self, peer: PeerId) -> Option<LinkView> {
+        let slot = self.slots.get(peer.0)?;
+        Some(LinkView {
+            session: slot.session.is_some(),
+            queued: slot.session.as_ref().map_or(0, |s| s.queue.queued()),
+            counts: slot.counts,
+        })
+    }
+
     fn queue(&self, peer: PeerId) -> Option<&Arc<PeerQueue>> {
         self.slots
             .get(peer.0)
@@ -140,9 +184,11 @@ impl LinkTable {
 
 impl PeerSink for LinkTable {
     fn send(&mut self, to: PeerId, msg: &PeerMsg) -> Result<(), PeerSendError> {
-        let slot = self.slots.get(to.0).ok_or(PeerSendError::Unknown)?;
+        let slot = self.slots.get_mut(to.0).ok_or(PeerSendError::Unknown)?;
         let session = slot.session.as_ref().ok_or(PeerSendError::Down)?;
-        session.queue.push(msg)
+        session.queue.push(msg)?;
+        slot.counts.sent += 1;
+        Ok(())
     }
 
     fn backlog(&self, to: PeerId) -> usize {

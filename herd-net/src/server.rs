@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{AdminSpec, MeteredPlaces, PlacesMetrics};
 use crate::clock::RandomIds;
 use crate::driver::Driver;
 use crate::journal::{Journal, JournalSpec};
@@ -26,6 +27,9 @@ pub struct ServerHandle {
     driver: Arc<Driver>,
     addr: SocketAddr,
     sources: Sources,
+    places: PlacesMetrics,
+    started: std::time::Instant,
+    start_unix: f64,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -78,6 +82,29 @@ impl ServerHandle {
         Ok(())
     }
 
+    /// Whether the server is ready (`/readyz`): a reconciliation with a neighbour has
+    /// finished since the start, or it has no neighbours.
+    pub fn is_ready(&self) -> bool {
+        self.driver.ready()
+    }
+
+    /// The server's Places lookups by outcome.
+    pub fn places_metrics(&self) -> &PlacesMetrics {
+        &self.places
+    }
+
+    /// Serves the admin HTTP listener ([`crate::admin`]) on `listener` until the server stops.
+    pub fn serve_admin(&self, listener: TcpListener, spec: AdminSpec) {
+        crate::admin::serve(
+            self.driver.clone(),
+            listener,
+            spec,
+            &self.places,
+            self.started,
+            self.start_unix,
+        );
+    }
+
     /// Serves the stats on `listener`: each connection gets one JSON line, then is closed.
     pub fn serve_stats(&self, listener: TcpListener) {
         let driver = self.driver.clone();
@@ -104,12 +131,18 @@ impl ServerHandle {
 /// Starts a server on a bound `listener`: accept loop, link diallers and timers, all tracked
 /// by `tracker` and stopped by `token`.
 pub fn start(
-    spec: ServerSpec,
+    mut spec: ServerSpec,
     listener: TcpListener,
     token: CancellationToken,
     tracker: TaskTracker,
 ) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
+    let started = std::time::Instant::now();
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let places = PlacesMetrics::new(spec.places_backend);
+    spec.places = MeteredPlaces::wrap(spec.places.clone(), places.clone());
     crate::scope::enter(spec.log_index, || {
         let neighbours: Vec<String> = spec
             .neighbours
@@ -163,6 +196,9 @@ pub fn start(
         driver,
         addr,
         sources,
+        places,
+        started,
+        start_unix,
     })
 }
 

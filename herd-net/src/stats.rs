@@ -1,10 +1,49 @@
 //! A running server's counters and store summary, and their JSON line.
 
-use std::fmt::Write as _;
+use std::time::Duration;
 
 use herd_core::{NodeStats, ServerName};
 
 pub use crate::ratelog::RefusalCounts;
+
+/// A link's state as the admin listener reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// No session.
+    Down,
+    /// A session is open and reconciling (its delta is not through yet).
+    Syncing,
+    /// Reconciled: live updates flow.
+    Up,
+}
+
+impl LinkState {
+    /// `"down"`, `"syncing"` or `"up"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Down => "down",
+            Self::Syncing => "syncing",
+            Self::Up => "up",
+        }
+    }
+}
+
+/// One neighbour's link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The neighbour.
+    pub peer: ServerName,
+    /// Its state.
+    pub state: LinkState,
+    /// Bytes queued for it, not yet written.
+    pub queue_bytes: usize,
+    /// Peer messages queued for it since the start.
+    pub sent: u64,
+    /// Peer messages received from it since the start.
+    pub received: u64,
+    /// How long ago it was last heard from (`None`: never).
+    pub last_heard: Option<Duration>,
+}
 
 /// Counters and store summary of a running server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +54,10 @@ pub struct ServerStats {
     pub node: NodeStats,
     /// Clients in the store.
     pub records: usize,
+    /// Bytes of the AT lines the store holds.
+    pub store_line_bytes: u64,
+    /// Every neighbour's link.
+    pub links: Vec<LinkStats>,
     /// The store's order-independent digest ([`herd_core::LocationStore::digest`]).
     pub digest: u64,
     /// Neighbours whose link is up and synchronised.
@@ -31,63 +74,68 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
-    /// The stats as one line of JSON (with `\n`), the admin listener's answer.
-    pub fn to_json_line(&self) -> String {
+    /// The stats as a JSON object: the server, its store, every counter, its links.
+    pub fn to_json(&self) -> serde_json::Value {
         let n = &self.node;
-        let mut s = String::with_capacity(512);
-        let links: Vec<String> = self.links_up.iter().map(|l| json_str(l.as_str())).collect();
-        let _ = writeln!(
-            s,
-            "{{\"server\":{},\"records\":{},\"digest\":{},\"links_up\":[{}],\"clients\":{},\
-             \"iamats\":{},\"whatsats\":{},\"invalid\":{},\"stored\":{},\"stale\":{},\
-             \"updates_sent\":{},\"updates_received\":{},\"peer_sent\":{},\"send_failures\":{},\
-             \"queries_started\":{},\"peer_errors\":{},\"journal_lines\":{},\"journal_errors\":{},\
-             \"refused_max_clients\":{},\"refused_per_ip\":{},\"accept_errors\":{},\
-             \"line_timeouts\":{},\"records_refused\":{},\"future_refused\":{},\"expired\":{},\
-             \"expired_on_arrival\":{},\"long_ids_refused\":{},\"timer_wakeups\":{}}}",
-            json_str(self.server.as_str()),
-            self.records,
-            self.digest,
-            links.join(","),
-            self.clients,
-            n.iamats,
-            n.whatsats,
-            n.invalid,
-            n.stored,
-            n.stale,
-            n.updates_sent,
-            n.updates_received,
-            n.peer_sent,
-            n.send_failures,
-            n.queries_started,
-            n.peer_errors,
-            self.journal.map_or("null".to_owned(), |j| j.0.to_string()),
-            self.journal.map_or("null".to_owned(), |j| j.1.to_string()),
-            self.refusals.max_clients,
-            self.refusals.per_ip,
-            self.refusals.accept_errors,
-            self.refusals.line_timeouts,
-            n.records_refused,
-            n.future_refused,
-            n.expired,
-            n.expired_on_arrival,
-            n.long_ids_refused,
-            self.timer_wakeups,
-        );
+        let links: Vec<serde_json::Value> = self
+            .links
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "peer": l.peer.as_str(),
+                    "state": l.state.as_str(),
+                    "queue_bytes": l.queue_bytes,
+                    "sent": l.sent,
+                    "received": l.received,
+                    "last_heard_ms": l.last_heard.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "server": self.server.as_str(),
+            "records": self.records,
+            "digest": self.digest,
+            "links_up": self.links_up.iter().map(ServerName::as_str).collect::<Vec<_>>(),
+            "clients": self.clients,
+            "iamats": n.iamats,
+            "whatsats": n.whatsats,
+            "invalid": n.invalid,
+            "stored": n.stored,
+            "stale": n.stale,
+            "updates_sent": n.updates_sent,
+            "updates_received": n.updates_received,
+            "peer_sent": n.peer_sent,
+            "send_failures": n.send_failures,
+            "queries_started": n.queries_started,
+            "peer_errors": n.peer_errors,
+            "journal_lines": self.journal.map(|j| j.0),
+            "journal_errors": self.journal.map(|j| j.1),
+            "refused_max_clients": self.refusals.max_clients,
+            "refused_per_ip": self.refusals.per_ip,
+            "accept_errors": self.refusals.accept_errors,
+            "line_timeouts": self.refusals.line_timeouts,
+            "records_refused": n.records_refused,
+            "future_refused": n.future_refused,
+            "expired": n.expired,
+            "expired_on_arrival": n.expired_on_arrival,
+            "long_ids_refused": n.long_ids_refused,
+            "timer_wakeups": self.timer_wakeups,
+            "iamats_stored": n.iamats_stored,
+            "iamats_stale": n.iamats_stale,
+            "whatsats_local": n.whatsats_local,
+            "queries_found": n.queries_found,
+            "whatsats_unknown": n.whatsats_unknown,
+            "resyncs": n.resyncs,
+            "resync_records": n.resync_records,
+            "store_line_bytes": self.store_line_bytes,
+            "links": links,
+        })
+    }
+
+    /// The stats as one line of JSON (with `\n`): [`ServerStats::to_json`].
+    pub fn to_json_line(&self) -> String {
+        let mut s = self.to_json().to_string();
+        s.push('\n');
         s
     }
-}
-
-/// A server name as a JSON string: names are printable ASCII, so only `"` and `\` need escapes.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }

@@ -170,6 +170,30 @@ impl OfflinePlaces {
         self.ids.is_empty()
     }
 
+    /// The places thinned to at most one per `cell_deg` × `cell_deg` cell of latitude and
+    /// longitude, as `[lat, lon]`: enough points to trace the continents on a small world
+    /// map (the admin status page draws them). A `cell_deg` that is not a positive number
+    /// counts as 1.
+    pub fn outline(&self, cell_deg: f64) -> Vec<[f32; 2]> {
+        let cell = if cell_deg.is_finite() && cell_deg > 0.0 {
+            cell_deg
+        } else {
+            1.0
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for e in &self.entries {
+            let key = (
+                ((e.lat + 90.0) / cell).floor() as i64,
+                ((e.lon + 180.0) / cell).floor() as i64,
+            );
+            if seen.insert(key) {
+                out.push([e.lat as f32, e.lon as f32]);
+            }
+        }
+        out
+    }
+
     /// The places within `radius_km` of (`lat`, `lon`), nearest first (ties by id), at most
     /// `max` of them. Non-finite coordinates find nothing.
     pub fn search(&self, lat: f64, lon: f64, radius_km: f64, max: usize) -> Vec<Hit> {

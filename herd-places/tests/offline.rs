@@ -252,3 +252,34 @@ fn corrupt_gazetteers_are_rejected_with_a_message() {
         "{err}"
     );
 }
+
+#[test]
+fn the_outline_keeps_one_place_per_cell_and_covers_the_continents() {
+    let places = herd_places::OfflinePlaces::shared().unwrap();
+    let outline = places.outline(2.0);
+    assert!(
+        outline.len() > 1000 && outline.len() < 16_200,
+        "{}",
+        outline.len()
+    );
+    let mut cells = std::collections::HashSet::new();
+    for [lat, lon] in &outline {
+        assert!((-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon));
+        assert!(
+            cells.insert(
+                ((lat + 90.0) / 2.0).floor() as i64 * 1000 + ((lon + 180.0) / 2.0).floor() as i64
+            ),
+            "two points in one cell"
+        );
+    }
+    // Near London, Sydney and São Paulo there are points; in the middle of the Pacific none.
+    let near = |la: f32, lo: f32| {
+        outline
+            .iter()
+            .any(|[a, b]| (a - la).abs() < 3.0 && (b - lo).abs() < 3.0)
+    };
+    assert!(near(51.5, -0.1) && near(-33.9, 151.2) && near(-23.5, -46.6));
+    assert!(!near(-30.0, -130.0));
+    // A cell size that is not a positive number falls back to one degree.
+    assert_eq!(places.outline(-1.0).len(), places.outline(1.0).len());
+}

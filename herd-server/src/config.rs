@@ -25,8 +25,13 @@
 //! ([`HerdConfig::log_rotation`]); `--log-max-bytes` and `--log-keep` override them.
 //! An optional `"data_dir"` turns on each server's journal (`DIR/NAME.journal`, see
 //! `herd_net::journal`); `"journal_fsync": true` makes it sync every write to the disk. Unknown keys anywhere are an error. `addr` is where peers dial the server; `listen`
-//! (default: `addr`) is where it binds; `stats` is an optional admin address that answers
-//! every connection with one JSON line of counters.
+//! (default: `addr`) is where it binds; `admin` is an optional HTTP admin address
+//! (`/metrics`, `/livez`, `/readyz`, `/stats`, the status page `/`, `POST /reload`; see
+//! `herd_net::admin`), which needs `"admin_token"` (or `HERD_ADMIN_TOKEN`) when it is beyond
+//! loopback ([`HerdConfig::check_admin_security`]); `limits.admin_max_connections` (default
+//! 64) and `limits.admin_header_timeout_ms` (default 10000) bound it. `stats` is the older
+//! raw-TCP stats address, kept for scripts: it answers every connection with the same JSON
+//! object as `/stats`, on one line.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -98,7 +103,25 @@ pub enum ConfigError {
     /// The secret is empty.
     #[error("secret must not be empty")]
     EmptySecret,
+    /// The admin token is empty.
+    #[error("admin_token must not be empty")]
+    EmptyAdminToken,
+    /// An admin listener beyond loopback without a token.
+    #[error(
+        "server {server} has its admin listener on {admin}, beyond loopback, without a token: \
+         set \"admin_token\" (or {env}), or put the admin address on loopback",
+        env = ADMIN_TOKEN_ENV
+    )]
+    AdminWithoutToken {
+        /// The server.
+        server: String,
+        /// Its admin address.
+        admin: SocketAddr,
+    },
 }
+
+/// The environment variable that, when set, overrides the config's `"admin_token"`.
+pub const ADMIN_TOKEN_ENV: &str = "HERD_ADMIN_TOKEN";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +143,8 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     insecure_peers: bool,
+    #[serde(default)]
+    admin_token: Option<String>,
 }
 
 /// TLS files (`"tls"` key): `{name}` in `cert` and `key` is each server's name.
@@ -224,6 +249,8 @@ struct RawServerFull {
     stats: Option<String>,
     #[serde(default)]
     tls_listen: Option<String>,
+    #[serde(default)]
+    admin: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -248,6 +275,8 @@ struct RawLimits {
     max_future_skew_ms: Option<u64>,
     log_max_bytes: Option<u64>,
     log_keep: Option<usize>,
+    admin_max_connections: Option<usize>,
+    admin_header_timeout_ms: Option<u64>,
 }
 
 /// Log file rotation from the config's `limits.log_max_bytes` and `limits.log_keep`; the
@@ -274,6 +303,28 @@ pub struct ServerConfig {
     pub stats: Option<SocketAddr>,
     /// Optional TLS client address: the same line protocol over TLS (needs `"tls"`).
     pub tls_listen: Option<SocketAddr>,
+    /// Optional admin HTTP address (metrics, health, stats, status page, reload).
+    pub admin: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    /// Where another server (or a person) reaches this server's admin listener: its admin
+    /// address, with the host of `addr` when the admin address is a wildcard (`0.0.0.0`).
+    pub fn admin_dial(&self) -> Option<String> {
+        let admin = self.admin?;
+        if !admin.ip().is_unspecified() {
+            return Some(admin.to_string());
+        }
+        let host = match self.addr.rsplit_once(':') {
+            Some((h, _)) if !h.is_empty() => h.to_owned(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let host = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            _ => host,
+        };
+        Some(format!("{host}:{}", admin.port()))
+    }
 }
 
 /// A validated herd config.
@@ -300,6 +351,11 @@ pub struct HerdConfig {
     /// The operator's choice to let peers join from beyond loopback with neither TLS nor a
     /// secret.
     pub insecure_peers: bool,
+    /// The admin listeners' bearer token, if any (see [`HerdConfig::effective_admin_token`]).
+    pub admin_token: Option<String>,
+    /// The admin listeners' limits (`limits.admin_max_connections`,
+    /// `limits.admin_header_timeout_ms`).
+    pub admin_limits: herd_net::admin::AdminLimits,
 }
 
 impl std::fmt::Debug for HerdConfig {
@@ -315,6 +371,8 @@ impl std::fmt::Debug for HerdConfig {
             .field("journal_fsync", &self.journal_fsync)
             .field("tls", &self.tls)
             .field("insecure_peers", &self.insecure_peers)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("admin_limits", &self.admin_limits)
             .finish()
     }
 }
@@ -438,6 +496,26 @@ impl RawLimits {
     }
 }
 
+impl RawLimits {
+    fn admin_limits(&self) -> Result<herd_net::admin::AdminLimits, ConfigError> {
+        let d = herd_net::admin::AdminLimits::default();
+        let header_ms = u64::try_from(d.header_timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(herd_net::admin::AdminLimits {
+            max_connections: positive(
+                self.admin_max_connections,
+                d.max_connections,
+                "admin_max_connections",
+            )?,
+            header_timeout: Duration::from_millis(positive(
+                self.admin_header_timeout_ms,
+                header_ms,
+                "admin_header_timeout_ms",
+            )?),
+            peer_status_timeout: d.peer_status_timeout,
+        })
+    }
+}
+
 impl HerdConfig {
     /// The config in file `path`, or the built-in default herd when there is none.
     ///
@@ -466,10 +544,11 @@ impl HerdConfig {
         let mut servers = Vec::with_capacity(raw.servers.len());
         for (name, server) in raw.servers {
             let valid = ServerName::new(&name).map_err(|_| ConfigError::BadName(name.clone()))?;
-            let (addr, listen, stats, tls_listen) = match server {
-                RawServer::Addr(a) => (a, None, None, None),
-                RawServer::Full(f) => (f.addr, f.listen, f.stats, f.tls_listen),
+            let (addr, listen, stats, tls_listen, admin) = match server {
+                RawServer::Addr(a) => (a, None, None, None, None),
+                RawServer::Full(f) => (f.addr, f.listen, f.stats, f.tls_listen, f.admin),
             };
+            let admin = admin.map(|s| sock(&name, "admin", &s)).transpose()?;
             let tls_listen = tls_listen
                 .map(|s| sock(&name, "tls_listen", &s))
                 .transpose()?;
@@ -487,12 +566,17 @@ impl HerdConfig {
                 listen,
                 stats,
                 tls_listen,
+                admin,
             });
         }
         let links = validate_links(&servers, raw.links)?;
         if raw.secret.as_deref() == Some("") {
             return Err(ConfigError::EmptySecret);
         }
+        if raw.admin_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyAdminToken);
+        }
+        let admin_limits = raw.limits.admin_limits()?;
         let (limits, log_rotation) = raw.limits.validate()?;
         Ok(Self {
             servers,
@@ -509,7 +593,39 @@ impl HerdConfig {
                 key: t.key,
             }),
             insecure_peers: raw.insecure_peers,
+            admin_token: raw.admin_token,
+            admin_limits,
         })
+    }
+
+    /// The admin token: the environment variable [`ADMIN_TOKEN_ENV`] if set, else the
+    /// config's `"admin_token"`.
+    pub fn effective_admin_token(&self) -> Option<String> {
+        std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.admin_token.clone())
+    }
+
+    /// Closed by default: an admin listener beyond loopback needs a token.
+    ///
+    /// # Errors
+    /// [`ConfigError::AdminWithoutToken`] naming the first such server.
+    pub fn check_admin_security(&self) -> Result<(), ConfigError> {
+        if self.effective_admin_token().is_some() {
+            return Ok(());
+        }
+        match self
+            .servers
+            .iter()
+            .find_map(|s| s.admin.filter(|a| !a.ip().is_loopback()).map(|a| (s, a)))
+        {
+            Some((s, admin)) => Err(ConfigError::AdminWithoutToken {
+                server: s.name.to_string(),
+                admin,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Closed by default: a server that peers can dial from beyond loopback needs TLS or a

@@ -19,6 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use herd_core::{PlacesLookup, ServerName};
+use herd_net::admin::{
+    AdminConfig, AdminLimits, AdminSpec, BuildInfo, Counted, HerdMember, MapSource, ReloadHook,
+    SharedAdminConfig,
+};
 use herd_net::{Limits, Neighbour, ServerHandle, ServerSpec, ServerStats};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -64,6 +68,48 @@ pub struct Herd {
     token: CancellationToken,
     tracker: TaskTracker,
     grace: std::time::Duration,
+    /// Bound admin listeners not yet served ([`Herd::serve_admin`]), by server index.
+    admin_listeners: std::sync::Mutex<Vec<(usize, TcpListener)>>,
+    /// The herd's shape and admin token as the admin listeners see them (a reload changes it).
+    admin_config: SharedAdminConfig,
+    admin_limits: AdminLimits,
+}
+
+/// The version and commit this binary was built from.
+pub const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: match option_env!("HERD_BUILD_COMMIT") {
+        Some(c) => c,
+        None => "unknown",
+    },
+};
+
+/// What the admin listeners get from the process around the herd.
+#[derive(Clone, Default)]
+pub struct AdminExtras {
+    /// `POST /reload`.
+    pub reload: Option<ReloadHook>,
+    /// The status page's world outline.
+    pub map: Option<MapSource>,
+    /// The log writer's count of dropped lines.
+    pub log_lines_dropped: Option<Counted>,
+}
+
+/// The herd's shape and admin token as the admin listeners show them.
+pub fn admin_config(config: &HerdConfig) -> AdminConfig {
+    AdminConfig {
+        servers: config
+            .servers
+            .iter()
+            .map(|s| HerdMember {
+                name: s.name.clone(),
+                addr: s.addr.clone(),
+                admin: s.admin_dial(),
+            })
+            .collect(),
+        links: config.links.clone(),
+        token: config.effective_admin_token(),
+    }
 }
 
 async fn bind(server: &ServerName, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -122,19 +168,27 @@ pub async fn start(
             Some(a) => Some(bind(name, a).await?),
             None => None,
         };
+        let admin = match sc.admin {
+            Some(a) => Some(bind(name, a).await?),
+            None => None,
+        };
         let local = listener.local_addr().map_err(|source| StartError::Bind {
             server: name.to_string(),
             addr: sc.listen,
             source,
         })?;
-        bound.push((name.clone(), listener, stats, tls_clients, local));
+        bound.push((name.clone(), listener, stats, tls_clients, admin, local));
     }
     let secret: Option<Arc<[u8]>> = config.effective_secret().map(|s| Arc::from(s.into_bytes()));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut servers = Vec::with_capacity(bound.len());
-    let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.4)).collect();
-    for (index, (name, listener, stats, tls_clients, _)) in bound.into_iter().enumerate() {
+    let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.5)).collect();
+    let mut admin_listeners = Vec::new();
+    for (index, (name, listener, stats, tls_clients, admin, _)) in bound.into_iter().enumerate() {
+        if let Some(l) = admin {
+            admin_listeners.push((index, l));
+        }
         let tls = match &config.tls {
             Some(t) => Some(herd_net::tls::HerdTls::load(&t.paths(&name)).map_err(|e| {
                 StartError::Start {
@@ -195,6 +249,9 @@ pub async fn start(
         token,
         tracker,
         grace: config.limits.shutdown_grace,
+        admin_listeners: std::sync::Mutex::new(admin_listeners),
+        admin_config: Arc::new(std::sync::RwLock::new(admin_config(config))),
+        admin_limits: config.admin_limits,
     })
 }
 
@@ -251,6 +308,38 @@ impl Herd {
         self.servers.iter().find(|s| s.name().as_str() == name)
     }
 
+    /// Starts serving the admin listeners bound at start (each server's `admin` address);
+    /// a second call does nothing.
+    pub fn serve_admin(&self, extras: &AdminExtras) {
+        let listeners = std::mem::take(
+            &mut *self
+                .admin_listeners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (index, listener) in listeners {
+            let Some(server) = self.servers.get(index) else {
+                continue;
+            };
+            server.serve_admin(
+                listener,
+                AdminSpec {
+                    config: self.admin_config.clone(),
+                    reload: extras.reload.clone(),
+                    map: extras.map.clone(),
+                    build: BUILD,
+                    log_lines_dropped: extras.log_lines_dropped.clone(),
+                    limits: self.admin_limits,
+                },
+            );
+        }
+    }
+
+    /// The herd's shape and token as the admin listeners see them; a reload replaces it.
+    pub fn admin_config(&self) -> &SharedAdminConfig {
+        &self.admin_config
+    }
+
     /// Logs every server's counters in its own log.
     pub fn log_stats(&self) {
         for (i, s) in self.servers.iter().enumerate() {
@@ -260,8 +349,9 @@ impl Herd {
     }
 
     /// Stops accepting, finishes replies in flight, closes links; waits at most the grace
-    /// period. Returns whether everything finished in time.
-    pub async fn shutdown(self) -> bool {
+    /// period. Returns whether everything finished in time. The servers' files (the journal
+    /// and its lock) are released when the `Herd` is dropped.
+    pub async fn shutdown(&self) -> bool {
         info!("shutting down");
         self.token.cancel();
         self.tracker.close();

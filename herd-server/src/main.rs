@@ -188,7 +188,7 @@ fn on_sighup(_herd: &Herd) {
 }
 
 /// `hup` is SIGHUP, listened to from before the start (so it never kills the process).
-async fn serve(herd: Herd, mut hup: Signal) -> anyhow::Result<bool> {
+async fn serve(herd: std::sync::Arc<Herd>, mut hup: Signal) -> anyhow::Result<bool> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -208,6 +208,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
         config.data_dir = Some(dir.clone());
     }
     config.check_peer_security().map_err(config_err)?;
+    config.check_admin_security().map_err(config_err)?;
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {
@@ -232,15 +233,30 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
+    let herd = std::sync::Arc::new(herd);
+    herd.serve_admin(&herd_server::AdminExtras {
+        reload: None,
+        map: Some(std::sync::Arc::new(|| {
+            herd_places::OfflinePlaces::shared()
+                .map(|p| p.outline(2.0))
+                .unwrap_or_default()
+        })),
+        log_lines_dropped: Some(std::sync::Arc::new(logging::dropped_lines)),
+    });
     for s in herd.servers() {
         let sc = config.server(s.name().as_str());
         let dial = sc.map(|c| c.addr.as_str()).unwrap_or("?");
+        let admin = sc
+            .and_then(|c| c.admin)
+            .map(|a| format!(", admin http://{a}/"))
+            .unwrap_or_default();
         eprintln!(
-            "herd-server: {} listening on {} (peers dial {}), places backend {}",
+            "herd-server: {} listening on {} (peers dial {}), places backend {}{}",
             s.name(),
             s.local_addr(),
             dial,
-            backend
+            backend,
+            admin
         );
     }
     if let Some(dir) = &config.data_dir {

@@ -461,6 +461,8 @@ async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_reco
     assert_eq!(stats.journal.map(|j| j.1), Some(0), "no write errors");
     assert!(stats.to_json_line().contains("\"journal_errors\":0"));
     herd.shutdown().await;
+    // The journal's lock goes with the servers, when the herd is dropped.
+    drop(herd);
     // Restarted on the same journal: every client at its newest. A compaction still running
     // on its thread holds the journal's lock for a moment after the shutdown.
     let config = herd_server::HerdConfig::parse(&json).unwrap();

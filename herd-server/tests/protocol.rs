@@ -405,7 +405,7 @@ async fn shutdown_finishes_replies_in_flight() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stop = tokio::spawn(herd.shutdown());
+    let stop = tokio::spawn(async move { herd.shutdown().await });
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
         .await

@@ -218,6 +218,21 @@ pub struct NodeStats {
     /// IAMATs not stored because their client time was further ahead of the server's time
     /// than [`NodeConfig::max_future_skew`].
     pub future_refused: u64,
+    /// IAMATs whose record was stored (the rest of `iamats` were stale or refused).
+    pub iamats_stored: u64,
+    /// IAMATs whose record was not newer than the one held.
+    pub iamats_stale: u64,
+    /// WHATSATs for a client the store held (answered without asking the herd).
+    pub whatsats_local: u64,
+    /// Herd queries for local clients that found the client.
+    pub queries_found: u64,
+    /// WHATSATs answered `? ` because the herd did not know the client (or the query could
+    /// not start, [`NodeConfig::max_queries`]).
+    pub whatsats_unknown: u64,
+    /// Reconciliations: digests answered with a delta (one per link session).
+    pub resyncs: u64,
+    /// Records sent in reconciliation deltas.
+    pub resync_records: u64,
 }
 
 /// Why the node did not store a record that was new to it.
@@ -390,7 +405,11 @@ impl<S: PeerSink> Node<S> {
                 out.reserve(record.at_line().len() + 1);
                 out.extend_from_slice(record.at_line());
                 out.push(b'\n');
-                self.apply_update(now, Origin::Client, record);
+                match self.apply_update(now, Origin::Client, record) {
+                    Applied::Stored => self.stats.iamats_stored += 1,
+                    Applied::Stale => self.stats.iamats_stale += 1,
+                    Applied::Refused(_) => {}
+                }
                 ClientAction::Replied
             }
             ClientLine::WhatsAt(req) => {
@@ -414,6 +433,7 @@ impl<S: PeerSink> Node<S> {
         out: &mut Vec<u8>,
     ) -> ClientAction {
         if let Some(record) = self.store.get(req.client) {
+            self.stats.whatsats_local += 1;
             return ClientAction::Places {
                 query: places_query(record, req.radius, req.max_items),
                 record: record.clone(),
@@ -427,6 +447,7 @@ impl<S: PeerSink> Node<S> {
         match self.start_query(now, req.client, asker) {
             Some(ticket) => ClientAction::Pending { ticket },
             None => {
+                self.stats.whatsats_unknown += 1;
                 write_invalid(line, out);
                 ClientAction::Replied
             }

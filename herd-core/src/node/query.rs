@@ -177,11 +177,15 @@ impl<S: PeerSink> Node<S> {
             }
             Parent::Local(asker) => {
                 let outcome = match record {
-                    Some(record) => QueryOutcome::Places {
-                        query: places_query(&record, asker.radius, asker.max_items),
-                        record,
-                    },
+                    Some(record) => {
+                        self.stats.queries_found += 1;
+                        QueryOutcome::Places {
+                            query: places_query(&record, asker.radius, asker.max_items),
+                            record,
+                        }
+                    }
                     None => {
+                        self.stats.whatsats_unknown += 1;
                         let mut reply = Vec::new();
                         write_invalid(&asker.line, &mut reply);
                         QueryOutcome::Reply(reply)

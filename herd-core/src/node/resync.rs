@@ -38,6 +38,7 @@ impl<S: PeerSink> Node<S> {
             link.source = self.last_source;
         }
         let since = if your_epoch == self.epoch { seen } else { 0 };
+        self.stats.resyncs += 1;
         link.state = LinkState::Syncing;
         link.resync = Some(Resync {
             pending: VecDeque::new(),
@@ -103,6 +104,7 @@ impl<S: PeerSink> Node<S> {
                 continue;
             }
             self.stats.updates_sent += 1;
+            self.stats.resync_records += 1;
             self.send(peer, &PeerMsg::Update { seq, record });
         }
     }
