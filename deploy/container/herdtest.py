@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Helpers for deploy/container/test.sh: podman run arguments derived from deploy/compose.yaml,
-a line-protocol client, and a server's counters. Every network wait is bounded.
+a line-protocol client, and a server's counters and readiness from its admin listener. Every
+network wait is bounded. HERD_TEST_TOKEN is the admin token, when the config has one.
 
   herdtest.py run-args COMPOSE SERVICE PREFIX NETWORK IMAGE   NUL-separated `podman run` args
   herdtest.py services COMPOSE                                the server services, one a line
   herdtest.py send HOST:PORT LINE...                          send lines, print the replies
-  herdtest.py stats ADDR [TOKEN|-]                            one server's counters (JSON line)
+  herdtest.py stats ADDR                                      one server's counters (GET /stats)
   herdtest.py same ADDR RECORDS PID...                         exit 0 when every server holds
                                                               RECORDS records, one digest
   herdtest.py ready ADDR                                      exit 0 when GET /readyz is 200
@@ -118,15 +119,11 @@ def dechunk(body):
 
 
 def stats(addr, token=None):
-    """The counters: GET /stats on the admin listener with a token (or "-" for none), else the
-    raw-TCP stats address's one JSON line."""
-    if token is not None:
-        status, body = http_get(addr, "/stats", None if token == "-" else token)
-        if status != 200:
-            raise ValueError(f"GET /stats at {addr}: status {status}: {body.strip()[:200]}")
-        return json.loads(body)
-    with connect(addr) as s:
-        return json.loads(read_all(s).decode())
+    """The counters: GET /stats on the admin listener (the bearer token when given)."""
+    status, body = http_get(addr, "/stats", token)
+    if status != 200:
+        raise ValueError(f"GET /stats at {addr}: status {status}: {body.strip()[:200]}")
+    return json.loads(body)
 
 
 def stats_in(pid, addr, token=None):
@@ -168,7 +165,7 @@ def main(argv):
     elif cmd == "send":
         sys.stdout.write(send(argv[2], argv[3:]))
     elif cmd == "stats":
-        print(json.dumps(stats(argv[2], argv[3] if len(argv) > 3 else None)))
+        print(json.dumps(stats(argv[2], os.environ.get("HERD_TEST_TOKEN"))))
     elif cmd == "same":
         token = os.environ.get("HERD_TEST_TOKEN")
         return 0 if same(argv[2], int(argv[3]), argv[4:], token) else 1

@@ -99,9 +99,9 @@ in_ns() {
   nsenter -t "${pids[$svc]}" -n "${helper[@]}" "$@"
 }
 
-stats_addr=127.0.0.1:13000
+admin_addr=127.0.0.1:12100
 client_addr=127.0.0.1:12000
-stats() { in_ns "$1" stats "$stats_addr"; }
+stats() { in_ns "$1" stats "$admin_addr"; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: retries COMMAND every 0.2 s, at most SECONDS.
@@ -138,6 +138,12 @@ for svc in $services; do
   wait_for 30 "$svc has its ${degree[$svc]} links up" links_up "$svc" "${degree[$svc]}"
 done
 say "five servers up, every link up (the config has TLS only: a link up is a TLS link)"
+# Ready, and the image's HEALTHCHECK (herd-server --probe-ready) says so.
+for svc in $services; do
+  wait_for 10 "$svc's /readyz answers 200" in_ns "$svc" ready "$admin_addr"
+  podman healthcheck run "$prefix-$svc" >/dev/null 2>&1 || fail "$svc's health check fails"
+done
+say "every /readyz 200, every health check healthy"
 
 # 2. IAMAT at Welsh, WHATSAT at Hands.
 secs() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$1" "$2"; }
@@ -162,7 +168,7 @@ same_stores() {
     pid_of "$svc" || return 1
     list+=("${pids[$svc]}")
   done
-  "${helper[@]}" same "$stats_addr" "$want" "${list[@]}"
+  "${helper[@]}" same "$admin_addr" "$want" "${list[@]}"
 }
 podman network disconnect "$net" "$prefix-goloman"
 say "goloman cut off; IAMATs at welsh, hands and goloman"
@@ -210,10 +216,19 @@ done
 grep -q "journal restored.*records=61" "$(podman volume inspect -f '{{.Mountpoint}}' "$prefix-welsh")/logs/Welsh.log" ||
   fail "welsh's log has no 'journal restored ... records=61' line"
 say "welsh killed and restarted alone: its journal restored all $(echo "$after" | field records) records"
+# Not ready without a neighbour to reconcile with: /readyz 503, the health check fails.
+if ready=$(in_ns welsh ready "$admin_addr"); then fail "welsh is ready with no neighbour: $ready"; fi
+case "$ready" in "503 not ready:"*) ;; *) fail "welsh's /readyz: $ready" ;; esac
+if podman healthcheck run "$prefix-welsh" >/dev/null 2>&1; then
+  fail "welsh's health check passes while it is not ready"
+fi
+say "restarted welsh alone is not ready ($ready), its health check fails"
 podman network connect --alias holiday "$net" "$prefix-holiday"
 in_ns welsh send "$client_addr" "IAMAT after-restart +13.000000-023.000000 $(now)" >/dev/null
 # shellcheck disable=SC2086
 wait_for 20 "every store the same after welsh rejoins" same_stores 62 $services
-say "holiday back, welsh rejoined: every store holds the same 62 records"
+wait_for 20 "welsh ready again" in_ns welsh ready "$admin_addr"
+podman healthcheck run "$prefix-welsh" >/dev/null 2>&1 || fail "welsh's health check fails once ready"
+say "holiday back, welsh rejoined and ready: every store holds the same 62 records"
 
 say "PASS"

@@ -31,7 +31,12 @@ struct Cli {
     name_from_hostname: bool,
     /// Exit 0 when the admin listener at ADDR (IP:PORT) answers GET /readyz with 200, else 1;
     /// starts nothing (the container image's health check: scratch has no curl).
-    #[arg(long, value_name = "ADDR", hide = true, exclusive = true)]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        hide = true,
+        conflicts_with_all = ["names", "all", "name_from_hostname"]
+    )]
     probe_ready: Option<String>,
     /// Herd config (JSON); default: the built-in default herd.
     #[arg(long, value_name = "FILE", env = "HERD_CONFIG")]

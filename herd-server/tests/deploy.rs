@@ -263,3 +263,54 @@ fn the_readiness_probe_fails_in_one_line_when_nothing_answers() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn the_readiness_probe_passes_once_the_server_is_ready_and_says_why_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    // A has no neighbour: ready at once. B's neighbour C never runs: B stays not ready.
+    let (a, b, c) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let (a_admin, b_admin) = (common::free_addr(), common::free_addr());
+    let config = serde_json::json!({
+        "servers": {
+            "A": {"addr": a.to_string(), "admin": a_admin.to_string()},
+            "B": {"addr": b.to_string(), "admin": b_admin.to_string()},
+            "C": c.to_string(),
+        },
+        "links": [["B", "C"]],
+    });
+    let path = dir.path().join("herd.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+    let servers = Proc::spawn(&["--config", path, "A", "B"], &[], dir.path());
+    servers.wait_line("B listening on");
+    let probe = |addr: std::net::SocketAddr| {
+        // HERD_CONFIG set, as in the image: the probe ignores it.
+        Command::new(BIN)
+            .args(["--probe-ready", &addr.to_string()])
+            .env("HERD_CONFIG", path)
+            .output()
+            .unwrap()
+    };
+    let mut ready = false;
+    for _ in 0..100 {
+        if probe(a_admin).status.success() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "A (no neighbours) never probed ready");
+    let out = probe(b_admin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not ready: no reconciliation with a neighbour has finished yet"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(servers.stop().success());
+}
