@@ -52,8 +52,20 @@ PY
 
 echo "-- herd configs of the manifests and of compose pass herd-server --check-config"
 python3 "$here/k8s/configmap_json.py" "$here/k8s/configmap.yaml" > "$tmp/k8s-herd.json"
+has_check=yes
 for c in "$tmp/k8s-herd.json" "$here/herd-container.json" "$here/herd.json"; do
-  HERD_ADMIN_TOKEN=ci-token "$server" --check-config --config "$c" >/dev/null ||
-    fail "herd-server --check-config --config $c"
+  if ! out=$(HERD_ADMIN_TOKEN=ci-token "$server" --check-config --config "$c" 2>&1); then
+    if echo "$out" | grep -q "unexpected argument '--check-config'"; then
+      echo "   this herd-server has no --check-config: the configs are parsed by herd-server/tests/deploy.rs only"
+      has_check=no
+      break
+    fi
+    fail "herd-server --check-config --config $c: $out"
+  fi
 done
+# The Kubernetes config needs the Secret's admin token: its admin listener is beyond loopback.
+if [ "$has_check" = yes ] &&
+  env -u HERD_ADMIN_TOKEN "$server" --check-config --config "$tmp/k8s-herd.json" >/dev/null 2>&1; then
+  fail "the Kubernetes config passes --check-config without an admin token"
+fi
 echo "deploy check: ok"
