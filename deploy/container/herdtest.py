@@ -61,6 +61,8 @@ def run_args(compose_path, service, prefix, network, image):
             args += ["--ulimit", f"{k}={v['soft']}:{v['hard']}"]
         else:
             args += ["--ulimit", f"{k}={v}:{v}"]
+    if (svc.get("healthcheck") or {}).get("disable"):
+        args.append("--no-healthcheck")
     entry = svc.get("entrypoint")
     if entry:
         args += ["--entrypoint", json.dumps(entry)]
