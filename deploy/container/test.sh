@@ -67,7 +67,7 @@ podman image exists "$image" || fail "image $image not found"
 if ! out=$(podman run --rm "${engine_flags[@]}" "$image" --version 2>&1); then
   skip "podman cannot start a container: $(echo "$out" | tail -n 1)"
 fi
-say "image $image runs ($out)"
+say "image $image runs ($(echo "$out" | grep "^herd-server" | tail -n 1))"
 
 services=$("${helper[@]}" services "$compose")
 [ "$(echo "$services" | wc -w)" = 5 ] || fail "compose.yaml should have five servers: $services"

@@ -160,13 +160,16 @@ fn probe_ready(addr: &str) -> anyhow::Result<()> {
     let mut head = Vec::with_capacity(256);
     conn.take(4096).read_to_end(&mut head)?;
     let text = String::from_utf8_lossy(&head);
-    let status = text.lines().next().unwrap_or("");
-    anyhow::ensure!(
-        status.split_whitespace().nth(1) == Some("200"),
-        "not ready: {}",
-        text.split("\r\n\r\n").nth(1).unwrap_or(status).trim()
-    );
-    Ok(())
+    let code = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    match code {
+        Some("200") => Ok(()),
+        Some(code) => anyhow::bail!("GET /readyz at {sock}: {code} {body}"),
+        None => anyhow::bail!("GET /readyz at {sock}: not an HTTP answer"),
+    }
 }
 
 struct Failure(u8, anyhow::Error);
