@@ -10,7 +10,7 @@ use crate::config::single_target;
 use crate::conn::{Conn, ReplyReader, Writer, MAX_REPLY_LINE};
 use crate::error::{Failure, EXIT_INVALID};
 use crate::output::print_reply;
-use crate::reply::{Expect, Reply};
+use crate::reply::{unknown_client_of, why_invalid, Expect, Reply};
 use crate::util::{now_nanos, write_posix};
 use crate::Global;
 
@@ -118,7 +118,10 @@ async fn one_request(g: &Global, line: Vec<u8>) -> Result<u8, Failure> {
     print_reply(&reply, request, g.json)?;
     let code = exit_code(&reply);
     if code == EXIT_INVALID {
-        eprintln!("herd-cli: the server answered `? `: it found the request invalid");
+        eprintln!(
+            "herd-cli: the server answered `? `: {}",
+            why_invalid(request)
+        );
     }
     Ok(code)
 }
@@ -227,16 +230,72 @@ async fn print_replies(
     json: bool,
 ) -> Result<u8, Failure> {
     let (mut replies, mut invalid) = (0u64, 0u64);
+    let mut unknown = Unknown::default();
     while let Some((expect, request)) = rx.recv().await {
         let reply = reader.reply(expect).await?;
         print_reply(&reply, &request, json)?;
         replies += 1;
-        invalid += u64::from(exit_code(&reply) == EXIT_INVALID);
+        if exit_code(&reply) == EXIT_INVALID {
+            invalid += 1;
+            if let Some(client) = unknown_client_of(&request) {
+                unknown.add(client);
+            }
+        }
     }
     reader.expect_end().await?;
     if invalid > 0 {
-        eprintln!("herd-cli: the server answered `? ` to {invalid} of {replies} requests");
+        eprintln!(
+            "herd-cli: the server answered `? ` to {invalid} of {replies} requests{}",
+            unknown.describe()
+        );
         return Ok(EXIT_INVALID);
     }
     Ok(0)
+}
+
+/// The clients of the well-formed WHATSATs answered `? ` (the herd does not know them).
+#[derive(Debug, Default)]
+struct Unknown {
+    count: u64,
+    /// The first few, for the message.
+    names: Vec<String>,
+}
+
+impl Unknown {
+    /// Clients named in the message; the rest are counted.
+    const SHOWN: usize = 5;
+
+    fn add(&mut self, client: &[u8]) {
+        self.count += 1;
+        if self.names.len() < Self::SHOWN {
+            let mut name = String::from_utf8_lossy(&client[..client.len().min(80)]).into_owned();
+            if client.len() > 80 {
+                name.push('…');
+            }
+            self.names.push(name);
+        }
+    }
+
+    /// `" (2 of them WHATSATs for clients the herd does not know: a, b)"`, or nothing.
+    fn describe(&self) -> String {
+        if self.count == 0 {
+            return String::new();
+        }
+        let more = self.count - self.names.len() as u64;
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let what = if self.count == 1 {
+            "a WHATSAT for a client"
+        } else {
+            "WHATSATs for clients"
+        };
+        format!(
+            " ({} of them {what} the herd does not know: {}{more})",
+            self.count,
+            self.names.join(", ")
+        )
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! The format is the server's (`{"servers": {"Goloman": "127.0.0.1:12000", ...}, "links": ...}`),
 //! where a server entry is either the address string or an object with `addr` (or `listen`).
-//! Other keys (`links`, `secret`, `limits`, ...) are ignored here. Server order is the file's.
+//! Other keys (`links`, `secret`, `limits`, ..., and in a server's object `stats`, `admin` and
+//! any other) are ignored here, so a client reads a config a newer server accepts. Server
+//! order is the file's.
 
 use std::path::Path;
 
@@ -229,6 +231,19 @@ mod tests {
             tls.get("A").unwrap().tls_addr.as_deref(),
             Some("127.0.0.1:3")
         );
+    }
+
+    #[test]
+    fn keys_a_client_does_not_use_are_ignored_admin_included() {
+        // `admin` (a server's HTTP admin address) and `stats` are for operators, not clients.
+        let herd = Herd::parse(
+            r#"{"servers": {"A": {"addr": "10.0.0.1:1", "admin": "127.0.0.1:14001",
+                                  "stats": "127.0.0.1:13001", "future_key": [1, 2]}},
+                "links": [], "tls": {"ca": "ca.pem"}, "places": {}}"#,
+        )
+        .unwrap();
+        assert_eq!(herd.get("A").unwrap().addr, "10.0.0.1:1");
+        assert_eq!(herd.get("A").unwrap().tls_addr, None);
     }
 
     #[test]

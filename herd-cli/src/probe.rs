@@ -61,9 +61,12 @@ pub(crate) struct ProbeArgs {
     prefix: String,
 }
 
+/// A name from the config, or an address: one with a `:`, or an IP address without a port
+/// (which is then refused as one, not looked up as a name).
 fn resolve(name: &str, herd: &Herd) -> Result<Target, Failure> {
-    if name.contains(':') {
-        return Ok(Target::address(name));
+    if name.contains(':') || name.parse::<std::net::IpAddr>().is_ok() {
+        let addr = crate::util::parse_server_addr(name).map_err(Failure::usage)?;
+        return Ok(Target::address(&addr));
     }
     herd.get(name).map(Target::of)
 }

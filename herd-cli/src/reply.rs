@@ -36,7 +36,74 @@ impl Expect {
         match parse_client_line(line) {
             ClientLine::Blank => Self::Nothing,
             ClientLine::IAmAt(_) | ClientLine::Invalid(_) => Self::Line,
-            ClientLine::WhatsAt(_) => Self::Places,
+            // A NEARBY's reply ends with an empty line too.
+            ClientLine::WhatsAt(_) | ClientLine::Nearby(_) => Self::Places,
+        }
+    }
+}
+
+/// Longest client id shown in a message (a longer one is cut, with its length).
+const SHOWN_ID_BYTES: usize = 80;
+
+/// A client id for a message: lossy UTF-8, cut after [`SHOWN_ID_BYTES`] bytes.
+fn shown_id(client: &[u8]) -> String {
+    if client.len() <= SHOWN_ID_BYTES {
+        return String::from_utf8_lossy(client).into_owned();
+    }
+    format!(
+        "{}…({} bytes)",
+        String::from_utf8_lossy(&client[..SHOWN_ID_BYTES]),
+        client.len()
+    )
+}
+
+/// The client a well-formed WHATSAT asks about: for that request a `? ` reply means the herd
+/// does not know the client (the server answers `? ` to a malformed line too, but herd-core's
+/// grammar, the server's own, says this line is not one).
+pub(crate) fn unknown_client_of(request: &[u8]) -> Option<&[u8]> {
+    match parse_client_line(request) {
+        ClientLine::WhatsAt(w) => Some(w.client),
+        _ => None,
+    }
+}
+
+/// Why `request` got `? ` back, as herd-cli can tell from the grammar: for a well-formed
+/// WHATSAT, the herd does not know its client; for a malformed line, what is wrong with it.
+/// A well-formed request whose client id is longer than the server's default
+/// `max_client_id_bytes` may have been refused for that instead, and the message says so.
+pub(crate) fn why_invalid(request: &[u8]) -> String {
+    let long = |client: &[u8]| client.len() > herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES;
+    let long_note = format!(
+        ", or its id is longer than the server's max_client_id_bytes ({} by default)",
+        herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES
+    );
+    match parse_client_line(request) {
+        ClientLine::WhatsAt(w) => format!(
+            "the herd does not know client {}{}",
+            shown_id(w.client),
+            if long(w.client) {
+                long_note.as_str()
+            } else {
+                ""
+            }
+        ),
+        ClientLine::IAmAt(i) if long(i.client) => format!(
+            "the server refused the IAMAT: client id {} is longer than the server's \
+             max_client_id_bytes ({} by default)",
+            shown_id(i.client),
+            herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES
+        ),
+        ClientLine::Nearby(n) => match n.center {
+            herd_core::protocol::NearbyCenter::Client(c) => {
+                format!("this server does not hold client {}", shown_id(c))
+            }
+            herd_core::protocol::NearbyCenter::Point { .. } => {
+                "the server found the request invalid".to_owned()
+            }
+        },
+        ClientLine::Invalid(e) => format!("the request is invalid ({e})"),
+        ClientLine::IAmAt(_) | ClientLine::Blank => {
+            "the server found the request invalid".to_owned()
         }
     }
 }
@@ -201,6 +268,7 @@ impl Reply {
             Reply::Invalid(line) => {
                 m.insert("reply".into(), json!("invalid"));
                 m.insert("line".into(), text(line));
+                m.insert("error".into(), json!(why_invalid(request)));
             }
         }
         m.insert("request".into(), text(request));
@@ -295,7 +363,8 @@ pub(crate) fn write_stateless_answer(
             let record = Record::from_iamat(server, Timestamp(0), &zero);
             places.write(record.at_line(), req.max_items, out);
         }
-        ClientLine::Invalid(_) => write_invalid(line, out),
+        // The echo server holds no clients: no client is near anything.
+        ClientLine::Invalid(_) | ClientLine::Nearby(_) => write_invalid(line, out),
     }
 }
 

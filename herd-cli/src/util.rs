@@ -28,6 +28,49 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
+/// `--timeout`: a duration as [`parse_duration`] reads it, more than zero (a zero bound would
+/// fail every wait at once).
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: a timeout must be more than 0"));
+    }
+    Ok(d)
+}
+
+/// A server address given on the command line, `HOST:PORT`: a port from 1 to 65535 and a host
+/// that is an IPv4 address, a bracketed IPv6 address (`[::1]:12000`) or a host name. Checked
+/// here, before anything connects, so `--server 127.0.0.1` is a usage error (exit 64); a host
+/// name is not resolved here (a name that does not resolve fails at connect, exit 2).
+pub(crate) fn parse_server_addr(s: &str) -> Result<String, String> {
+    const FORM: &str = "expected HOST:PORT, e.g. 127.0.0.1:12000 or [::1]:12000";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port: {FORM}"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("bad port {port:?} in {s:?}: a port is 1 to 65535")),
+    }
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else if host.contains(':') {
+        // A bare IPv6 address (`::1:12000`) is ambiguous: the brackets say where the port is.
+        false
+    } else if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        host.parse::<std::net::Ipv4Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !host_ok {
+        return Err(format!("bad host {host:?} in {s:?}: {FORM}"));
+    }
+    Ok(s.to_owned())
+}
+
 /// The wall clock as nanoseconds since the epoch (0 before 1970).
 pub(crate) fn now_nanos() -> u128 {
     SystemTime::now()
@@ -92,6 +135,36 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn server_addresses_need_a_host_and_a_port() {
+        for ok in [
+            "127.0.0.1:12000",
+            "[::1]:1",
+            "localhost:65535",
+            "herd-1.example:80",
+        ] {
+            assert_eq!(parse_server_addr(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:port",
+            ":12000",
+            "::1:12000",
+            "[nope]:1",
+            "300.1.1.1:1",
+            "1.2.3:1",
+            "a b:1",
+            "",
+        ] {
+            assert!(parse_server_addr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_timeout("0s").is_err());
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
     }
 
     #[test]

@@ -484,3 +484,420 @@ fn certs_makes_a_ca_and_a_certificate_per_server_and_reuses_the_ca() {
     let bad = run(&["certs", "--out", out_arg, "--name", "Nobody"]);
     assert_eq!(code(&bad), 64);
 }
+
+/// A listening socket that nothing should connect to: a connection made to it waits in its
+/// backlog (the kernel completes the handshake before `connect` returns), so once a command
+/// has exited, an empty backlog proves it never connected.
+struct Untouched {
+    listener: std::net::TcpListener,
+    addr: String,
+}
+
+impl Untouched {
+    fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        Self { listener, addr }
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        match self.listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(_) => panic!("{what}: herd-cli connected before refusing its arguments"),
+            Err(e) => panic!("{what}: accept failed: {e}"),
+        }
+    }
+}
+
+/// A herd config naming `servers` (name, address) in a temp dir.
+fn config_file(servers: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd.json");
+    let entries: Vec<String> = servers
+        .iter()
+        .map(|(n, a)| format!("\"{n}\": {{\"addr\": \"{a}\", \"admin\": \"127.0.0.1:1\"}}"))
+        .collect();
+    std::fs::write(
+        &path,
+        format!("{{\"servers\": {{{}}}, \"links\": []}}", entries.join(", ")),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap().to_owned();
+    (dir, p)
+}
+
+#[test]
+fn usage_errors_exit_64_before_any_connect() {
+    let s = Untouched::new();
+    let (_dir, cfg) = config_file(&[("Alpha", &s.addr), ("Beta", &s.addr)]);
+    let both = format!("{},127.0.0.1", s.addr);
+    let cases: Vec<Vec<&str>> = vec![
+        // Addresses: no port, port 0, a port out of range, no host, a bare IPv6 address.
+        vec!["--server", "127.0.0.1", "iamat", "k", "+1+2"],
+        vec!["iamat", "--server", "127.0.0.1", "k", "+1+2"],
+        vec!["--server", "127.0.0.1:0", "whatsat", "k", "1", "1"],
+        vec!["--server", "127.0.0.1:99999", "send", "IAMAT k +1+2 3"],
+        vec!["--server", ":12000", "iamat", "k", "+1+2"],
+        vec!["--server", "::1:12000", "iamat", "k", "+1+2"],
+        vec!["--server", &both, "load", "-n", "1"],
+        // Options a command does not take, given before it; contradictions across the two
+        // places; a zero timeout; --tls without --ca.
+        vec!["--server", &s.addr, "--all", "iamat", "k", "+1+2"],
+        vec!["--server", &s.addr, "echo-server"],
+        vec!["--server", &s.addr, "probe", "Alpha", "Beta"],
+        vec![
+            "--server", &s.addr, "--tls", "--ca", "ca.pem", "load", "-n", "1",
+        ],
+        vec!["--server", &s.addr, "iamat", "--to", "Alpha", "k", "+1+2"],
+        vec![
+            "--server",
+            &s.addr,
+            "--timeout",
+            "1s",
+            "iamat",
+            "--timeout",
+            "2s",
+            "k",
+            "+1+2",
+        ],
+        vec!["--server", &s.addr, "--timeout", "0s", "iamat", "k", "+1+2"],
+        vec!["--server", &s.addr, "--tls", "iamat", "k", "+1+2"],
+        vec!["--server", &s.addr, "--all", "load", "-n", "1"],
+        vec![
+            "--config",
+            &cfg,
+            "--all",
+            "load",
+            "--echo-server",
+            "-n",
+            "1",
+        ],
+        // Names the config does not have, for --to and for probe.
+        vec!["--config", &cfg, "--to", "Nobody", "iamat", "k", "+1+2"],
+        vec!["--config", &cfg, "probe", "Alpha", "Nobody"],
+        vec!["--config", &cfg, "probe", "Nobody", "Alpha"],
+        vec!["--config", &cfg, "probe", "Alpha", "127.0.0.1"],
+    ];
+    for args in &cases {
+        // A long timeout: a command that connected to the silent listener would hang for it.
+        let mut all = vec!["--timeout", "60s"];
+        if args.contains(&"--timeout") {
+            all.clear();
+        }
+        all.extend(args);
+        let out = run_with(&all, b"", Duration::from_secs(30));
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(!err.is_empty(), "{args:?}");
+        assert_eq!(stdout(&out), "", "{args:?}");
+        s.assert_untouched(&format!("{args:?}"));
+        if args.contains(&"Nobody") {
+            assert!(err.contains("Alpha, Beta"), "{args:?}: {err}");
+        }
+    }
+    // The default herd's names are listed the same way.
+    let out = run(&["probe", "Welsh", "Nobody"]);
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Goloman, Hands, Holiday, Welsh, Wilkes"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn json_errors_are_one_object_on_stdout_with_the_exit_code() {
+    let echo = EchoServer::start();
+    let dead = dead_addr();
+    let (_dir, cfg) = config_file(&[("Alpha", &echo.addr())]);
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        // clap's own usage errors, with --json before or after the command.
+        (vec!["--json", "iamat", "k"], 64),
+        (vec!["iamat", "--json", "k"], 64),
+        (
+            vec!["--json", "--server", "127.0.0.1", "iamat", "k", "+1+2"],
+            64,
+        ),
+        (vec!["--json", "nonsense"], 64),
+        // herd-cli's: bad values, names, options the command does not take.
+        (
+            vec!["--json", "--server", &dead, "iamat", "k", "34-118"],
+            64,
+        ),
+        (
+            vec![
+                "--json", "--config", &cfg, "--to", "Nobody", "whatsat", "k", "1", "1",
+            ],
+            64,
+        ),
+        (
+            vec!["--json", "--config", &cfg, "probe", "Alpha", "Nobody"],
+            64,
+        ),
+        (vec!["--json", "--all", "iamat", "k", "+1+2"], 64),
+        (
+            vec![
+                "--config",
+                "/nonexistent.json",
+                "certs",
+                "--out",
+                "x",
+                "--json",
+            ],
+            64,
+        ),
+        // Connection failures.
+        (
+            vec![
+                "--json",
+                "--server",
+                &dead,
+                "--timeout",
+                "2s",
+                "iamat",
+                "k",
+                "+1+2",
+            ],
+            2,
+        ),
+        (vec!["--timeout", "2s", "probe", "--json", &dead, &dead], 2),
+    ];
+    for (args, want) in &cases {
+        let out = run(args);
+        assert_eq!(code(&out), *want, "{args:?}: {}", stderr(&out));
+        let v = json_lines(&out);
+        assert_eq!(v.len(), 1, "{args:?}: {}", stdout(&out));
+        assert_eq!(v[0]["exit_code"], *want, "{args:?}: {}", v[0]);
+        let message = v[0]["error"].as_str().unwrap_or_else(|| panic!("{}", v[0]));
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "{message:?}"
+        );
+        // The same message is on stderr for people.
+        assert!(!stderr(&out).is_empty(), "{args:?}");
+    }
+    // A failure after some replies: the replies' objects, then the error's, last.
+    let addr = fixed_reply_server(b"AT A +0.000000000 k +1+2 3\n");
+    let out = run(&[
+        "--server",
+        &addr,
+        "--json",
+        "send",
+        "IAMAT k +1+2 3",
+        "IAMAT k +1+2 4",
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let v = json_lines(&out);
+    assert_eq!(v.len(), 2, "{}", stdout(&out));
+    assert_eq!(v[0]["reply"], "at");
+    assert_eq!(v[1]["exit_code"], 2);
+    // The server closes with the second line unread: "closed", or a reset.
+    assert!(
+        v[1]["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{}",
+        v[1]
+    );
+}
+
+#[test]
+fn each_command_help_lists_only_its_own_options() {
+    let help = |cmd: &str| {
+        let out = run(&[cmd, "--help"]);
+        assert_eq!(code(&out), 0, "{cmd}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let has = |text: &str, flag: &str| {
+        text.lines()
+            .any(|l| l.trim_start().split([' ', ',']).any(|w| w == flag))
+    };
+    let load_only = [
+        "--all",
+        "--connections",
+        "--depth",
+        "--requests",
+        "--duration",
+        "--echo-server",
+        "--rate",
+        "--fresh",
+        "--threads",
+        "--whatsat-ratio",
+    ];
+    let request = [
+        "--server",
+        "--to",
+        "--config",
+        "--json",
+        "--timeout",
+        "--tls",
+        "--ca",
+    ];
+    for cmd in ["iamat", "whatsat", "send"] {
+        let text = help(cmd);
+        for flag in request {
+            assert!(has(&text, flag), "{cmd} --help lacks {flag}:\n{text}");
+        }
+        for flag in load_only.iter().chain(&["--listen", "--out", "--deadline"]) {
+            assert!(!has(&text, flag), "{cmd} --help lists {flag}:\n{text}");
+        }
+    }
+    assert!(has(&help("iamat"), "--time"));
+    let load = help("load");
+    for flag in load_only
+        .iter()
+        .chain(&["--server", "--to", "--config", "--json", "--timeout"])
+    {
+        assert!(has(&load, flag), "load --help lacks {flag}:\n{load}");
+    }
+    for flag in ["--tls", "--ca", "--time", "--listen"] {
+        assert!(!has(&load, flag), "load --help lists {flag}:\n{load}");
+    }
+    let probe = help("probe");
+    for flag in [
+        "--config",
+        "--json",
+        "--timeout",
+        "--tls",
+        "--repeat",
+        "--deadline",
+    ] {
+        assert!(has(&probe, flag), "probe --help lacks {flag}:\n{probe}");
+    }
+    for flag in ["--server", "--to", "--all", "--connections"] {
+        assert!(!has(&probe, flag), "probe --help lists {flag}:\n{probe}");
+    }
+    let echo = help("echo-server");
+    for flag in request.iter().chain(&load_only[..6]) {
+        assert!(
+            !has(&echo, flag),
+            "echo-server --help lists {flag}:\n{echo}"
+        );
+    }
+    let certs = help("certs");
+    for flag in ["--server", "--to", "--timeout", "--tls", "--all"] {
+        assert!(!has(&certs, flag), "certs --help lists {flag}:\n{certs}");
+    }
+    // The top level lists what may come before a command, --all included.
+    let top = run(&["--help"]);
+    for flag in request.iter().chain(&["--all"]) {
+        assert!(has(&stdout(&top), flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn options_work_before_and_after_the_command_as_the_readme_writes_them() {
+    let (a, b) = (EchoServer::start(), EchoServer::start());
+    let (_dir, cfg) = config_file(&[("Alpha", &a.addr()), ("Beta", &b.addr())]);
+    // README: `herd-cli [--server A,B | --to Goloman,Hands | --all] load ...`.
+    let out = run(&[
+        "--config", &cfg, "--all", "load", "-n", "200", "-c", "2", "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_lines(&out)[0]["targets"],
+        serde_json::json!(["Alpha", "Beta"])
+    );
+    let out = run(&[
+        "--config", &cfg, "load", "--all", "-n", "200", "-c", "2", "--json",
+    ]);
+    assert_eq!(
+        json_lines(&out)[0]["targets"],
+        serde_json::json!(["Alpha", "Beta"])
+    );
+    let out = run(&[
+        "--config",
+        &cfg,
+        "--to",
+        "Alpha,Beta",
+        "--json",
+        "load",
+        "-n",
+        "100",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_lines(&out)[0]["ok"], 100);
+    // Split between the two places, and all after the command.
+    let out = run(&[
+        "--config", &cfg, "iamat", "--to", "Beta", "--json", "k", "+1+2",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_lines(&out)[0]["server"], "Echo");
+    let out = run(&[
+        "whatsat",
+        "--server",
+        &a.addr(),
+        "--timeout",
+        "5s",
+        "k",
+        "1",
+        "1",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&[
+        "--timeout",
+        "5s",
+        "send",
+        "--server",
+        &b.addr(),
+        "IAMAT k +1+2 3",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // --server given before and after adds up (for load).
+    let out = run(&[
+        "--server",
+        &a.addr(),
+        "load",
+        "--server",
+        &b.addr(),
+        "-n",
+        "100",
+        "-c",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_lines(&out)[0]["targets"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_question_mark_reply_says_why_as_far_as_the_grammar_tells() {
+    // A well-formed WHATSAT answered `? `: the herd does not know the client.
+    let addr = fixed_reply_server(b"? WHATSAT ghost 10 5\n");
+    let out = run(&["--server", &addr, "whatsat", "ghost", "10", "5"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("the herd does not know client ghost"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("invalid request"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--server", &addr, "--json", "whatsat", "ghost", "10", "5"]);
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reply"], "invalid");
+    assert_eq!(v["error"], "the herd does not know client ghost");
+    // A malformed line answered `? `: what the grammar finds wrong with it.
+    let echo = EchoServer::start();
+    let out = run(&[
+        "--server",
+        &echo.addr(),
+        "--json",
+        "send",
+        "HELLO there",
+        "WHATSAT k 99 1",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = json_lines(&out);
+    assert_eq!(v[0]["error"], "the request is invalid (unknown command)");
+    assert!(
+        v[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the request is invalid ("),
+        "{}",
+        v[1]
+    );
+}

@@ -1,101 +1,19 @@
 //! herd-cli against real `herd-server` processes on loopback (offline Places backend).
 //!
-//! The server binary is found next to this test's own executable (`<target>/<profile>/`).
-//! `.ci/run` builds it first (`cargo build --workspace --bins`); each test also runs
-//! `cargo build -p herd-server` into the same target dir, which is a no-op when it is
-//! fresh. Only when the binary cannot be had at all is a test skipped, with a message.
+//! The server binary is found next to this test's own executable (`<target>/<profile>/`,
+//! see `common::server_bin`). Only when it cannot be had at all is a test skipped, with a
+//! message.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-
-/// `<target>/<profile>` of this test executable (which lives in `<target>/<profile>/deps`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable is in <target>/<profile>/deps")
-        .to_path_buf()
-}
-
-/// The herd-server binary, built if needed; `None` (with a message) when it cannot be had.
-fn server_bin() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("HERD_SERVER_BIN") {
-            return Some(PathBuf::from(p));
-        }
-        let dir = profile_dir();
-        let bin = dir.join("herd-server");
-        let target = dir.parent().expect("target dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "herd-server",
-                "--bin",
-                "herd-server",
-                "--target-dir",
-            ])
-            .arg(target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let built = build.status().map(|s| s.success()).unwrap_or(false);
-        if !built {
-            eprintln!(
-                "warning: `cargo build -p herd-server` failed; using {} if it exists",
-                bin.display()
-            );
-        }
-        if bin.exists() {
-            Some(bin)
-        } else {
-            eprintln!(
-                "SKIPPED: no herd-server binary at {} (run `cargo build --workspace --bins`)",
-                bin.display()
-            );
-            None
-        }
-    })
-    .clone()
-}
-
-/// A free loopback address: a random address in 127.0.0.0/8 (other than 127.0.0.x, where the
-/// kernel's ephemeral binds live) and a port below the ephemeral range (32768 and up on Linux).
-/// Parallel tests each draw their own address, so two of them cannot pick the same one between
-/// this check and the server's bind.
-fn free_addr() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-    loop {
-        let n = seed
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_mul(40_503));
-        let [a, b, c, _] = n.to_le_bytes();
-        let ip = std::net::Ipv4Addr::new(127, 1 + a % 254, 1 + b % 254, 1 + c % 254);
-        let port = 20_000 + u16::try_from((n >> 8) % 12_000).unwrap();
-        if TcpListener::bind((ip, port)).is_ok() {
-            return format!("{ip}:{port}");
-        }
-    }
-}
 
 /// A herd-server process running every server of a temp config; killed on drop.
 struct Herd {
@@ -258,6 +176,44 @@ fn whatsat_for_an_unknown_client_exits_1() {
     ]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(stdout(&out), "? WHATSAT nobody 10 5\n");
+    // The server answers `? ` to a malformed line too; herd-cli knows this WHATSAT is
+    // well-formed, so it says what the `? ` means here.
+    let err = stderr(&out);
+    assert!(
+        err.contains("the herd does not know client nobody"),
+        "{err}"
+    );
+    assert!(!err.contains("invalid"), "{err}");
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "--json",
+        "whatsat",
+        "nobody",
+        "10",
+        "5",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reply"], "invalid");
+    assert_eq!(v["error"], "the herd does not know client nobody");
+    // An id over the server's default max_client_id_bytes (256) is refused as such: the
+    // message gives both readings.
+    let long = "x".repeat(300);
+    let out = run(&[
+        "--server",
+        herd.addr("Goloman"),
+        "whatsat",
+        &long,
+        "10",
+        "5",
+    ]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("max_client_id_bytes"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&[
         "--server",
         herd.addr("Goloman"),
@@ -295,6 +251,11 @@ fn send_from_stdin_against_a_real_server() {
         "WHATSAT gives the stored AT line: {text}"
     );
     assert!(text.ends_with("}\n\n? WHATSAT ghost 1 1\n"), "{text:?}");
+    assert!(
+        stderr(&out).contains("`? ` to 2 of 4 requests (1 of them a WHATSAT for a client the herd does not know: ghost)"),
+        "{}",
+        stderr(&out)
+    );
     // JSON mode: one object per reply, in order.
     let out = run_with(
         &["--server", herd.addr("Goloman"), "--json", "send"],

@@ -214,5 +214,93 @@ fn flood(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, grammar, store, flood);
+/// A record of `client` at (`lat`, `lon`).
+fn placed(client: &str, lat: f64, lon: f64, t: u64) -> Arc<Record> {
+    let line = format!("IAMAT {client} {lat:+.6}{lon:+.6} {t}.5");
+    let ClientLine::IAmAt(req) = parse_client_line(line.as_bytes()) else {
+        unreachable!("valid bench line")
+    };
+    Arc::new(Record::from_iamat(
+        &ServerName::new("Goloman").expect("name"),
+        NOW,
+        &req,
+    ))
+}
+
+/// A deterministic spread of `n` points in a 20 km × 20 km square around UCLA (a dense
+/// city: 2,500 clients per km² at a million).
+fn city(n: usize) -> Vec<Arc<Record>> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|i| {
+            let lat = 34.0 + next() * 0.18;
+            let lon = -118.55 + next() * 0.217;
+            placed(&format!("c{i}"), lat, lon, 1_000 + i as u64)
+        })
+        .collect()
+}
+
+/// NEARBY at 1 km for 50 clients in a city of a million, and what the index costs an update.
+fn nearby(c: &mut Criterion) {
+    use herd_core::NearbyQuery;
+    let mut g = c.benchmark_group("nearby");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    let points = city(1_000_000);
+    let mut store = LocationStore::new(3);
+    store.set_nearby_index(true);
+    for r in &points {
+        store.offer(r.clone());
+    }
+    let q = NearbyQuery {
+        lat: 34.09,
+        lon: -118.44,
+        radius_m: 1000.0,
+        max: 50,
+        exclude: None,
+    };
+    g.bench_function("index_1km_50_of_1m_city", |b| {
+        b.iter(|| black_box(store.nearby(black_box(&q))))
+    });
+    let moves: Vec<Arc<Record>> = city(10_000)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| placed(&format!("c{i}"), r.lat(), r.lon(), 5_000_000 + i as u64))
+        .collect();
+    for (name, index) in [
+        ("move_10k_of_1m_with_index", true),
+        ("move_10k_of_1m_without_index", false),
+    ] {
+        let mut s = LocationStore::new(3);
+        s.set_nearby_index(index);
+        for r in &points {
+            s.offer(r.clone());
+        }
+        let mut round = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                round += 1;
+                for r in &moves[..100] {
+                    // Each round a newer time, so every offer replaces the record.
+                    let newer = placed(
+                        std::str::from_utf8(r.client()).unwrap_or("c"),
+                        r.lat() + (round % 7) as f64 * 1e-3,
+                        r.lon(),
+                        10_000_000 + round,
+                    );
+                    black_box(s.offer(newer));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, grammar, store, flood, nearby);
 criterion_main!(benches);

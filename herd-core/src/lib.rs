@@ -14,6 +14,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod lookup;
+pub mod near;
 pub mod node;
 pub mod peer;
 pub mod ports;
@@ -26,12 +27,14 @@ pub mod types;
 pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
-pub use node::{ClientAction, Node, NodeConfig, NodeEvent, NodeStats, PeerError, QueryOutcome};
+pub use node::{
+    ClientAction, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError, QueryOutcome,
+};
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{IdSource, PeerId, PeerSendError, PeerSink};
 pub use protocol::{parse_client_line, ClientLine};
 pub use record::Record;
-pub use store::{LocationStore, Offer};
+pub use store::{LocationStore, Nearby, NearbyQuery, Offer};
 pub use types::{
     ClientId, ClientTime, FieldError, Location, MaxItems, RadiusKm, ServerName, TimeDiff,
     TimeValue, Timestamp,

@@ -37,6 +37,36 @@ pub struct WhatsAt<'a> {
     pub max_items: MaxItems,
 }
 
+/// Most clients one `NEARBY` returns.
+pub const MAX_NEARBY: u16 = 1000;
+
+/// What a `NEARBY` is centred on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NearbyCenter<'a> {
+    /// `NEARBY <client> ...`: the client's stored position (the client is left out).
+    Client(&'a [u8]),
+    /// `NEARBY POINT <location> ...`: a position.
+    Point {
+        /// Location text as sent.
+        location: &'a [u8],
+        /// Parsed latitude.
+        lat: f64,
+        /// Parsed longitude.
+        lon: f64,
+    },
+}
+
+/// A `NEARBY` request (a herd extension): the clients within the radius, nearest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearbyRequest<'a> {
+    /// The centre.
+    pub center: NearbyCenter<'a>,
+    /// Radius, as WHATSAT's: (0, 50] km.
+    pub radius: RadiusKm,
+    /// Most clients wanted, 1 to [`MAX_NEARBY`].
+    pub max: u16,
+}
+
 /// Why a line is not a valid request (it is answered `? ` + the line either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -65,6 +95,8 @@ pub enum ClientLine<'a> {
     IAmAt(IAmAt<'a>),
     /// A WHATSAT.
     WhatsAt(WhatsAt<'a>),
+    /// A NEARBY (herd extension).
+    Nearby(NearbyRequest<'a>),
     /// Anything else: reply `? ` + the line.
     Invalid(ParseError),
 }
@@ -95,6 +127,7 @@ pub fn parse_client_line(line: &[u8]) -> ClientLine<'_> {
         b"WHATSAT" => arity(count)
             .and_then(|()| parse_whatsat(f))
             .map(ClientLine::WhatsAt),
+        b"NEARBY" => parse_nearby(line, count).map(ClientLine::Nearby),
         _ => Err(ParseError::UnknownCommand),
     };
     parsed.unwrap_or_else(ClientLine::Invalid)
@@ -130,6 +163,97 @@ fn parse_iamat(f: [&[u8]; 4]) -> Result<IAmAt<'_>, ParseError> {
         time: f[3],
         time_value,
     })
+}
+
+/// `NEARBY <client> <radius-km> <max>` (4 fields) or `NEARBY POINT <location> <radius-km>
+/// <max>` (5 fields): the arity tells them apart, so any client id (`POINT` included) works
+/// in the first form.
+fn parse_nearby(line: &[u8], count: usize) -> Result<NearbyRequest<'_>, ParseError> {
+    let (f, _) = fields::<5>(line);
+    let (center, radius, max) = match count {
+        4 => (NearbyCenter::Client(f[1]), f[2], f[3]),
+        5 if f[1] == b"POINT" => {
+            let (lat, lon) = Location::degrees(f[2])?;
+            let center = NearbyCenter::Point {
+                location: f[2],
+                lat,
+                lon,
+            };
+            (center, f[3], f[4])
+        }
+        got => return Err(ParseError::WrongArity { expected: 4, got }),
+    };
+    Ok(NearbyRequest {
+        center,
+        radius: RadiusKm::parse(radius)?,
+        max: parse_nearby_max(max).ok_or(FieldError::MaxItems)?,
+    })
+}
+
+/// 1 to [`MAX_NEARBY`], plain digits (leading zeros allowed, as WHATSAT's count).
+fn parse_nearby_max(s: &[u8]) -> Option<u16> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let digits = s.iter().skip_while(|&&b| b == b'0').count();
+    if digits > 4 {
+        return None;
+    }
+    let v: u16 = std::str::from_utf8(s).ok()?.parse().ok()?;
+    (1..=MAX_NEARBY).contains(&v).then_some(v)
+}
+
+/// One client of a `NEARBY` reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearbyHit<'a> {
+    /// Its stored AT line.
+    pub at_line: &'a [u8],
+    /// The client id.
+    pub client: &'a [u8],
+    /// Great-circle distance from the centre, metres.
+    pub distance_m: f64,
+    /// Seconds from its client time to the server's time (negative: ahead).
+    pub age_s: f64,
+}
+
+/// Appends a whole NEARBY reply: for the client form the subject's AT line; then one line of
+/// JSON (`{"center": {"lat", "lng"}, "radius_km", "count", "results": [{"client", "at",
+/// "distance_m", "age_s"}, ...]}`, nearest first); then an empty line. Bytes of ids that are
+/// not UTF-8 appear as U+FFFD in the JSON.
+pub fn write_nearby_reply(
+    subject_at: Option<&[u8]>,
+    center: (f64, f64),
+    radius: RadiusKm,
+    hits: &[NearbyHit<'_>],
+    out: &mut Vec<u8>,
+) {
+    if let Some(at) = subject_at {
+        out.extend_from_slice(at);
+        out.push(b'\n');
+    }
+    let round = |v: f64, places: i32| {
+        let m = 10f64.powi(places);
+        (v * m).round() / m
+    };
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "client": String::from_utf8_lossy(h.client),
+                "at": String::from_utf8_lossy(h.at_line),
+                "distance_m": round(h.distance_m, 1),
+                "age_s": round(h.age_s, 3),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "center": {"lat": center.0, "lng": center.1},
+        "radius_km": radius.km(),
+        "count": hits.len(),
+        "results": results,
+    });
+    write_scalar(&doc, out);
+    out.extend_from_slice(b"\n\n");
 }
 
 fn parse_whatsat(f: [&[u8]; 4]) -> Result<WhatsAt<'_>, ParseError> {

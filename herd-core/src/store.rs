@@ -19,6 +19,7 @@ use std::time::Duration;
 use foldhash::fast::FixedState;
 use hashbrown::hash_table::{Entry, HashTable};
 
+use crate::near::{NearIndex, MAX_SLOTS};
 use crate::record::Record;
 use crate::types::Timestamp;
 
@@ -97,6 +98,43 @@ pub struct LocationStore {
     expiry: BTreeMap<(u128, u64), Arc<Record>>,
     /// Bytes of the AT lines held ([`LocationStore::line_bytes`]).
     line_bytes: u64,
+    /// Every held record's position by slot, when kept ([`LocationStore::nearby`]).
+    near: Option<NearIndex>,
+}
+
+/// A record found by [`LocationStore::nearby`] and its distance in metres.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearby {
+    /// The record.
+    pub record: Arc<Record>,
+    /// Its great-circle distance from the query point, in metres.
+    pub distance_m: f64,
+}
+
+/// What a [`LocationStore::nearby`] query asks.
+#[derive(Debug, Clone, Copy)]
+pub struct NearbyQuery<'a> {
+    /// Latitude of the centre, degrees.
+    pub lat: f64,
+    /// Longitude of the centre, degrees.
+    pub lon: f64,
+    /// Radius in metres.
+    pub radius_m: f64,
+    /// Most records to return.
+    pub max: usize,
+    /// A client to leave out (the subject of a client-centred query).
+    pub exclude: Option<&'a [u8]>,
+}
+
+/// Orders found records by distance, then client id, and keeps the first `max`.
+fn finish_nearby(mut found: Vec<Nearby>, max: usize) -> Vec<Nearby> {
+    found.sort_by(|a, b| {
+        a.distance_m
+            .total_cmp(&b.distance_m)
+            .then_with(|| a.record.client().cmp(b.record.client()))
+    });
+    found.truncate(max);
+    found
 }
 
 impl std::fmt::Debug for LocationStore {
@@ -122,6 +160,7 @@ impl LocationStore {
             ttl: None,
             expiry: BTreeMap::new(),
             line_bytes: 0,
+            near: None,
         }
     }
 
@@ -134,6 +173,80 @@ impl LocationStore {
         }
     }
 
+    /// Keeps (or stops keeping) the nearby index: [`LocationStore::nearby`] then searches it
+    /// instead of scanning every record. Turning it on indexes what is held.
+    pub fn set_nearby_index(&mut self, on: bool) {
+        if !on {
+            self.near = None;
+            return;
+        }
+        if self.near.is_none() {
+            let mut near = NearIndex::new();
+            for (i, slot) in self.slots.iter().enumerate() {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                near.insert(i, slot.record.lat(), slot.record.lon());
+            }
+            self.near = Some(near);
+        }
+    }
+
+    /// Whether the nearby index is kept.
+    pub fn has_nearby_index(&self) -> bool {
+        self.near.is_some()
+    }
+
+    /// The held records within `q.radius_m` of (`q.lat`, `q.lon`), nearest first (ties by
+    /// client id), at most `q.max`, without `q.exclude`. Uses the nearby index when it is
+    /// kept, else scans every record ([`LocationStore::nearby_scan`]); both give the same
+    /// answer.
+    pub fn nearby(&self, q: &NearbyQuery<'_>) -> Vec<Nearby> {
+        let Some(near) = &self.near else {
+            return self.nearby_scan(q);
+        };
+        let slots = &self.slots;
+        let found = near.nearest(
+            q.lat,
+            q.lon,
+            q.radius_m,
+            q.max,
+            |s| {
+                let r = &slots[s as usize].record;
+                (r.lat(), r.lon())
+            },
+            |s| {
+                q.exclude
+                    .is_some_and(|c| slots[s as usize].record.client() == c)
+            },
+        );
+        let found = found
+            .into_iter()
+            .map(|f| Nearby {
+                record: slots[f.slot as usize].record.clone(),
+                distance_m: f.distance_m,
+            })
+            .collect();
+        finish_nearby(found, q.max)
+    }
+
+    /// [`LocationStore::nearby`] by scanning every record: the reference the index is
+    /// tested against.
+    pub fn nearby_scan(&self, q: &NearbyQuery<'_>) -> Vec<Nearby> {
+        let found = self
+            .slots
+            .iter()
+            .filter(|s| q.exclude != Some(s.record.client()))
+            .filter_map(|s| {
+                let d =
+                    crate::near::sphere::distance_m(q.lat, q.lon, s.record.lat(), s.record.lon());
+                (d <= q.radius_m).then(|| Nearby {
+                    record: s.record.clone(),
+                    distance_m: d,
+                })
+            })
+            .collect();
+        finish_nearby(found, q.max)
+    }
+
     /// Bytes of the AT lines of the records held: the size of the data, not of the memory
     /// that holds it (the table, the slots and the record headers come on top).
     pub fn line_bytes(&self) -> u64 {
@@ -143,6 +256,26 @@ impl LocationStore {
     /// The records' lifetime, if they expire.
     pub fn ttl(&self) -> Option<Duration> {
         self.ttl
+    }
+
+    /// Changes the records' lifetime (`None`: they no longer expire). The expiry index is
+    /// rebuilt from the held records under the new lifetime (one pass over the store), so
+    /// [`LocationStore::expire`] and [`LocationStore::next_expiry`] follow it at once;
+    /// nothing is removed here (records the new lifetime has already expired leave at the
+    /// next [`LocationStore::expire`]).
+    pub fn set_ttl(&mut self, ttl: Option<Duration>) {
+        if ttl == self.ttl {
+            return;
+        }
+        self.ttl = ttl;
+        self.expiry = match ttl {
+            None => BTreeMap::new(),
+            Some(ttl) => self
+                .slots
+                .iter()
+                .map(|s| ((expiry_nanos(&s.record, ttl), s.seq), s.record.clone()))
+                .collect(),
+        };
     }
 
     /// Notes a record newly held under log number `seq` (digest and expiry index).
@@ -201,6 +334,14 @@ impl LocationStore {
                     },
                 );
                 self.sources[index] = compact_source(source);
+                if let Some(near) = &mut self.near {
+                    let slot = u32::try_from(index).unwrap_or(u32::MAX);
+                    near.relocate(
+                        slot,
+                        (old.record.lat(), old.record.lon()),
+                        (record.lat(), record.lon()),
+                    );
+                }
                 self.account_out(&old.record, old.seq);
             }
             Entry::Vacant(v) => {
@@ -208,6 +349,11 @@ impl LocationStore {
                     // Four billion clients do not fit in memory long before this.
                     return Offer::Stale;
                 };
+                if index >= MAX_SLOTS && self.near.is_some() {
+                    // The nearby index holds 2^28 clients (268 million, some 50 GB of
+                    // records): a store that keeps it stops there.
+                    return Offer::Stale;
+                }
                 self.seq += 1;
                 slots.push(Slot {
                     record: record.clone(),
@@ -215,6 +361,9 @@ impl LocationStore {
                 });
                 self.sources.push(compact_source(source));
                 v.insert(index);
+                if let Some(near) = &mut self.near {
+                    near.insert(index, record.lat(), record.lon());
+                }
             }
         }
         self.account_in(&record, self.seq);
@@ -239,6 +388,20 @@ impl LocationStore {
             if let Some(i) = self.table.find_mut(moved, |&i| i as usize == last) {
                 // `index` < `last` < u32::MAX: every slot index fits (see `offer_from`).
                 *i = u32::try_from(index).unwrap_or(u32::MAX);
+            }
+        }
+        if let Some(near) = &mut self.near {
+            let r = &self.slots[index].record;
+            let s = u32::try_from(index).unwrap_or(u32::MAX);
+            near.remove(s, r.lat(), r.lon());
+            if index != last {
+                let moved = &self.slots[last].record;
+                let (from, to) = (
+                    u32::try_from(last).unwrap_or(u32::MAX),
+                    u32::try_from(index).unwrap_or(u32::MAX),
+                );
+                near.remove(from, moved.lat(), moved.lon());
+                near.insert(to, moved.lat(), moved.lon());
             }
         }
         let slot = self.slots.swap_remove(index);
@@ -515,6 +678,29 @@ mod tests {
             (plain.next_expiry(), plain.expire(Timestamp(u64::MAX))),
             (None, 0)
         );
+    }
+
+    #[test]
+    fn a_lifetime_set_later_rebuilds_the_expiry_index_and_none_clears_it() {
+        let s_ = |n: u64| Timestamp(n * 1_000_000_000);
+        let mut s = LocationStore::new(3);
+        s.offer(rec("A", "IAMAT a +1+1 100", 0));
+        s.offer(rec("A", "IAMAT b +1+1 150", 0));
+        assert_eq!(s.next_expiry(), None);
+        s.set_ttl(Some(Duration::from_secs(10)));
+        assert_eq!(s.ttl(), Some(Duration::from_secs(10)));
+        assert_eq!(s.next_expiry(), Some(s_(110)));
+        // A longer lifetime moves every expiry; a replaced record's old entry is gone.
+        s.offer(rec("A", "IAMAT a +1+1 120", 0));
+        s.set_ttl(Some(Duration::from_secs(100)));
+        assert_eq!(s.next_expiry(), Some(s_(220)));
+        assert_eq!(s.expire(s_(219)), 0);
+        assert_eq!(s.expire(s_(220)), 1);
+        assert_eq!(s.next_expiry(), Some(s_(250)));
+        s.set_ttl(None);
+        assert_eq!((s.next_expiry(), s.expire(Timestamp(u64::MAX))), (None, 0));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.digest(), digest_of(s.records().map(|r| &**r)));
     }
 
     #[derive(Debug, Clone)]

@@ -32,8 +32,9 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_owned())
 }
 
-/// Runs `one` for every seed; a failure names its seed and how to replay it.
-fn for_each_seed(test: &str, default: u64, one: impl Fn(u64) -> (String, u64)) {
+/// Runs `one` for every seed; a failure names its seed and how to replay it. Returns how
+/// many seeds ran.
+fn for_each_seed(test: &str, default: u64, one: impl Fn(u64) -> (String, u64)) -> usize {
     let list = seeds(default);
     let mut lost = 0;
     for &seed in &list {
@@ -52,7 +53,12 @@ fn for_each_seed(test: &str, default: u64, one: impl Fn(u64) -> (String, u64)) {
         "{test}: {} seeds passed; {lost} acknowledged records lost to crashes in all",
         list.len()
     );
+    list.len()
 }
+
+/// Fewest seeds for which an assertion about the runs together (not about each run) holds:
+/// one seed may happen to draw none of a fault that many seeds draw often.
+const MANY_SEEDS: usize = 20;
 
 /// One chaotic run: faults and clients for `actions` steps, then settle and check everything.
 fn chaotic_run(topo: Topology, seed: u64, actions: u64, cfg: SimConfig) -> (String, u64) {
@@ -186,7 +192,7 @@ fn random_herds_of_up_to_200_servers_end_with_the_newest_surviving_record_of_eve
 #[test]
 fn with_journals_crashes_lose_no_acknowledged_record() {
     let crashes = std::cell::Cell::new(0u64);
-    for_each_seed("with_journals", 100, |seed| {
+    let ran = for_each_seed("with_journals", 100, |seed| {
         let mut rng = Rng::new(seed ^ 0x10a1);
         let topo = if seed % 2 == 0 {
             Topology::default_herd()
@@ -213,7 +219,17 @@ fn with_journals_crashes_lose_no_acknowledged_record() {
         crashes.set(crashes.get() + n);
         (summary, lost)
     });
-    assert!(crashes.get() > 100, "the runs crashed servers");
+    // That the chaos crashes servers at all is a property of many runs: a single seed (the
+    // README's replay command, `HERD_SIM_SEED`) may draw no crash, e.g. seed 1234 draws none.
+    // Seeds 1 to 100 crash 4 to 29 servers each, 1130 in all, so more than one crash per seed
+    // on average holds with a wide margin for any run of at least MANY_SEEDS seeds from 1.
+    if ran >= MANY_SEEDS {
+        assert!(
+            crashes.get() > ran as u64,
+            "the runs crashed servers: {} crashes in {ran} seeds",
+            crashes.get()
+        );
+    }
 }
 
 #[test]
@@ -231,6 +247,35 @@ fn links_that_drop_and_partitions_that_heal_never_lose_an_acknowledged_record() 
         };
         let actions = 200 + topo.len() as u64;
         chaotic_run(topo, seed, actions, cfg)
+    });
+}
+
+#[test]
+fn links_added_and_removed_mid_run_end_with_every_record_on_every_server() {
+    for_each_seed("links_added_and_removed", 60, |seed| {
+        let mut rng = Rng::new(seed ^ 0xadd);
+        let cfg = random_config(&mut rng, 5);
+        let crashes = cfg.crashes;
+        let mut sim = Sim::new(Topology::default_herd(), seed, cfg);
+        sim.chaos(100);
+        // Welsh, a leaf, gains a second neighbour; then a link of the cycle goes: the herd
+        // stays connected throughout.
+        sim.add_link("Welsh", "Hands");
+        sim.chaos(100);
+        let gone = sim.topo.link("Holiday", "Wilkes");
+        sim.remove_link(gone);
+        sim.chaos(100);
+        sim.settle(2_000_000);
+        sim.check_settled();
+        if !crashes {
+            assert_eq!(
+                sim.lost(),
+                0,
+                "without crashes nothing acknowledged is lost"
+            );
+        }
+        sim.check_queries_after_settling();
+        (sim.summary(), sim.lost())
     });
 }
 

@@ -10,19 +10,25 @@
 //! caller can forget an output, and nothing outside this module reaches into the node.
 //!
 //! The lock is a `std::sync::Mutex` and is never held across an await.
+//!
+//! What can change while the server runs ([`Settings`]: limits, secret, TLS, the neighbours
+//! and their dial addresses) sits apart in an `RwLock<Arc<Settings>>` that a connection or
+//! session reads once when it starts (client lines never take it). Changes are serialised by
+//! one more lock, taken only by them; none of them is ever held with the state lock inside
+//! the settings lock's write side.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use herd_core::{
-    ClientAction, Node, NodeEvent, NodeStats, PeerError, PeerId, QueryOutcome, Record, ServerName,
-    Timestamp,
+    ClientAction, Node, NodeEvent, NodeLimits, NodeStats, PeerError, PeerId, QueryOutcome, Record,
+    ServerName, Timestamp,
 };
-use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,21 +41,99 @@ use crate::links::{Installed, LinkTable, Session};
 use crate::queue::PeerQueue;
 use crate::ratelog::{Refusals, RATE_LOG_PERIOD};
 use crate::scope::Scoped;
-use crate::spec::ServerSpec;
+use crate::spec::{Neighbour, ServerSpec};
 use crate::stats::{LinkState, LinkStats, ServerStats};
+use crate::tls::HerdTls;
 use crate::warm::{warm, Lines};
 
 /// Records from peers reach the journal file within this time (a client's records are
 /// written before its reply leaves).
 const JOURNAL_PEER_FLUSH: Duration = Duration::from_millis(20);
 
+/// What of a server can change while it runs: read once by each connection or session when
+/// it starts, replaced whole by a change.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    /// The limits now.
+    pub(crate) limits: Limits,
+    /// The peer secret now.
+    pub(crate) secret: Option<Arc<[u8]>>,
+    /// TLS for peer links and the TLS client address now.
+    pub(crate) tls: Option<HerdTls>,
+    /// Every neighbour ever configured, by [`PeerId`] (a removed one keeps its place).
+    pub(crate) peers: Vec<Peer>,
+}
+
+/// A neighbour as the driver knows it.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub(crate) name: ServerName,
+    /// Where it is dialled (read at each dial).
+    pub(crate) addr: String,
+    pub(crate) removed: bool,
+    /// Stops its dialler (a child of the server's token).
+    pub(crate) stop: CancellationToken,
+}
+
+/// Client connections open, and the most allowed (both change without a lock).
+#[derive(Debug)]
+pub(crate) struct ClientCount {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One admitted client connection's place, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct ClientPermit(Arc<ClientCount>);
+
+impl Drop for ClientPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ClientCount {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    fn admit(self: &Arc<Self>) -> Option<ClientPermit> {
+        let max = self.max.load(Ordering::Acquire);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientPermit(self.clone()))
+    }
+}
+
+/// The node's limits under the server's `limits`; what the server's limits do not set
+/// (the herd query timeout and bound) stays as in `base`.
+pub(crate) fn node_limits(limits: &Limits, base: NodeLimits) -> NodeLimits {
+    NodeLimits {
+        resync_window: limits.resync_window(),
+        max_client_id_bytes: limits.max_client_id_bytes,
+        max_records: Some(limits.max_records),
+        record_ttl: limits.record_ttl,
+        max_future_skew: limits.max_future_skew,
+        ..base
+    }
+}
+
 /// One server's state and the tasks' context.
 pub(crate) struct Driver {
     spec: ServerSpec,
     state: Mutex<State>,
+    settings: RwLock<Arc<Settings>>,
+    /// Serialises changes of `settings` (and of the node's neighbours that go with them).
+    reconfig: Mutex<()>,
     token: CancellationToken,
     tracker: TaskTracker,
-    clients: Arc<Semaphore>,
+    clients: Arc<ClientCount>,
     next_session: AtomicU64,
     /// The journal, reachable without the lock for writing out what was appended under it.
     journal: Option<Arc<Journal>>,
@@ -249,10 +333,27 @@ impl Driver {
         token: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Self> {
-        let clients = Arc::new(Semaphore::new(spec.limits.max_clients));
+        let clients = ClientCount::new(spec.limits.max_clients);
+        let settings = Settings {
+            limits: spec.limits.clone(),
+            secret: spec.secret.clone(),
+            tls: spec.tls.clone(),
+            peers: spec
+                .neighbours
+                .iter()
+                .map(|n| Peer {
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    removed: false,
+                    stop: token.child_token(),
+                })
+                .collect(),
+        };
         let no_neighbours = spec.neighbours.is_empty();
         Arc::new(Self {
             spec,
+            settings: RwLock::new(Arc::new(settings)),
+            reconfig: Mutex::new(()),
             state: Mutex::new(State {
                 node,
                 waiters: HashMap::new(),
@@ -274,14 +375,17 @@ impl Driver {
 
     // === context ===
 
-    /// This server's spec.
+    /// This server's spec as it started (what can change since is in [`Driver::settings`]).
     pub(crate) fn spec(&self) -> &ServerSpec {
         &self.spec
     }
 
-    /// This server's limits.
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.spec.limits
+    /// The settings now: take them once per connection or session, not per line.
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// This server's name.
@@ -290,8 +394,9 @@ impl Driver {
     }
 
     /// Neighbour `peer`'s name.
-    pub(crate) fn peer_name(&self, peer: PeerId) -> &ServerName {
-        &self.spec.neighbours[peer.0].name
+    pub(crate) fn peer_name(&self, peer: PeerId) -> ServerName {
+        // Ids come from this list's positions and it only grows: `peer` is always in it.
+        self.settings().peers[peer.0].name.clone()
     }
 
     /// Cancelled when the server shuts down.
@@ -308,8 +413,13 @@ impl Driver {
     }
 
     /// A place for one more client connection, if the limit allows.
-    pub(crate) fn admit_client(&self) -> Option<OwnedSemaphorePermit> {
-        self.clients.clone().try_acquire_owned().ok()
+    pub(crate) fn admit_client(&self) -> Option<ClientPermit> {
+        self.clients.admit()
+    }
+
+    /// The most client connections allowed now.
+    pub(crate) fn max_clients(&self) -> usize {
+        self.clients.max.load(Ordering::Acquire)
     }
 
     /// Refusals of client connections, by cause.
@@ -322,18 +432,141 @@ impl Driver {
         lock(&self.state).node.epoch()
     }
 
-    /// The neighbours' names, in [`PeerId`] order.
-    pub(crate) fn neighbour_names(&self) -> Vec<ServerName> {
-        self.spec
-            .neighbours
+    /// The neighbours not removed, with their ids.
+    pub(crate) fn active_peers(&self) -> Vec<(PeerId, ServerName)> {
+        self.settings()
+            .peers
             .iter()
-            .map(|n| n.name.clone())
+            .enumerate()
+            .filter(|(_, p)| !p.removed)
+            .map(|(i, p)| (PeerId(i), p.name.clone()))
             .collect()
+    }
+
+    /// The neighbours not removed, with their dial addresses now.
+    pub(crate) fn neighbours(&self) -> Vec<Neighbour> {
+        self.settings()
+            .peers
+            .iter()
+            .filter(|p| !p.removed)
+            .map(|p| Neighbour {
+                name: p.name.clone(),
+                addr: p.addr.clone(),
+            })
+            .collect()
+    }
+
+    /// The token that stops `peer`'s dialler.
+    pub(crate) fn peer_stop(&self, peer: PeerId) -> Option<CancellationToken> {
+        self.settings().peers.get(peer.0).map(|p| p.stop.clone())
     }
 
     /// A watch of whether `peer`'s link has a session.
     pub(crate) fn link_watch(&self, peer: PeerId) -> Option<watch::Receiver<bool>> {
         lock(&self.state).node.sink().watch(peer)
+    }
+
+    // === changes while running ===
+
+    /// Replaces the settings with `f` applied to a copy of them (under the change lock, which
+    /// the caller holds).
+    fn change_settings(&self, f: impl FnOnce(&mut Settings)) {
+        let mut new = Settings::clone(&self.settings());
+        f(&mut new);
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+    }
+
+    fn reconfig_lock(&self) -> MutexGuard<'_, ()> {
+        self.reconfig.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds neighbour `n` and starts dialling it; `None` when a neighbour of that name is
+    /// already there (not removed).
+    pub(crate) fn add_peer(self: &Arc<Self>, n: Neighbour) -> Option<PeerId> {
+        let _change = self.reconfig_lock();
+        if self.active_peers().iter().any(|(_, name)| *name == n.name) {
+            return None;
+        }
+        let stop = self.token.child_token();
+        let mine_preferred = self.spec.name < n.name;
+        let name = n.name.clone();
+        self.change_settings(|s| {
+            s.peers.push(Peer {
+                name: n.name,
+                addr: n.addr,
+                removed: false,
+                stop: stop.clone(),
+            });
+        });
+        let (peer, up) = {
+            let mut st = lock(&self.state);
+            let peer = st.node.add_neighbour(name);
+            let in_table = st.node.sink_mut().add(mine_preferred);
+            debug_assert_eq!(peer, in_table, "the node and the table number peers alike");
+            (peer, st.node.sink().watch(peer))
+        };
+        if let Some(up) = up {
+            self.spawn(crate::link::dial_loop(self.clone(), peer, up, stop));
+        }
+        Some(peer)
+    }
+
+    /// Removes neighbour `name` for good: its dialler stops, its session is closed, its
+    /// handshakes are refused from now on, and the node takes its link down (queries waiting
+    /// on it finish). Returns whether it was a neighbour.
+    pub(crate) fn remove_peer(&self, name: &ServerName) -> bool {
+        let _change = self.reconfig_lock();
+        let Some((peer, _)) = self.active_peers().into_iter().find(|(_, n)| n == name) else {
+            return false;
+        };
+        self.change_settings(|s| s.peers[peer.0].removed = true);
+        if let Some(stop) = self.peer_stop(peer) {
+            stop.cancel();
+        }
+        let mut st = lock(&self.state);
+        st.node.sink_mut().remove(peer);
+        st.node.remove_neighbour(clock::now(), peer);
+        self.settle(&mut st, Flush::Soon);
+        true
+    }
+
+    /// Dials neighbour `name` at `addr` from its next dial on (a session up stays up);
+    /// returns whether it is a neighbour.
+    pub(crate) fn set_peer_addr(&self, name: &ServerName, addr: String) -> bool {
+        let _change = self.reconfig_lock();
+        let Some((peer, _)) = self.active_peers().into_iter().find(|(_, n)| n == name) else {
+            return false;
+        };
+        self.change_settings(|s| s.peers[peer.0].addr = addr);
+        true
+    }
+
+    /// New limits: the node's and the client count's apply at once, the rest to
+    /// connections and sessions that start from now on.
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        let _change = self.reconfig_lock();
+        self.clients
+            .max
+            .store(limits.max_clients, Ordering::Release);
+        let node = limits.clone();
+        self.change_settings(|s| s.limits = limits);
+        let mut st = lock(&self.state);
+        let now = clock::now();
+        let base = st.node.limits();
+        st.node.set_limits(now, node_limits(&node, base));
+        self.settle(&mut st, Flush::Soon);
+    }
+
+    /// A new peer secret, for handshakes from now on.
+    pub(crate) fn set_secret(&self, secret: Option<Arc<[u8]>>) {
+        let _change = self.reconfig_lock();
+        self.change_settings(|s| s.secret = secret);
+    }
+
+    /// New TLS contexts, for connections from now on.
+    pub(crate) fn set_tls(&self, tls: Option<HerdTls>) {
+        let _change = self.reconfig_lock();
+        self.change_settings(|s| s.tls = tls);
     }
 
     // === what happens ===
@@ -402,7 +635,7 @@ impl Driver {
         dialled_by_me: bool,
     ) -> Option<Live> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let queue = PeerQueue::new(self.spec.limits.peer_queue_bytes);
+        let queue = PeerQueue::new(self.settings().limits.peer_queue_bytes);
         let kill = CancellationToken::new();
         let session = Session {
             id,
@@ -532,9 +765,9 @@ impl Driver {
     /// since that cause's last line.
     fn log_refused(&self, cause: usize, count: u64) {
         let (_, level, msg) = REFUSAL_CAUSES[cause];
-        let limits = &self.spec.limits;
         if level == tracing::Level::WARN {
-            tracing::warn!(count, max_records = limits.max_records, "{msg}");
+            let max_records = self.settings().limits.max_records;
+            tracing::warn!(count, max_records, "{msg}");
         } else {
             tracing::info!(count, "{msg}");
         }
@@ -551,8 +784,7 @@ impl Driver {
 
     /// The counters and store summary now.
     pub(crate) fn stats(&self) -> ServerStats {
-        let limit = self.spec.limits.max_clients;
-        let clients = limit.saturating_sub(self.clients.available_permits());
+        let clients = self.clients.open.load(Ordering::Acquire);
         let st = lock(&self.state);
         let node = &st.node;
         let links_up = (0..node.neighbours().len())
@@ -563,6 +795,7 @@ impl Driver {
         let now = std::time::Instant::now();
         let links = (0..node.neighbours().len())
             .map(PeerId)
+            .filter(|&p| !node.is_removed(p))
             .filter_map(|p| {
                 let view = node.sink().view(p)?;
                 let state = if node.is_linked(p) {
@@ -639,6 +872,25 @@ mod tests {
 
     fn at_ms(ms: u64) -> Timestamp {
         Timestamp::from_parts(1_000 + ms / 1000, (ms % 1000) as u32 * 1_000_000)
+    }
+
+    #[test]
+    fn the_client_bound_changes_for_new_connections_and_open_ones_stay() {
+        let count = ClientCount::new(2);
+        let a = count.admit().unwrap();
+        let b = count.admit().unwrap();
+        assert!(count.admit().is_none(), "full");
+        count.max.store(1, Ordering::Release);
+        assert_eq!(count.open.load(Ordering::Acquire), 2, "open ones stay");
+        drop(a);
+        assert!(count.admit().is_none(), "still at the lowered bound");
+        drop(b);
+        let c = count.admit().unwrap();
+        assert!(count.admit().is_none());
+        count.max.store(3, Ordering::Release);
+        let _d = count.admit().unwrap();
+        drop(c);
+        assert_eq!(count.open.load(Ordering::Acquire), 1);
     }
 
     #[test]

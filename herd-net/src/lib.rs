@@ -11,7 +11,9 @@
 //! - the link table ([`links`], the node's sink and the one owner of per-peer sessions) over
 //!   one bounded outbound [`queue`] per session;
 //! - `driver`: the node, the link table, waiting queries and the journal behind one lock,
-//!   with one method per event, each settling every output (the quinn driver's shape);
+//!   with one method per event, each settling every output (the quinn driver's shape); and
+//!   apart from them the settings a running server can change (neighbours, limits, secret,
+//!   TLS: [`ServerHandle`]'s `add_neighbour`, `set_limits`, ...), read once per connection;
 //! - socket loops that call only the driver: `listener` (accept, admit),
 //!   `client` (one client connection), [`link`] (dial, handshake, a session's reader and
 //!   writer; [`liveness`]: its pings, timeouts and socket options); `fast_accept` and `warm`

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::codec::{LineCodec, LineError};
-use crate::driver::{Driver, Live, PeerBatchError};
+use crate::driver::{Driver, Live, PeerBatchError, Settings};
 use crate::escape::{Clipped, Escaped};
 use crate::liveness::{self, Silence};
 use crate::queue::{PeerQueue, Take};
@@ -193,17 +193,24 @@ impl Backoff {
     }
 }
 
-/// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter.
+/// Keeps dialling neighbour `peer` whenever its link is down, with back-off and jitter, until
+/// `stop` (the server's shutdown, or the neighbour's removal).
 ///
 /// An attempt starts at each back-off delay, and also while earlier ones are still under way
 /// once the newest has waited [`BACKOFF_MAX`] (at most [`MAX_DIALS_IN_FLIGHT`] at once): one
 /// stuck in a black hole does not hold the next back, and a handshake that is merely slow is
 /// not doubled (two sessions dialled the same way replace each other).
-pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::Receiver<bool>) {
+pub(crate) async fn dial_loop(
+    driver: Arc<Driver>,
+    peer: PeerId,
+    mut up: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
+    // Dropped when this loop ends: attempts still in flight are aborted with it.
     let mut attempts: JoinSet<Result<(), LinkError>> = JoinSet::new();
-    let token = driver.token().clone();
+    let token = stop;
     let jitter = || rand::thread_rng().gen_range(0.0..1.0);
     // When the next attempt starts: the first one at once.
     let mut next = Instant::now();
@@ -261,18 +268,20 @@ pub(crate) async fn dial_loop(driver: Arc<Driver>, peer: PeerId, mut up: watch::
 /// Dials `peer`, runs the dialler's side of the handshake (inside TLS when configured) and
 /// starts the session.
 ///
-/// The connect and the wait for the peer's reply are each bounded by the peer timeout.
+/// The connect and the wait for the peer's reply are each bounded by the peer timeout. The
+/// address, limits, secret and TLS are the server's settings as the dial starts.
 async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
-    let addr = &driver.spec().neighbours[peer.0].addr;
-    let silence = liveness::peer_timeout(driver.limits());
-    let mut stream = timeout(silence, TcpStream::connect(addr.as_str()))
+    let settings = driver.settings();
+    let addr = settings.peers[peer.0].addr.as_str();
+    let silence = liveness::peer_timeout(&settings.limits);
+    let mut stream = timeout(silence, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Silent(silence))??;
     stream.set_nodelay(true)?;
-    liveness::tune(&stream, driver.limits())?;
+    liveness::tune(&stream, &settings.limits)?;
     let remote = stream.peer_addr()?;
-    let Some(tls) = driver.spec().tls.clone() else {
-        return dial_handshake(driver, peer, stream, remote).await;
+    let Some(tls) = settings.tls.clone() else {
+        return dial_handshake(driver, &settings, peer, stream, remote).await;
     };
     let name = peer_server_name(driver.peer_name(peer).as_str())
         .map_err(|e| LinkError::Tls(std::io::Error::other(e.to_string())))?;
@@ -286,25 +295,26 @@ async fn dial(driver: &Arc<Driver>, peer: PeerId) -> Result<(), LinkError> {
             warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer TLS handshake refused");
             LinkError::Tls(e)
         })?;
-    dial_handshake(driver, peer, stream, remote).await
+    dial_handshake(driver, &settings, peer, stream, remote).await
 }
 
 async fn dial_handshake<S: IntoHalves>(
     driver: &Arc<Driver>,
+    settings: &Settings,
     peer: PeerId,
     mut stream: S,
     remote: SocketAddr,
 ) -> Result<(), LinkError> {
-    let silence = liveness::peer_timeout(driver.limits());
+    let silence = liveness::peer_timeout(&settings.limits);
     let dialler = Dialler::new(
         driver.name().clone(),
-        driver.peer_name(peer).clone(),
+        driver.peer_name(peer),
         driver.epoch(),
         rand::random(),
-        driver.spec().secret.clone(),
+        settings.secret.clone(),
     );
     write_msg(&mut stream, &dialler.hello()).await?;
-    let mut codec = LineCodec::new(driver.limits().max_peer_line());
+    let mut codec = LineCodec::new(settings.limits.max_peer_line());
     let mut buf = BytesMut::with_capacity(4096);
     let line = timeout(silence, read_line(&mut stream, &mut codec, &mut buf))
         .await
@@ -314,15 +324,15 @@ async fn dial_handshake<S: IntoHalves>(
         warn!(peer = %driver.peer_name(peer), %remote, error = %e, "peer handshake refused");
     })?;
     write_msg(&mut stream, &auth).await?;
-    let keys = sealing(driver, || dialler.session_keys(&reply));
+    let keys = sealing(settings, || dialler.session_keys(&reply));
     start_session(driver, peer, stream, codec, buf, peer_epoch, true, keys);
     Ok(())
 }
 
 /// The keys to seal a session with: with a secret and without TLS (TLS protects the session
 /// by itself).
-fn sealing(driver: &Driver, keys: impl FnOnce() -> Option<SessionKeys>) -> Option<SessionKeys> {
-    if driver.spec().tls.is_some() {
+fn sealing(settings: &Settings, keys: impl FnOnce() -> Option<SessionKeys>) -> Option<SessionKeys> {
+    if settings.tls.is_some() {
         None
     } else {
         keys()
@@ -338,11 +348,16 @@ pub(crate) async fn accept(
     first: BytesMut,
     buf: BytesMut,
 ) {
-    if let Err(e) = liveness::tune(&stream, driver.limits()) {
+    let settings = driver.settings();
+    if let Err(e) = liveness::tune(&stream, &settings.limits) {
         debug!(%addr, error = %e, "cannot set the peer socket's timeouts");
     }
-    let max = driver.limits().log_line_bytes;
-    let result = timeout(HANDSHAKE_TIMEOUT, accept_any(&driver, stream, &first, buf)).await;
+    let max = settings.limits.log_line_bytes;
+    let result = timeout(
+        HANDSHAKE_TIMEOUT,
+        accept_any(&driver, &settings, stream, &first, buf),
+    )
+    .await;
     if let Err(e) = result.unwrap_or(Err(LinkError::Timeout)) {
         warn!(%addr, hello = %Clipped::new(&first, max), error = %e, "peer handshake refused");
     }
@@ -350,16 +365,17 @@ pub(crate) async fn accept(
 
 async fn accept_any(
     driver: &Arc<Driver>,
+    settings: &Settings,
     mut stream: TcpStream,
     first: &[u8],
     mut buf: BytesMut,
 ) -> Result<(), LinkError> {
-    let tls = driver.spec().tls.clone();
+    let tls = settings.tls.clone();
     match (first == START_TLS, tls) {
         (false, None) => {
             let hello = Handshake::parse(first)?;
             let (peer, peer_epoch, codec, keys) =
-                accept_handshake(driver, &mut stream, &hello, &mut buf, |_| true).await?;
+                accept_handshake(driver, settings, &mut stream, &hello, &mut buf, |_| true).await?;
             start_session(driver, peer, stream, codec, buf, peer_epoch, false, keys);
             Ok(())
         }
@@ -369,7 +385,7 @@ async fn accept_any(
                 .accept(Prefixed::new(buf, stream))
                 .await
                 .map_err(LinkError::Tls)?;
-            let mut codec = LineCodec::new(driver.limits().max_peer_line());
+            let mut codec = LineCodec::new(settings.limits.max_peer_line());
             let mut buf = BytesMut::with_capacity(4096);
             let line = read_line(&mut stream, &mut codec, &mut buf).await?;
             let hello = Handshake::parse(&line)?;
@@ -386,7 +402,7 @@ async fn accept_any(
                     .is_some_and(|c| certificate_names(c, who.as_str()))
             };
             let (peer, peer_epoch, codec, keys) =
-                accept_handshake(driver, &mut stream, &hello, &mut buf, names).await?;
+                accept_handshake(driver, settings, &mut stream, &hello, &mut buf, names).await?;
             start_session(driver, peer, stream, codec, buf, peer_epoch, false, keys);
             Ok(())
         }
@@ -405,34 +421,37 @@ async fn accept_any(
     }
 }
 
+/// The acceptor's side of the handshake: only a neighbour that is not removed is accepted.
 async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     driver: &Driver,
+    settings: &Settings,
     stream: &mut S,
     hello: &Handshake,
     buf: &mut BytesMut,
     certified: impl Fn(&ServerName) -> bool,
 ) -> Result<(PeerId, u64, LineCodec, Option<SessionKeys>), LinkError> {
-    let neighbours = driver.neighbour_names();
+    let peers = driver.active_peers();
+    let neighbours: Vec<ServerName> = peers.iter().map(|(_, n)| n.clone()).collect();
     let mut acceptor = Acceptor::new(
         driver.name().clone(),
         driver.epoch(),
         rand::random(),
-        driver.spec().secret.clone(),
+        settings.secret.clone(),
     );
     let (name, peer_epoch, reply) = acceptor.on_hello(hello, &neighbours)?;
     if !certified(&name) {
         return Err(LinkError::Certificate(name));
     }
-    let peer = neighbours
+    let peer = peers
         .iter()
-        .position(|n| *n == name)
-        .map(PeerId)
+        .find(|(_, n)| *n == name)
+        .map(|(p, _)| *p)
         .ok_or(LinkError::NotNeighbour)?;
     write_msg(stream, &reply).await?;
-    let mut codec = LineCodec::new(driver.limits().max_peer_line());
+    let mut codec = LineCodec::new(settings.limits.max_peer_line());
     let line = read_line(stream, &mut codec, buf).await?;
     acceptor.on_auth(&Handshake::parse(&line)?)?;
-    let keys = sealing(driver, || acceptor.session_keys());
+    let keys = sealing(settings, || acceptor.session_keys());
     Ok((peer, peer_epoch, codec, keys))
 }
 
@@ -466,7 +485,7 @@ fn start_session<S: IntoHalves>(
         info!(peer = %name, dialled = dialled_by_me, peer_epoch, "peer link up");
     }
     let (read, write) = stream.into_halves();
-    let max_line = driver.limits().max_peer_line();
+    let max_line = driver.settings().limits.max_peer_line();
     let opener = keys.as_ref().map(|k| Opener::new(k, max_line));
     let sealer = keys.as_ref().map(Sealer::new);
     let writer = SessionTask {
@@ -518,7 +537,7 @@ impl SessionTask {
         mut opener: Option<Opener>,
     ) {
         let token = self.driver.token().clone();
-        let mut silence = Silence::new(liveness::peer_timeout(self.driver.limits()));
+        let mut silence = Silence::new(liveness::peer_timeout(&self.driver.settings().limits));
         let alarm = sleep_until(silence.deadline());
         tokio::pin!(alarm);
         // Without sealing the bytes read go straight to the node's buffer.
@@ -589,7 +608,7 @@ impl SessionTask {
         mut sealer: Option<Sealer>,
     ) {
         let token = self.driver.token().clone();
-        let heartbeat = liveness::heartbeat(self.driver.limits());
+        let heartbeat = liveness::heartbeat(&self.driver.settings().limits);
         let mut sent = Instant::now();
         let mut chunk = Vec::with_capacity(64 * 1024);
         let mut sealed = Vec::new();
@@ -644,7 +663,11 @@ impl SessionTask {
     fn end(&self, reason: &LinkError) {
         self.kill.cancel();
         if self.driver.link_down(self.peer, self.id) {
-            info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            if matches!(reason, LinkError::ShuttingDown) {
+                info!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            } else {
+                warn!(peer = %self.driver.peer_name(self.peer), reason = %reason, "peer link down");
+            }
         }
     }
 }

@@ -52,8 +52,22 @@ struct Slot {
     /// Whether this server's sessions are the ones kept among simultaneous dials.
     mine_preferred: bool,
     up: watch::Sender<bool>,
+    /// The neighbour was removed: no session is ever installed again.
+    removed: bool,
     /// Counters of the link across its sessions ([`LinkTable::view`]).
     counts: LinkCounts,
+}
+
+impl Slot {
+    fn new(mine_preferred: bool) -> Self {
+        Slot {
+            session: None,
+            mine_preferred,
+            up: watch::Sender::new(false),
+            removed: false,
+            counts: LinkCounts::default(),
+        }
+    }
 }
 
 /// A link's traffic across all its sessions, for the admin listener.
@@ -89,22 +103,36 @@ impl LinkTable {
     /// directions with neighbour `i`, the one this server dialled is kept.
     pub fn new(mine_preferred: impl IntoIterator<Item = bool>) -> Self {
         Self {
-            slots: mine_preferred
-                .into_iter()
-                .map(|mine_preferred| Slot {
-                    session: None,
-                    mine_preferred,
-                    up: watch::Sender::new(false),
-                    counts: LinkCounts::default(),
-                })
-                .collect(),
+            slots: mine_preferred.into_iter().map(Slot::new).collect(),
         }
+    }
+
+    /// Adds a link (down) for a new neighbour; returns its [`PeerId`], the next index.
+    pub fn add(&mut self, mine_preferred: bool) -> PeerId {
+        self.slots.push(Slot::new(mine_preferred));
+        PeerId(self.slots.len() - 1)
+    }
+
+    /// Removes `peer`'s link for good: its current session is stopped and its queue closed,
+    /// the link is marked down, and [`LinkTable::install`] refuses every later session.
+    /// Returns whether a session was up.
+    pub fn remove(&mut self, peer: PeerId) -> bool {
+        let Some(slot) = self.slots.get_mut(peer.0) else {
+            return false;
+        };
+        slot.removed = true;
+        let had = slot.session.take().map(|old| {
+            old.kill.cancel();
+            old.queue.close();
+        });
+        slot.up.send_replace(false);
+        had.is_some()
     }
 
     /// Makes `new` the current session of `peer`'s link, unless the current one is kept.
     /// A replaced session is stopped and its queue closed.
     pub fn install(&mut self, peer: PeerId, new: Session) -> Installed {
-        let Some(slot) = self.slots.get_mut(peer.0) else {
+        let Some(slot) = self.slots.get_mut(peer.0).filter(|s| !s.removed) else {
             return Installed::Refused;
         };
         let mut outcome = Installed::New;
@@ -294,5 +322,35 @@ mod tests {
         assert!(!t.end(PeerId(0), 2), "a replaced session ends nothing");
         assert!(t.end(PeerId(0), 4));
         assert!(!*up.borrow());
+    }
+
+    #[test]
+    fn an_added_link_takes_the_next_id_and_a_removed_one_refuses_every_session() {
+        let q = PeerQueue::new(1000);
+        let mut t = LinkTable::new([true]);
+        let added = t.add(false);
+        assert_eq!(added, PeerId(1));
+        assert_eq!(t.install(added, session(1, &q)), Installed::New);
+        let live = Session {
+            kill: CancellationToken::new(),
+            ..session(2, &PeerQueue::new(1000))
+        };
+        let (kill, queue) = (live.kill.clone(), live.queue.clone());
+        assert_eq!(t.install(PeerId(0), live), Installed::New);
+        assert!(t.remove(PeerId(0)), "a session was up");
+        assert!(kill.is_cancelled(), "its tasks are stopped");
+        assert_eq!(
+            queue.push(&PeerMsg::Synced { seq: 1 }),
+            Err(PeerSendError::Down),
+            "its queue is closed"
+        );
+        assert!(!*t.watch(PeerId(0)).unwrap().borrow());
+        assert_eq!(t.install(PeerId(0), session(3, &q)), Installed::Refused);
+        assert_eq!(
+            t.send(PeerId(0), &PeerMsg::Synced { seq: 1 }),
+            Err(PeerSendError::Down)
+        );
+        assert!(!t.remove(PeerId(0)), "nothing left to stop");
+        assert!(t.is_current(added, 1), "the other link is untouched");
     }
 }

@@ -6,18 +6,17 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::client::{self, Served};
-use crate::driver::Driver;
+use crate::driver::{ClientPermit, Driver};
 use crate::fast_accept::Listener;
 use crate::link;
-use crate::tls::HerdTls;
 
 /// After an `accept` error (out of file descriptors and the like), the pause before the next
 /// try, instead of spinning.
@@ -31,6 +30,11 @@ impl Sources {
     /// Counts for a server whose limit per address is `max`.
     pub(crate) fn new(max: usize) -> Self {
         Self(Arc::new(PerIp::new(max)))
+    }
+
+    /// A new limit per address, for connections admitted from now on (those open stay).
+    pub(crate) fn set_max(&self, max: usize) {
+        self.0.max.store(max, Ordering::Release);
     }
 }
 
@@ -63,13 +67,9 @@ pub(crate) async fn accept_loop(driver: Arc<Driver>, listener: TcpListener, sour
 }
 
 /// Accepts clients on the TLS client address until shutdown: each is admitted under the same
-/// limits as a plain client, then served the same line protocol over TLS 1.3.
-pub(crate) async fn accept_tls_loop(
-    driver: Arc<Driver>,
-    listener: TcpListener,
-    sources: Sources,
-    tls: HerdTls,
-) {
+/// limits as a plain client, then served the same line protocol over TLS 1.3 with the
+/// server's TLS settings as the connection arrives (new files apply to new connections).
+pub(crate) async fn accept_tls_loop(driver: Arc<Driver>, listener: TcpListener, sources: Sources) {
     let per_ip = sources.0;
     loop {
         let accepted = tokio::select! {
@@ -86,16 +86,21 @@ pub(crate) async fn accept_tls_loop(
                 continue;
             }
         };
+        let settings = driver.settings();
+        let Some(tls) = settings.tls.as_ref() else {
+            debug!(%addr, "TLS client refused: the server has no TLS configured now");
+            continue;
+        };
         let Some(slot) = client_slot(&driver, &per_ip, addr) else {
             continue;
         };
         let d = driver.clone();
         let acceptor = tls.client_acceptor().clone();
+        // The handshake is a line's worth of input: it gets the line timeout.
+        let limit = settings.limits.line_timeout;
         driver.spawn(async move {
             let _slot = slot;
             let _ = stream.set_nodelay(true);
-            // The handshake is a line's worth of input: it gets the line timeout.
-            let limit = d.limits().line_timeout;
             match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => client::serve_tls(d, tls_stream, addr).await,
                 Ok(Err(e)) => debug!(%addr, error = %e, "client TLS handshake failed"),
@@ -112,13 +117,13 @@ fn client_slot(driver: &Driver, per_ip: &Arc<PerIp>, addr: SocketAddr) -> Option
     let refusals = driver.refusals();
     let Some(from_ip) = per_ip.take(addr.ip()) else {
         if let Some(suppressed) = refusals.per_ip.hit() {
-            warn!(%addr, limit = per_ip.max, suppressed, "too many client connections from one address; closed at once");
+            warn!(%addr, limit = per_ip.max.load(Ordering::Relaxed), suppressed, "too many client connections from one address; closed at once");
         }
         return None;
     };
     let Some(permit) = driver.admit_client() else {
         if let Some(suppressed) = refusals.max_clients.hit() {
-            warn!(%addr, limit = driver.limits().max_clients, suppressed, "too many client connections; closed at once");
+            warn!(%addr, limit = driver.max_clients(), suppressed, "too many client connections; closed at once");
         }
         return None;
     };
@@ -150,14 +155,14 @@ fn admit(driver: &Arc<Driver>, per_ip: &Arc<PerIp>, stream: std::net::TcpStream,
 
 /// An admitted client connection's place under both limits, given back when dropped.
 struct ClientSlot {
-    _permit: OwnedSemaphorePermit,
+    _permit: ClientPermit,
     _from_ip: IpSlot,
 }
 
 /// The client connections open from each source address, up to `max` each.
 #[derive(Debug)]
 struct PerIp {
-    max: usize,
+    max: AtomicUsize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -171,7 +176,7 @@ struct IpSlot {
 impl PerIp {
     fn new(max: usize) -> Self {
         Self {
-            max,
+            max: AtomicUsize::new(max),
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -186,7 +191,7 @@ impl PerIp {
         let key = source_key(ip);
         let mut open = self.lock();
         let n = open.entry(key).or_insert(0);
-        if *n >= self.max {
+        if *n >= self.max.load(Ordering::Acquire) {
             return None;
         }
         *n += 1;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use herd_core::Timestamp;
 
-use crate::escape::push_clipped;
+use crate::escape::{clip_len, push_escaped};
 
 /// A sink for pre-formatted log lines of one server.
 pub trait MessageLog: Send + Sync {
@@ -83,10 +83,36 @@ pub fn push_message_clipped(
     out.reserve(stamp.len() + prefix.len() + shown(msg) + shown(reply) + 48);
     out.extend_from_slice(stamp);
     out.extend_from_slice(prefix);
-    push_clipped(out, msg, max);
+    push_value(out, msg, max);
     out.extend_from_slice(b" reply=");
-    push_clipped(out, reply, max);
+    push_value(out, reply, max);
     out.push(b'\n');
+}
+
+/// Appends `bytes` as a field value of a text log line: escaped and cut to `max` bytes as
+/// [`crate::escape::Clipped`] shows them, and in double quotes (a `"` inside as `\"`) when
+/// that is empty, holds a space or starts with `"`, like herd-server's text format quotes a
+/// value.
+pub fn push_value(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    let n = clip_len(bytes, max);
+    let shown = &bytes[..n];
+    let cut = n < bytes.len();
+    if !cut && !shown.is_empty() && shown[0] != b'"' && !shown.contains(&b' ') {
+        push_escaped(out, shown);
+        return;
+    }
+    out.push(b'"');
+    for (i, part) in shown.split(|&b| b == b'"').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\\\"");
+        }
+        push_escaped(out, part);
+    }
+    if cut {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "…({} bytes)", bytes.len());
+    }
+    out.push(b'"');
 }
 
 /// Appends one log line of another per-message event, in the layout `tracing` gives it:
@@ -118,7 +144,7 @@ pub fn push_event_clipped(
     out.extend_from_slice(what.as_bytes());
     // Writing into a Vec cannot fail.
     let _ = write!(out, " addr={addr} {field}=");
-    push_clipped(out, value, max);
+    push_value(out, value, max);
     out.push(b'\n');
 }
 
@@ -158,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             v,
-            b"T  INFO client reply addr=127.0.0.1:9 reply=AT x\\n{\\n}\\n\\n\n"
+            b"T  INFO client reply addr=127.0.0.1:9 reply=\"AT x\\n{\\n}\\n\\n\"\n"
         );
     }
 
@@ -174,8 +200,23 @@ mod tests {
         );
         assert_eq!(
             v,
-            b"T  INFO client message addr=127.0.0.1:9 msg=IAMAT\\tx reply=? IAMAT\\tx\\n\n"
+            b"T  INFO client message addr=127.0.0.1:9 msg=IAMAT\\tx reply=\"? IAMAT\\tx\\n\"\n"
         );
+    }
+
+    #[test]
+    fn values_with_spaces_or_a_leading_quote_are_quoted() {
+        let value = |b: &[u8]| {
+            let mut v = Vec::new();
+            push_value(&mut v, b, usize::MAX);
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(value(b"IAMAT"), "IAMAT");
+        assert_eq!(value(b"a\"b"), "a\"b");
+        assert_eq!(value(b"a=b"), "a=b");
+        assert_eq!(value(b""), "\"\"");
+        assert_eq!(value(b"\"a"), "\"\\\"a\"");
+        assert_eq!(value(b"say \"hi\"\\\n"), "\"say \\\"hi\\\"\\\\\\n\"");
     }
 
     #[test]
@@ -186,13 +227,13 @@ mod tests {
         push_message_clipped(&mut v, b"T", &message_prefix(addr), &msg, b"? x\n", 8);
         assert_eq!(
             v,
-            b"T  INFO client message addr=127.0.0.1:9 msg=xxxxxxxx\xe2\x80\xa6(1000 bytes) reply=? x\\n\n"
+            b"T  INFO client message addr=127.0.0.1:9 msg=\"xxxxxxxx\xe2\x80\xa6(1000 bytes)\" reply=\"? x\\n\"\n"
         );
         v.clear();
         push_event_clipped(&mut v, b"T", "client reply", addr, "reply", &msg, 3);
         assert_eq!(
             v,
-            "T  INFO client reply addr=127.0.0.1:9 reply=xxx…(1000 bytes)\n".as_bytes()
+            "T  INFO client reply addr=127.0.0.1:9 reply=\"xxx…(1000 bytes)\"\n".as_bytes()
         );
     }
 }

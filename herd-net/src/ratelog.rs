@@ -30,9 +30,15 @@ struct Window {
 }
 
 impl RateLog {
-    /// A cause with nothing counted yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// A cause with nothing counted yet (`const`, so a cause may be a `static`).
+    pub const fn new() -> Self {
+        Self {
+            window: Mutex::new(Window {
+                last: None,
+                suppressed: 0,
+            }),
+            total: AtomicU64::new(0),
+        }
     }
 
     /// Counts one event now; `Some(n)` when it is to be logged, `n` the events not logged

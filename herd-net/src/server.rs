@@ -16,9 +16,10 @@ use crate::admin::{AdminSpec, MeteredPlaces, PlacesMetrics};
 use crate::clock::RandomIds;
 use crate::driver::Driver;
 use crate::journal::{Journal, JournalSpec};
+use crate::limits::Limits;
 use crate::links::LinkTable;
 use crate::listener::Sources;
-use crate::spec::ServerSpec;
+use crate::spec::{Neighbour, ServerSpec};
 use crate::stats::ServerStats;
 
 /// A running server.
@@ -68,16 +69,15 @@ impl ServerHandle {
     /// # Errors
     /// When the server has no TLS configured.
     pub fn serve_tls_clients(&self, listener: TcpListener) -> std::io::Result<()> {
-        let Some(tls) = self.driver.spec().tls.clone() else {
+        if self.driver.settings().tls.is_none() {
             return Err(std::io::Error::other(
                 "a TLS client address needs the server's TLS files",
             ));
-        };
+        }
         self.driver.spawn(crate::listener::accept_tls_loop(
             self.driver.clone(),
             listener,
             self.sources.clone(),
-            tls,
         ));
         Ok(())
     }
@@ -103,6 +103,80 @@ impl ServerHandle {
             self.started,
             self.start_unix,
         );
+    }
+
+    // === changes while running ===
+    //
+    // Each applies at once; what a change does to connections and sessions already open is
+    // said with it. None of them touches the wire protocol.
+
+    /// The neighbours now (removed ones left out), with the addresses they are dialled at.
+    pub fn neighbours(&self) -> Vec<Neighbour> {
+        self.driver.neighbours()
+    }
+
+    /// The limits now.
+    pub fn limits(&self) -> Limits {
+        self.driver.settings().limits.clone()
+    }
+
+    /// Adds neighbour `n`: it gets a new link (its own dialler starts at once, and its
+    /// handshakes are accepted). Returns `false`, changing nothing, when a neighbour of that
+    /// name is already there.
+    pub fn add_neighbour(&self, n: Neighbour) -> bool {
+        let name = n.name.clone();
+        let addr = n.addr.clone();
+        let added = self.driver.add_peer(n).is_some();
+        if added {
+            crate::scope::enter(self.driver.spec().log_index, || {
+                info!(peer = %name, addr = %addr, "neighbour added");
+            });
+        }
+        added
+    }
+
+    /// Removes neighbour `name` for good: its dialler stops, its session (if up) is closed,
+    /// and its handshakes are refused from now on; queries waiting on its answer finish
+    /// without it. Returns whether it was a neighbour.
+    pub fn remove_neighbour(&self, name: &ServerName) -> bool {
+        let removed = self.driver.remove_peer(name);
+        if removed {
+            crate::scope::enter(self.driver.spec().log_index, || {
+                info!(peer = %name, "neighbour removed; its link is closed");
+            });
+        }
+        removed
+    }
+
+    /// Dials neighbour `name` at `addr` from its next dial on; a session up stays up (the
+    /// peer is known by its name and proof, not its address). Returns whether it is a
+    /// neighbour.
+    pub fn set_neighbour_addr(&self, name: &ServerName, addr: String) -> bool {
+        self.driver.set_peer_addr(name, addr)
+    }
+
+    /// New limits. At once: the store's (`max_records`, `record_ttl`, whose change applies to
+    /// every held record, `max_future_skew`, `max_client_id_bytes`), `resync_window_bytes`,
+    /// and the client connection bounds (`max_clients`, `max_clients_per_ip`: connections
+    /// already open over a lowered bound stay, new ones wait for room). For connections and
+    /// sessions that start from now on: `max_line_bytes`, `idle_timeout`, `line_timeout`,
+    /// `log_line_bytes`, `places_timeout` (new client connections), `peer_queue_bytes`,
+    /// `heartbeat`, `peer_timeout` (new peer sessions). `journal_compact_lines` is read at
+    /// start only; `shutdown_grace` is the caller's.
+    pub fn set_limits(&self, limits: Limits) {
+        self.sources.set_max(limits.max_clients_per_ip);
+        self.driver.set_limits(limits);
+    }
+
+    /// A new peer secret, proved in handshakes from now on; sessions up stay up.
+    pub fn set_secret(&self, secret: Option<Arc<[u8]>>) {
+        self.driver.set_secret(secret);
+    }
+
+    /// New TLS contexts (or none), for peer links and TLS clients that connect from now on;
+    /// sessions up stay up.
+    pub fn set_tls(&self, tls: Option<crate::tls::HerdTls>) {
+        self.driver.set_tls(tls);
     }
 
     /// Serves the stats on `listener`: each connection gets one JSON line, then is closed.
@@ -162,12 +236,9 @@ pub fn start(
     });
     let names: Vec<ServerName> = spec.neighbours.iter().map(|n| n.name.clone()).collect();
     let mut node_cfg = NodeConfig::new(spec.name.clone(), names.clone());
-    node_cfg.resync_window = spec.limits.resync_window();
     node_cfg.journal = spec.journal.is_some();
-    node_cfg.max_client_id_bytes = spec.limits.max_client_id_bytes;
-    node_cfg.max_records = Some(spec.limits.max_records);
-    node_cfg.record_ttl = spec.limits.record_ttl;
-    node_cfg.max_future_skew = spec.limits.max_future_skew;
+    let limits = crate::driver::node_limits(&spec.limits, node_cfg.limits());
+    node_cfg.set_limits(limits);
     let links = LinkTable::new(names.iter().map(|n| spec.name < *n));
     let mut node = Node::new(node_cfg, links, &mut RandomIds);
     let journal = match &spec.journal {
@@ -180,7 +251,7 @@ pub fn start(
         None => None,
     };
     let driver = Driver::new(spec, node, journal, token, tracker);
-    let sources = Sources::new(driver.limits().max_clients_per_ip);
+    let sources = Sources::new(driver.spec().limits.max_clients_per_ip);
     driver.spawn(crate::listener::accept_loop(
         driver.clone(),
         listener,
@@ -188,8 +259,9 @@ pub fn start(
     ));
     driver.spawn(driver.clone().run_timer());
     for i in 0..names.len() {
-        if let Some(up) = driver.link_watch(PeerId(i)) {
-            driver.spawn(crate::link::dial_loop(driver.clone(), PeerId(i), up));
+        let peer = PeerId(i);
+        if let (Some(up), Some(stop)) = (driver.link_watch(peer), driver.peer_stop(peer)) {
+            driver.spawn(crate::link::dial_loop(driver.clone(), peer, up, stop));
         }
     }
     Ok(ServerHandle {

@@ -18,7 +18,8 @@ pub struct Neighbour {
     pub addr: String,
 }
 
-/// Everything a server needs besides its listener.
+/// Everything a server needs besides its listener. The neighbours, limits, secret and TLS
+/// are what it starts with; [`crate::ServerHandle`] changes them while it runs.
 #[derive(Clone)]
 pub struct ServerSpec {
     /// This server's name.

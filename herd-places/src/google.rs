@@ -4,7 +4,9 @@
 //! rustls, by the base URL's scheme), a semaphore bounding the calls in flight, and the
 //! per-call timeout, which covers the wait for a permit too. Failures become
 //! [`PlacesError`]s and, at the port, [`LookupError`]s; the API key is scrubbed from every
-//! message and never printed by `Debug`.
+//! message and never printed by `Debug`. Failures and answers with a status other than `OK`
+//! and `ZERO_RESULTS` are logged as warnings, at most one a second per cause
+//! ([`crate::warnings`]).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -24,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::legacy::{new_api_to_legacy, rpc_error_to_legacy, NEW_API_FIELD_MASK};
+use crate::warnings::WarnLimiter;
 use crate::{BackendKind, PlacesConfig, PlacesError};
 
 /// Google's base URL for the legacy Nearby Search.
@@ -57,6 +60,8 @@ pub struct HyperPlaces {
     client: HttpClient,
     permits: Semaphore,
     timeout: Duration,
+    /// Warnings of failures, at most one a second per cause.
+    warnings: WarnLimiter,
 }
 
 // Written by hand so that the key never reaches a log through `{:?}`.
@@ -109,6 +114,7 @@ impl HyperPlaces {
             client: pooled_client(cfg.timeout)?,
             permits: Semaphore::new(cfg.max_concurrent),
             timeout: cfg.timeout,
+            warnings: WarnLimiter::default(),
         })
     }
 
@@ -222,16 +228,69 @@ impl HyperPlaces {
         }
     }
 
+    /// `text` with every spelling of the key removed.
+    fn scrub_text(&self, text: &str) -> String {
+        text.replace(&self.key, "<redacted>")
+            .replace(&self.key_in_query, "<redacted>")
+    }
+
     /// Removes every spelling of the key from an error's text.
     fn scrub(&self, e: PlacesError) -> PlacesError {
-        let clean = |s: String| {
-            s.replace(&self.key, "<redacted>")
-                .replace(&self.key_in_query, "<redacted>")
-        };
         match e {
-            PlacesError::Http(s) => PlacesError::Http(clean(s)),
-            PlacesError::Decode(s) => PlacesError::Decode(clean(s)),
+            PlacesError::Http(s) => PlacesError::Http(self.scrub_text(&s)),
+            PlacesError::Decode(s) => PlacesError::Decode(self.scrub_text(&s)),
             other => other,
+        }
+    }
+}
+
+impl HyperPlaces {
+    /// The backend's name in logs (`google`, `google-legacy`).
+    fn backend(&self) -> &'static str {
+        match self.api {
+            Api::New => BackendKind::Google.name(),
+            Api::Legacy => BackendKind::GoogleLegacy.name(),
+        }
+    }
+
+    /// Warns of a failed call or an answer with a status other than `OK` and `ZERO_RESULTS`
+    /// (`REQUEST_DENIED`, `OVER_QUERY_LIMIT`, …), at most once a second per cause.
+    fn warn_of(&self, outcome: &Result<Value, PlacesError>) {
+        let backend = self.backend();
+        match outcome {
+            Ok(answer) => {
+                let status = answer.get("status").and_then(Value::as_str).unwrap_or("");
+                if matches!(status, "OK" | "ZERO_RESULTS") {
+                    return;
+                }
+                let status = if status.is_empty() { "(none)" } else { status };
+                if let Some(suppressed) = self.warnings.hit(status) {
+                    let said = answer
+                        .get("error_message")
+                        .and_then(Value::as_str)
+                        .map(|m| self.scrub_text(m))
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        backend,
+                        status,
+                        google_message = %said,
+                        suppressed,
+                        "places service answered with an error status"
+                    );
+                }
+            }
+            Err(e) => {
+                let cause = match e {
+                    PlacesError::Status(code) => format!("HTTP {code}"),
+                    PlacesError::Timeout => "timeout".into(),
+                    PlacesError::Http(_) => "transport".into(),
+                    PlacesError::Decode(_) => "bad answer".into(),
+                    other => other.to_string(),
+                };
+                if let Some(suppressed) = self.warnings.hit(&cause) {
+                    tracing::warn!(backend, cause = %cause, error = %e, suppressed, "places call failed");
+                }
+            }
         }
     }
 }
@@ -240,9 +299,7 @@ impl HyperPlaces {
 impl PlacesLookup for HyperPlaces {
     async fn nearby(&self, q: &PlacesQuery) -> Result<Value, LookupError> {
         let outcome = self.fetch(q).await;
-        if let Err(e) = &outcome {
-            tracing::warn!(api = ?self.api, error = %e, "places call failed");
-        }
+        self.warn_of(&outcome);
         outcome.map_err(LookupError::from)
     }
 }

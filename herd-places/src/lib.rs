@@ -15,6 +15,7 @@ pub mod cache;
 pub mod google;
 pub mod legacy;
 pub mod offline;
+pub mod warnings;
 
 use std::fmt;
 use std::str::FromStr;

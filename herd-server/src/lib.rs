@@ -3,7 +3,8 @@
 //! Layout: [`config`] parses and validates the herd config; [`logging`] installs per-server
 //! log files; this module fits the client limit to the open-file limit
 //! ([`herd_net::fdlimit`]), binds every listener, starts the servers ([`herd_net::start`]) and
-//! shuts them down within the grace period. `main.rs` is the command line around [`run`].
+//! shuts them down within the grace period; [`reload`] applies a changed config to them while
+//! they run. `main.rs` is the command line around [`run`].
 //! There is no protocol logic here: lines mean what herd-core says they mean.
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod logging;
 pub mod places;
+pub mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::{ConfigError, HerdConfig};
+pub use reload::{ConfigSource, ReloadError};
 
 /// Why the herd could not start.
 #[derive(Debug, Error)]
@@ -41,8 +44,10 @@ pub enum StartError {
     /// The same name given twice.
     #[error("server {0} given twice")]
     Duplicate(String),
-    /// A listener could not be bound (port in use, ...).
-    #[error("server {server}: cannot listen on {addr}: {source}")]
+    /// A listener could not be bound (port in use, ...). The cause is the error's
+    /// [`source`](std::error::Error::source), not part of its message (`{:#}` with anyhow
+    /// shows both, once each).
+    #[error("server {server}: cannot listen on {addr}")]
     Bind {
         /// The server.
         server: String,
@@ -52,7 +57,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A server could not start after binding (its journal cannot be read or written, ...).
-    #[error("server {server}: cannot start: {source}")]
+    /// The cause is the error's source, as for [`StartError::Bind`].
+    #[error("server {server}: cannot start")]
     Start {
         /// The server.
         server: String,
@@ -67,7 +73,10 @@ pub struct Herd {
     servers: Vec<ServerHandle>,
     token: CancellationToken,
     tracker: TaskTracker,
-    grace: std::time::Duration,
+    /// The running config, for reloads ([`Herd::reload`]) and the shutdown grace.
+    live: std::sync::Mutex<reload::Running>,
+    /// Where each server running here listens (for neighbours configured on port 0).
+    locals: Vec<(ServerName, SocketAddr)>,
     /// Bound admin listeners not yet served ([`Herd::serve_admin`]), by server index.
     admin_listeners: std::sync::Mutex<Vec<(usize, TcpListener)>>,
     /// The herd's shape and admin token as the admin listeners see them (a reload changes it).
@@ -78,10 +87,8 @@ pub struct Herd {
 /// The version and commit this binary was built from.
 pub const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
-    commit: match option_env!("HERD_BUILD_COMMIT") {
-        Some(c) => c,
-        None => "unknown",
-    },
+    // Set by build.rs: git's short commit, else HERD_COMMIT of the build, else `unknown`.
+    commit: env!("HERD_GIT_COMMIT"),
 };
 
 /// What the admin listeners get from the process around the herd.
@@ -183,12 +190,15 @@ pub async fn start(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut servers = Vec::with_capacity(bound.len());
+    let mut tls_files = Vec::with_capacity(bound.len());
     let locals: Vec<(ServerName, SocketAddr)> = bound.iter().map(|b| (b.0.clone(), b.5)).collect();
     let mut admin_listeners = Vec::new();
     for (index, (name, listener, stats, tls_clients, admin, _)) in bound.into_iter().enumerate() {
         if let Some(l) = admin {
             admin_listeners.push((index, l));
         }
+        // What a reload compares the files with; one that cannot be read is reloaded then.
+        tls_files.push(reload::tls_files(config, &name).ok().flatten());
         let tls = match &config.tls {
             Some(t) => Some(herd_net::tls::HerdTls::load(&t.paths(&name)).map_err(|e| {
                 StartError::Start {
@@ -202,7 +212,7 @@ pub async fn start(
             .neighbours(&name)
             .into_iter()
             .map(|n| Neighbour {
-                addr: dial_addr(config, &locals, &n),
+                addr: reload::dial_addr(config, &locals, &n),
                 name: n,
             })
             .collect();
@@ -248,7 +258,12 @@ pub async fn start(
         servers,
         token,
         tracker,
-        grace: config.limits.shutdown_grace,
+        live: std::sync::Mutex::new(reload::Running {
+            config: config.clone(),
+            tls_files,
+            source: None,
+        }),
+        locals,
         admin_listeners: std::sync::Mutex::new(admin_listeners),
         admin_config: Arc::new(std::sync::RwLock::new(admin_config(config))),
         admin_limits: config.admin_limits,
@@ -258,7 +273,7 @@ pub async fn start(
 /// The limits the servers `names` of `config` run with: the config's, with `max_clients`
 /// lowered when this process's open-file limit, raised to its hard limit first, cannot hold
 /// that many client connections per server besides everything else (said in one line).
-fn fit_open_files(config: &HerdConfig, names: &[ServerName]) -> Limits {
+pub(crate) fn fit_open_files(config: &HerdConfig, names: &[ServerName]) -> Limits {
     let mut limits = config.limits.clone();
     let files = herd_net::fdlimit::raise();
     let neighbours: Vec<usize> = names.iter().map(|n| config.neighbours(n).len()).collect();
@@ -284,17 +299,6 @@ fn fit_open_files(config: &HerdConfig, names: &[ServerName]) -> Limits {
         );
     }
     limits
-}
-
-fn dial_addr(config: &HerdConfig, locals: &[(ServerName, SocketAddr)], n: &ServerName) -> String {
-    let Some(sc) = config.server(n.as_str()) else {
-        return String::new();
-    };
-    let configured_port_zero = sc.addr.rsplit(':').next() == Some("0");
-    match locals.iter().find(|(name, _)| name == n) {
-        Some((_, local)) if configured_port_zero => local.to_string(),
-        _ => sc.addr.clone(),
-    }
 }
 
 impl Herd {
@@ -355,12 +359,16 @@ impl Herd {
         info!("shutting down");
         self.token.cancel();
         self.tracker.close();
-        let in_time = tokio::time::timeout(self.grace, self.tracker.wait())
+        let grace = self.live.lock().map_or_else(
+            |e| e.into_inner().config.limits.shutdown_grace,
+            |r| r.config.limits.shutdown_grace,
+        );
+        let in_time = tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok();
         if !in_time {
             warn!(
-                grace_ms = self.grace.as_millis(),
+                grace_ms = grace.as_millis(),
                 "shutdown grace period over; tasks still running are abandoned"
             );
         }

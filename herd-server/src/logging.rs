@@ -5,8 +5,16 @@
 //! (start-up, shutdown of the process) to every file. Files are written by background
 //! threads (one per file: loggers append whole lines to a shared buffer, the thread writes
 //! each accumulated batch with one system call) so logging every message does not stall the
-//! servers; dropping [`LogGuards`] flushes them. `RUST_LOG` is honoured (default `info`);
-//! warnings and errors also go to stderr.
+//! servers; dropping [`LogGuards`] flushes them. `RUST_LOG` is honoured (default `info`; an
+//! invalid one is an error, [`filter_from_env`]); every warning and error that it lets
+//! through also goes to stderr (without colour unless stderr is a terminal; never in files).
+//! Lines are text or JSON ([`LogFormat`]).
+//!
+//! One layer formats each event once and writes it to the file(s) and, for a warning or an
+//! error, to stderr; the filter is global. (Two layers with a filter each would lose events:
+//! a `tracing::enabled!` check, which herd-net makes before each batch of client messages,
+//! leaves the per-layer filter state of the next event on that thread stale, and the
+//! warn-only layer then skipped, for instance, the over-long-line warning.)
 //!
 //! A logger never waits for the disk: when a file's writer is [`MAX_PENDING`] bytes behind,
 //! new lines for that file are dropped and counted ([`dropped_lines`]); at most once a second
@@ -15,7 +23,8 @@
 //! (`NAME.log` → `NAME.log.1` → … → `NAME.log.KEEP`, always between two lines), and
 //! [`reopen`] (SIGHUP) makes every writer reopen `DIR/NAME.log`, for external log rotation.
 
-use std::io::{self, Write};
+use std::cell::RefCell;
+use std::io::{self, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -24,11 +33,16 @@ use std::time::{Duration, Instant};
 
 use herd_core::ServerName;
 use herd_net::MessageLog;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+mod line;
+
+pub use line::LogFormat;
+use line::Value;
 
 /// Bytes a log file may have waiting for its writer thread; a line that does not fit is
 /// dropped (and counted) rather than making its logger wait.
@@ -58,8 +72,8 @@ static FILES: OnceLock<Vec<Arc<LogFile>>> = OnceLock::new();
 /// Lines dropped in every file of the process since it started.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// The bulk message log of server `index`, if file logging is installed and client messages
-/// are enabled at `info` by `RUST_LOG`.
+/// The bulk message log of server `index`, once file logging is installed in the text format
+/// (in JSON every client message is a `tracing` event).
 pub fn message_log(index: usize) -> Option<Arc<dyn MessageLog>> {
     MESSAGE_LOGS.get()?.get(index).cloned()
 }
@@ -263,6 +277,8 @@ struct Pending {
 struct LogFile {
     /// The file's name in notices (`Welsh.log`).
     label: String,
+    /// The layout of the lines the writer itself writes (notices).
+    format: LogFormat,
     /// Bytes that may wait for the writer; more are dropped.
     max_pending: usize,
     pending: Mutex<Pending>,
@@ -273,9 +289,15 @@ struct LogFile {
 }
 
 impl LogFile {
+    #[cfg(test)]
     fn new(label: String, max_pending: usize) -> Self {
+        Self::with_format(label, max_pending, LogFormat::Text)
+    }
+
+    fn with_format(label: String, max_pending: usize, format: LogFormat) -> Self {
         Self {
             label,
+            format,
             max_pending,
             pending: Mutex::default(),
             work: Condvar::new(),
@@ -326,22 +348,25 @@ impl LogFile {
     }
 
     /// One line of the file in the layout of the other lines.
-    fn event_line(level: &str, text: &str) -> Vec<u8> {
-        let mut line = Vec::with_capacity(64 + text.len());
-        herd_net::msglog::push_timestamp(&mut line, herd_net::clock::now());
-        line.extend_from_slice(format!(" {level:>5} {text}\n").as_bytes());
-        line
+    fn event_line(&self, level: &str, message: &str, fields: &[(&str, Value<'_>)]) -> Vec<u8> {
+        let mut stamp = Vec::with_capacity(32);
+        herd_net::msglog::push_timestamp(&mut stamp, herd_net::clock::now());
+        line::line(self.format, &stamp, level, message, fields)
     }
 
     /// Writes the notice of `n` dropped lines to the file and stderr.
     fn notice(&self, sink: &mut impl Sink, n: u64) {
-        let line = Self::event_line(
+        let line = self.event_line(
             "WARN",
-            &format!(
-                "log lines dropped (the log writer fell behind) file={} dropped={n} total_dropped={}",
-                self.label,
-                self.dropped.load(Ordering::Relaxed)
-            ),
+            "log lines dropped (the log writer fell behind)",
+            &[
+                ("file", Value::Str(&self.label)),
+                ("dropped", Value::U64(n)),
+                (
+                    "total_dropped",
+                    Value::U64(self.dropped.load(Ordering::Relaxed)),
+                ),
+            ],
         );
         // A failed write was reported by the writer already.
         let _ = sink.write_lines(&line);
@@ -403,7 +428,8 @@ impl LogFile {
                 match sink.reopen() {
                     Ok(()) => {
                         failed = false;
-                        let _ = sink.write_lines(&Self::event_line("INFO", "log file reopened"));
+                        let _ =
+                            sink.write_lines(&self.event_line("INFO", "log file reopened", &[]));
                     }
                     Err(e) => eprintln!(
                         "herd-server: cannot reopen the log file {}: {e}",
@@ -469,71 +495,250 @@ impl Drop for LogGuards {
     }
 }
 
+/// Why `RUST_LOG` is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// `RUST_LOG` is not valid UTF-8.
+    #[error("RUST_LOG is not valid UTF-8")]
+    NotUnicode,
+    /// A directive of `RUST_LOG` does not parse.
+    #[error(
+        "invalid RUST_LOG {value:?}: {reason} (e.g. RUST_LOG=info or RUST_LOG=warn,herd_net=debug)"
+    )]
+    Invalid {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The log filter from `RUST_LOG`: `info` when it is unset or empty.
+///
+/// # Errors
+/// [`FilterError`] when `RUST_LOG` is set and not a valid filter (`herd=notalevel`), so a
+/// typo is an error at start rather than a log that is silently empty.
+pub fn filter_from_env() -> Result<EnvFilter, FilterError> {
+    match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new("info")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(FilterError::NotUnicode),
+        Ok(v) if v.trim().is_empty() => Ok(EnvFilter::new("info")),
+        Ok(v) => parse_filter(&v),
+    }
+}
+
+/// `text` as a log filter (`RUST_LOG` syntax).
+///
+/// # Errors
+/// [`FilterError::Invalid`] when a directive does not parse.
+pub fn parse_filter(text: &str) -> Result<EnvFilter, FilterError> {
+    EnvFilter::builder()
+        .parse(text)
+        .map_err(|e| FilterError::Invalid {
+            value: text.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// A handle that writes into a [`LogFile`].
 #[derive(Debug, Clone)]
 struct FileWriter(Arc<LogFile>);
 
-impl Write for FileWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.append(buf);
-        Ok(buf.len())
-    }
+/// Where warnings and errors go besides the files.
+#[derive(Debug, Clone, Copy)]
+struct Stderr {
+    /// Colour the level (only when stderr is a terminal, in the text format, and `NO_COLOR`
+    /// is not set).
+    colour: bool,
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+impl Stderr {
+    /// Writes `line`, whose level word is `level_at` (text format), to stderr.
+    fn write(self, line: &[u8], level: Level, level_at: Option<std::ops::Range<usize>>) {
+        let mut err = io::stderr().lock();
+        // Nothing sensible to do when stderr is gone.
+        let _ = match level_at.filter(|_| self.colour) {
+            Some(r) => err.write_all(&coloured(line, level, r)),
+            None => err.write_all(line),
+        };
     }
 }
 
-/// Routes each event to its server's file.
-#[derive(Clone)]
-struct Router {
+/// `line` with its level word (`at`) in red for an error, yellow otherwise.
+fn coloured(line: &[u8], level: Level, at: std::ops::Range<usize>) -> Vec<u8> {
+    let colour: &[u8] = if level == Level::ERROR {
+        b"\x1b[31m"
+    } else {
+        b"\x1b[33m"
+    };
+    let at = at.start.min(line.len())..at.end.min(line.len());
+    let mut out = Vec::with_capacity(line.len() + 10);
+    out.extend_from_slice(&line[..at.start]);
+    out.extend_from_slice(colour);
+    out.extend_from_slice(&line[at.clone()]);
+    out.extend_from_slice(b"\x1b[0m");
+    out.extend_from_slice(&line[at.end..]);
+    out
+}
+
+/// The one layer: formats each event once, writes it to its server's file (or every file)
+/// and, for a warning or an error, to stderr.
+struct HerdLayer {
+    format: LogFormat,
     files: Vec<FileWriter>,
+    stderr: Stderr,
 }
 
-/// The writer of one event.
-enum Route {
-    One(FileWriter),
-    All(Vec<FileWriter>),
+/// Per-thread buffers of [`HerdLayer`] (reused from event to event).
+#[derive(Default)]
+struct Buffers {
+    line: Vec<u8>,
+    fields: Vec<u8>,
+    message: String,
+    scratch: String,
+    stamp: Vec<u8>,
 }
 
-impl Write for Route {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Route::One(w) => w.write(buf),
-            Route::All(ws) => {
-                for w in ws {
-                    w.write_all(buf)?;
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+/// Collects an event's message and formats its other fields.
+struct Fields<'a> {
+    format: LogFormat,
+    out: &'a mut Vec<u8>,
+    message: &'a mut String,
+    has_message: bool,
+    scratch: &'a mut String,
+}
+
+impl Fields<'_> {
+    fn value(&mut self, field: &Field, value: Value<'_>) {
+        // The metadata fields of `log` records (their target, file and line) are not shown.
+        if !field.name().starts_with("log.") {
+            line::push_field(self.out, self.format, field.name(), value);
+        }
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+            self.has_message = true;
+        } else {
+            self.value(field, Value::Str(value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+            self.has_message = true;
+        } else {
+            let mut text = std::mem::take(self.scratch);
+            text.clear();
+            let _ = write!(text, "{value:?}");
+            self.value(field, Value::Str(&text));
+            *self.scratch = text;
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.value(field, Value::U64(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.value(field, Value::I64(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.value(field, Value::F64(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.value(field, Value::Bool(value));
+    }
+}
+
+impl HerdLayer {
+    fn write(&self, event: &Event<'_>, b: &mut Buffers) {
+        b.line.clear();
+        b.fields.clear();
+        b.message.clear();
+        b.stamp.clear();
+        let mut fields = Fields {
+            format: self.format,
+            out: &mut b.fields,
+            message: &mut b.message,
+            has_message: false,
+            scratch: &mut b.scratch,
+        };
+        event.record(&mut fields);
+        let has_message = fields.has_message;
+        let level = *event.metadata().level();
+        herd_net::msglog::push_timestamp(&mut b.stamp, herd_net::clock::now());
+        line::push_head(
+            &mut b.line,
+            self.format,
+            &b.stamp,
+            level.as_str(),
+            has_message.then_some(b.message.as_str()),
+        );
+        b.line.extend_from_slice(&b.fields);
+        line::push_tail(&mut b.line, self.format);
+        match herd_net::scope::current().and_then(|i| self.files.get(i)) {
+            Some(w) => w.0.append(&b.line),
+            None => {
+                for w in &self.files {
+                    w.0.append(&b.line);
                 }
-                Ok(buf.len())
             }
         }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Route::One(w) => w.flush(),
-            Route::All(ws) => ws.iter_mut().try_for_each(Write::flush),
+        if level <= Level::WARN {
+            // The level word of a text line: after the stamp and a space, right-aligned in 5.
+            let at = (self.format == LogFormat::Text).then(|| {
+                let end = b.stamp.len() + 6;
+                end - level.as_str().len()..end
+            });
+            self.stderr.write(&b.line, level, at);
         }
     }
 }
 
-impl<'a> MakeWriter<'a> for Router {
-    type Writer = Route;
-
-    fn make_writer(&'a self) -> Route {
-        match herd_net::scope::current().and_then(|i| self.files.get(i)) {
-            Some(w) => Route::One(w.clone()),
-            None => Route::All(self.files.clone()),
-        }
+impl<S: Subscriber> Layer<S> for HerdLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut b) => self.write(event, &mut b),
+            // An event logged while formatting another (from a `Display`): fresh buffers.
+            Err(_) => self.write(event, &mut Buffers::default()),
+        });
     }
 }
 
-/// Opens `dir/NAME.log` for each server (in `names` order = log index), rotated as
-/// `rotation` says, and installs the global subscriber.
+/// How the log files are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// When files are rotated.
+    pub rotation: Rotation,
+    /// Text or JSON lines.
+    pub format: LogFormat,
+}
+
+/// Opens `dir/NAME.log` for each server (in `names` order = log index), rotated and
+/// formatted as `settings` says, and installs the global subscriber with `filter` (see
+/// [`filter_from_env`]). In the text format the servers' client messages are written in
+/// bulk ([`message_log`]); in JSON each is a `tracing` event.
 ///
 /// # Errors
 /// When the directory cannot be created or a file cannot be opened.
-pub fn init(dir: &Path, names: &[ServerName], rotation: Rotation) -> anyhow::Result<LogGuards> {
+pub fn init(
+    dir: &Path,
+    names: &[ServerName],
+    settings: LogSettings,
+    filter: EnvFilter,
+) -> anyhow::Result<LogGuards> {
     use anyhow::Context as _;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create log directory {}", dir.display()))?;
@@ -542,9 +747,9 @@ pub fn init(dir: &Path, names: &[ServerName], rotation: Rotation) -> anyhow::Res
     for name in names {
         let label = format!("{name}.log");
         let path = dir.join(&label);
-        let mut sink = FileSink::open(path.clone(), rotation)
+        let mut sink = FileSink::open(path.clone(), settings.rotation)
             .with_context(|| format!("cannot open log file {}", path.display()))?;
-        let log = Arc::new(LogFile::new(label, MAX_PENDING));
+        let log = Arc::new(LogFile::with_format(label, MAX_PENDING, settings.format));
         let writer_log = log.clone();
         let thread = std::thread::Builder::new()
             .name("herd-log".into())
@@ -555,26 +760,26 @@ pub fn init(dir: &Path, names: &[ServerName], rotation: Rotation) -> anyhow::Res
         files.push(writer);
         guards.push(guard);
     }
-    let logs: Vec<Arc<dyn MessageLog>> = files
-        .iter()
-        .map(|w| Arc::new(FileMessageLog(w.0.clone())) as Arc<dyn MessageLog>)
-        .collect();
-    // Only the first installation counts (one per process).
-    let _ = MESSAGE_LOGS.set(logs);
+    if settings.format == LogFormat::Text {
+        let logs: Vec<Arc<dyn MessageLog>> = files
+            .iter()
+            .map(|w| Arc::new(FileMessageLog(w.0.clone())) as Arc<dyn MessageLog>)
+            .collect();
+        // Only the first installation counts (one per process).
+        let _ = MESSAGE_LOGS.set(logs);
+    }
     let _ = FILES.set(files.iter().map(|w| w.0.clone()).collect());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer()
-        .with_ansi(false)
-        .with_target(false)
-        .with_writer(Router { files })
-        .with_filter(filter);
-    let stderr_layer = tracing_subscriber::fmt::layer()
-        .with_writer(io::stderr)
-        .with_target(false)
-        .with_filter(LevelFilter::WARN);
+    let colour = settings.format == LogFormat::Text
+        && io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = HerdLayer {
+        format: settings.format,
+        files,
+        stderr: Stderr { colour },
+    };
     tracing_subscriber::registry()
-        .with(file_layer)
-        .with(stderr_layer)
+        .with(filter)
+        .with(layer)
         .try_init()
         .context("cannot install the log subscriber")?;
     Ok(LogGuards(guards))
@@ -753,6 +958,50 @@ mod tests {
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_writers_own_lines_follow_the_format() {
+        let file = LogFile::with_format("J.log".into(), 1, LogFormat::Json);
+        file.dropped.store(7, Ordering::Relaxed);
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (began, _write_began) = mpsc::channel();
+        let mut sink = Stalled {
+            open: Arc::new((Mutex::new(true), Condvar::new())),
+            began,
+            out: out.clone(),
+        };
+        file.notice(&mut sink, 3);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(
+            v["message"],
+            "log lines dropped (the log writer fell behind)"
+        );
+        assert_eq!(
+            (&v["file"], &v["dropped"], &v["total_dropped"]),
+            (&"J.log".into(), &3.into(), &7.into())
+        );
+        let reopened = file.event_line("INFO", "log file reopened", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&reopened).unwrap();
+        assert_eq!(v["message"], "log file reopened");
+    }
+
+    #[test]
+    fn only_the_level_word_is_coloured() {
+        let line = b"2026-01-01T00:00:00.000000Z  WARN x y=1\n";
+        let stamp = 27;
+        let at = stamp + 6 - 4..stamp + 6;
+        assert_eq!(
+            coloured(line, Level::WARN, at),
+            b"2026-01-01T00:00:00.000000Z  \x1b[33mWARN\x1b[0m x y=1\n"
+        );
+        let line = b"2026-01-01T00:00:00.000000Z ERROR x\n";
+        assert_eq!(
+            coloured(line, Level::ERROR, stamp + 1..stamp + 6),
+            b"2026-01-01T00:00:00.000000Z \x1b[31mERROR\x1b[0m x\n"
+        );
     }
 
     #[test]

@@ -5,23 +5,39 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use herd_server::{config::HerdConfig, logging, places, Herd};
+use herd_server::{config::HerdConfig, logging, places, reload, Herd};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 
 /// Exit status for an invalid command line or config.
 const EXIT_CONFIG: u8 = 64;
 /// Exit status for a failure to start (port in use, log file, ...).
 const EXIT_START: u8 = 1;
 
+/// The version `--version` prints: the package's and the git commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HERD_GIT_COMMIT"),
+    ")"
+);
+
 /// Run servers of a herd (the proxy herd of docs/client-protocol.md).
 #[derive(Debug, Parser)]
-#[command(name = "herd-server", version)]
+#[command(name = "herd-server", version = VERSION)]
 struct Cli {
     /// Servers of the config to start in this process; default: the names in the HERD_NAME
     /// environment variable (separated by spaces).
-    #[arg(value_name = "NAME", conflicts_with_all = ["all", "name_from_hostname"])]
+    #[arg(
+        value_name = "NAME",
+        conflicts_with_all = ["all", "check_config", "name_from_hostname"]
+    )]
     names: Vec<String>,
+    /// Validate the config (--config, else the built-in herd), print the herd it resolves
+    /// to (servers with their addresses, links, every limit with its value) and exit: 0
+    /// when it is valid, 64 with the error on stderr when not. Starts nothing.
+    #[arg(long, conflicts_with_all = ["all", "name_from_hostname", "probe_ready"])]
+    check_config: bool,
     /// Start every server of the config.
     #[arg(long, conflicts_with = "name_from_hostname")]
     all: bool,
@@ -38,7 +54,7 @@ struct Cli {
         conflicts_with_all = ["names", "all", "name_from_hostname"]
     )]
     probe_ready: Option<String>,
-    /// Herd config (JSON); default: the built-in default herd.
+    /// Herd config (JSON); default: the file HERD_CONFIG names, else the built-in default herd.
     #[arg(long, value_name = "FILE", env = "HERD_CONFIG")]
     config: Option<PathBuf>,
     /// Places backend: offline | google | google-legacy; default: google when PLACES_API_KEY
@@ -66,6 +82,10 @@ struct Cli {
     /// Overrides the config's "limits.log_keep"; default 5.
     #[arg(long, value_name = "K")]
     log_keep: Option<usize>,
+    /// Log line format: text (`STAMP LEVEL message key=value ...`, a value with a space or a
+    /// quote in double quotes) or json (one JSON object per line, the fields as keys).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: logging::LogFormat,
 }
 
 /// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
@@ -189,10 +209,38 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 }
 
 /// What SIGHUP does: reopens every log file (for logrotate and the like; the lines logged
-/// before it go to the old file). The place to reload the config too, later.
-fn on_sighup(_herd: &Herd) {
-    info!("SIGHUP received; reopening the log files");
+/// before it go to the old file), then reads the config again and applies it (one line with
+/// the summary; a config that cannot be applied: one line with why, the running one stays).
+fn on_sighup(herd: &Herd) {
+    info!("SIGHUP received; reopening the log files and reloading the config");
     logging::reopen();
+    match herd.reload_from_source() {
+        Ok(summary) => info!("{summary}"),
+        Err(e) => warn!("{e}"),
+    }
+}
+
+/// `--check-config`: the config as a start would read it, validated and printed.
+fn check_config(cli: &Cli) -> Result<(), Failure> {
+    let config = reload::reread(&source(cli)).map_err(read_err)?;
+    print!("{}", reload::describe(&config));
+    Ok(())
+}
+
+/// A config that cannot be read at start: its own message (without the reload's prefix).
+fn read_err(e: reload::ReloadError) -> Failure {
+    match e {
+        reload::ReloadError::Invalid(e) => config_err(e),
+        e => config_err(e),
+    }
+}
+
+/// Where the config comes from, with the command line's overrides.
+fn source(cli: &Cli) -> reload::ConfigSource {
+    reload::ConfigSource {
+        path: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+    }
 }
 
 /// `hup` is SIGHUP, listened to from before the start (so it never kills the process).
@@ -211,12 +259,9 @@ async fn serve(herd: std::sync::Arc<Herd>, mut hup: Signal) -> anyhow::Result<bo
 }
 
 async fn main_async(cli: Cli) -> Result<(), Failure> {
-    let mut config = HerdConfig::load(cli.config.as_deref()).map_err(config_err)?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir = Some(dir.clone());
-    }
-    config.check_peer_security().map_err(config_err)?;
-    config.check_admin_security().map_err(config_err)?;
+    let filter = logging::filter_from_env().map_err(config_err)?;
+    let source = source(&cli);
+    let config = reload::reread(&source).map_err(read_err)?;
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {
@@ -235,15 +280,23 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let hup = signal(SignalKind::hangup())
         .context("cannot listen for SIGHUP")
         .map_err(|e| Failure(EXIT_START, e))?;
-    let rotation = rotation(&cli, &config);
-    let _guards =
-        logging::init(&cli.log_dir, &names, rotation).map_err(|e| Failure(EXIT_START, e))?;
+    let settings = logging::LogSettings {
+        rotation: rotation(&cli, &config),
+        format: cli.log_format,
+    };
+    let _guards = logging::init(&cli.log_dir, &names, settings, filter)
+        .map_err(|e| Failure(EXIT_START, e))?;
     let herd = herd_server::start(&config, &names, places, backend)
         .await
         .map_err(|e| Failure(EXIT_START, e.into()))?;
+    herd.set_source(source);
     let herd = std::sync::Arc::new(herd);
+    let weak = std::sync::Arc::downgrade(&herd);
     herd.serve_admin(&herd_server::AdminExtras {
-        reload: None,
+        reload: Some(std::sync::Arc::new(move || match weak.upgrade() {
+            Some(h) => h.reload_from_source().map_err(|e| e.to_string()),
+            None => Err("the server is shutting down".to_owned()),
+        })),
         map: Some(std::sync::Arc::new(|| {
             herd_places::OfflinePlaces::shared()
                 .map(|p| p.outline(2.0))
@@ -306,7 +359,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    match runtime.block_on(main_async(cli)) {
+    let result = if cli.check_config {
+        check_config(&cli)
+    } else {
+        runtime.block_on(main_async(cli))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
             eprintln!("herd-server: {e:#}");
@@ -391,6 +449,17 @@ mod tests {
         let picked = names(&["--name-from-hostname"], None).unwrap();
         let selected = herd_server::select(&config, &picked).unwrap();
         assert_eq!(selected[0].as_str(), "herd-2");
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        let cli = |args: &[&str]| Cli::try_parse_from(["herd-server", "--all"].iter().chain(args));
+        assert_eq!(cli(&[]).unwrap().log_format, logging::LogFormat::Text);
+        assert_eq!(
+            cli(&["--log-format", "json"]).unwrap().log_format,
+            logging::LogFormat::Json
+        );
+        assert!(cli(&["--log-format", "xml"]).is_err());
     }
 
     #[test]

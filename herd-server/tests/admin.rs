@@ -496,3 +496,43 @@ fn admin_connections_and_header_time_are_bounded() {
             .unwrap_or(false)
     }));
 }
+
+#[test]
+fn post_reload_applies_the_config_file_or_refuses_it_whole() {
+    let layout = Layout::new(&["A", "B"], &[], "");
+    let _p = layout.spawn(&[], &[]);
+    let a = layout.admin["A"];
+    let text = std::fs::read_to_string(layout.config()).unwrap();
+    let linked = text.replace("\"links\": []", "\"links\": [[\"A\", \"B\"]]");
+    assert_ne!(text, linked);
+    std::fs::write(layout.config(), &linked).unwrap();
+    let (status, _, body) = http(a, "POST", "/reload", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("reloaded: ") && body.contains("+link B"),
+        "{body}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || json(a, "/stats")["links_up"]
+            == serde_json::json!(["B"])),
+        "the new link comes up"
+    );
+    let herd = json(layout.admin["B"], "/herd");
+    assert_eq!(
+        herd["links"],
+        serde_json::json!([["A", "B"]]),
+        "the admin view follows the reload"
+    );
+    std::fs::write(layout.config(), "{ not json").unwrap();
+    let (status, _, body) = http(a, "POST", "/reload", &[]);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.starts_with("reload refused, the running config stays: "),
+        "{body}"
+    );
+    assert_eq!(
+        json(a, "/stats")["links_up"],
+        serde_json::json!(["B"]),
+        "nothing changed"
+    );
+}

@@ -377,7 +377,7 @@ fn sigterm_exits_zero_within_the_grace_period_and_the_log_tells_the_story() {
         "server started",
         "client message",
         "IAMAT kiwi +1+1 1",
-        "reply=AT A ",
+        "reply=\"AT A ",
         "client reply",
         "SIGTERM received",
         "shutting down",

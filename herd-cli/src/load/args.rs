@@ -66,7 +66,7 @@ pub(crate) struct LoadArgs {
     pub(super) location: String,
     /// Spread over every server of the config.
     #[arg(long, conflicts_with = "echo_server")]
-    pub(super) all: bool,
+    pub(crate) all: bool,
     /// Run a trivial in-process server and load it (measures the load generator itself).
     #[arg(long)]
     pub(super) echo_server: bool,
@@ -146,6 +146,11 @@ pub(super) fn plan(a: &LoadArgs) -> Result<Plan, Failure> {
 
 pub(super) async fn resolve(g: &Global, a: &LoadArgs) -> Result<Vec<Target>, Failure> {
     if a.echo_server {
+        if a.all || !g.server.is_empty() || !g.to.is_empty() {
+            return Err(Failure::usage(
+                "--echo-server loads its own in-process server: no --all, --server or --to",
+            ));
+        }
         let name = ServerName::new("Echo").map_err(|_| Failure::usage("bad echo name"))?;
         let addr = crate::echo::spawn("127.0.0.1:0", name).await?;
         return Ok(vec![Target {

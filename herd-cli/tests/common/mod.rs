@@ -3,7 +3,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -185,4 +188,87 @@ pub(crate) fn json_lines(out: &Output) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
+}
+
+/// `<target>/<profile>` of this test executable (which lives in `<target>/<profile>/deps`).
+pub(crate) fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The herd-server binary, built if needed; `None` (with a message) when it cannot be had.
+///
+/// `.ci/run` builds it first (`cargo build --workspace --bins`); this also runs `cargo build
+/// -p herd-server` into the test's own target dir, a no-op when it is fresh.
+/// `HERD_SERVER_BIN` names another binary.
+pub(crate) fn server_bin() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("HERD_SERVER_BIN") {
+            return Some(PathBuf::from(p));
+        }
+        let dir = profile_dir();
+        let bin = dir.join("herd-server");
+        let target = dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "herd-server",
+                "--bin",
+                "herd-server",
+                "--target-dir",
+            ])
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let built = build.status().map(|s| s.success()).unwrap_or(false);
+        if !built {
+            eprintln!(
+                "warning: `cargo build -p herd-server` failed; using {} if it exists",
+                bin.display()
+            );
+        }
+        if bin.exists() {
+            Some(bin)
+        } else {
+            eprintln!(
+                "SKIPPED: no herd-server binary at {} (run `cargo build --workspace --bins`)",
+                bin.display()
+            );
+            None
+        }
+    })
+    .clone()
+}
+
+/// A free loopback address: a random address in 127.0.0.0/8 (other than 127.0.0.x, where the
+/// kernel's ephemeral binds live) and a port below the ephemeral range (32768 and up on Linux).
+/// Parallel tests each draw their own address, so two of them cannot pick the same one between
+/// this check and the server's bind.
+pub(crate) fn free_addr() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed).wrapping_mul(40_503));
+        let [a, b, c, _] = n.to_le_bytes();
+        let ip = std::net::Ipv4Addr::new(127, 1 + a % 254, 1 + b % 254, 1 + c % 254);
+        let port = 20_000 + u16::try_from((n >> 8) % 12_000).unwrap();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return format!("{ip}:{port}");
+        }
+    }
 }

@@ -16,7 +16,10 @@
 //!   it is, it never fills the link's queue, and live updates for that neighbour wait in the
 //!   delta (they join it in log order) until it is through;
 //! - a WHATSAT for an unknown client floods a [`PeerMsg::Query`] that collects answers back along
-//!   its spanning tree (an echo wave) and is answered by a deadline.
+//!   its spanning tree (an echo wave) and is answered by a deadline;
+//! - neighbours can be added ([`Node::add_neighbour`]) and removed ([`Node::remove_neighbour`])
+//!   while the node runs, and its limits changed ([`Node::set_limits`]): a [`PeerId`] is an
+//!   index that is never reused, and a removed neighbour's link is down for good.
 //!
 //! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
 //! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
@@ -32,9 +35,12 @@ use thiserror::Error;
 use crate::lookup::PlacesQuery;
 use crate::peer::{PeerMsg, PeerParseError};
 use crate::ports::{IdSource, PeerId, PeerSink};
-use crate::protocol::{parse_client_line, write_invalid, ClientLine, WhatsAt};
+use crate::protocol::{
+    parse_client_line, write_invalid, write_nearby_reply, ClientLine, NearbyCenter, NearbyHit,
+    NearbyRequest, WhatsAt,
+};
 use crate::record::Record;
-use crate::store::{is_expired, LocationStore, Offer};
+use crate::store::{is_expired, LocationStore, NearbyQuery, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
 mod query;
@@ -88,13 +94,72 @@ pub struct NodeConfig {
     /// call handles its event); one that arrives already expired is not stored (an IAMAT is
     /// still answered). Counted in [`NodeStats::expired`] and [`NodeStats::expired_on_arrival`].
     pub record_ttl: Option<Duration>,
+    /// Whether the store keeps its nearby index (default `true`), which answers `NEARBY` by
+    /// searching it; without it `NEARBY` scans every record (the same answer, slower).
+    pub nearby_index: bool,
     /// How far a client's time may be ahead of the server's `now` (default `None`: any). An
     /// IAMAT further ahead is answered with its AT line but neither stored nor flooded
     /// ([`NodeStats::future_refused`]).
     pub max_future_skew: Option<Duration>,
 }
 
+/// The limits of a node that [`Node::set_limits`] changes while it runs (the fields of
+/// [`NodeConfig`] of the same names, which document each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// [`NodeConfig::query_timeout`]: applies to herd queries started after the change.
+    pub query_timeout: Duration,
+    /// [`NodeConfig::max_queries`]: applies to herd queries started after the change.
+    pub max_queries: usize,
+    /// [`NodeConfig::resync_window`]: applies from the next pacing decision.
+    pub resync_window: usize,
+    /// [`NodeConfig::max_client_id_bytes`]: applies to lines and records from then on;
+    /// records already held with longer ids stay.
+    pub max_client_id_bytes: usize,
+    /// [`NodeConfig::max_records`]: applies to records for new clients from then on; a
+    /// store already holding more keeps them (it only takes no new client until below).
+    pub max_records: Option<usize>,
+    /// [`NodeConfig::record_ttl`]: applies at once to every held record (the expiry index
+    /// is rebuilt; what the new lifetime has expired leaves the store at the change).
+    pub record_ttl: Option<Duration>,
+    /// [`NodeConfig::max_future_skew`]: applies to IAMATs from then on.
+    pub max_future_skew: Option<Duration>,
+}
+
 impl NodeConfig {
+    /// The limits [`Node::set_limits`] can change.
+    pub fn limits(&self) -> NodeLimits {
+        NodeLimits {
+            query_timeout: self.query_timeout,
+            max_queries: self.max_queries,
+            resync_window: self.resync_window,
+            max_client_id_bytes: self.max_client_id_bytes,
+            max_records: self.max_records,
+            record_ttl: self.record_ttl,
+            max_future_skew: self.max_future_skew,
+        }
+    }
+
+    /// Sets the fields of `limits`.
+    pub fn set_limits(&mut self, limits: NodeLimits) {
+        let NodeLimits {
+            query_timeout,
+            max_queries,
+            resync_window,
+            max_client_id_bytes,
+            max_records,
+            record_ttl,
+            max_future_skew,
+        } = limits;
+        self.query_timeout = query_timeout;
+        self.max_queries = max_queries;
+        self.resync_window = resync_window;
+        self.max_client_id_bytes = max_client_id_bytes;
+        self.max_records = max_records;
+        self.record_ttl = record_ttl;
+        self.max_future_skew = max_future_skew;
+    }
+
     /// A config with default limits.
     pub fn new(name: ServerName, neighbours: Vec<ServerName>) -> Self {
         Self {
@@ -108,6 +173,7 @@ impl NodeConfig {
             max_records: None,
             record_ttl: None,
             max_future_skew: None,
+            nearby_index: true,
         }
     }
 }
@@ -229,6 +295,8 @@ pub struct NodeStats {
     /// WHATSATs answered `? ` because the herd did not know the client (or the query could
     /// not start, [`NodeConfig::max_queries`]).
     pub whatsats_unknown: u64,
+    /// NEARBY requests answered (invalid ones count in `invalid`).
+    pub nearbys: u64,
     /// Reconciliations: digests answered with a delta (one per link session).
     pub resyncs: u64,
     /// Records sent in reconciliation deltas.
@@ -286,6 +354,21 @@ struct Link {
     resync: Option<Resync>,
     /// Whether this session's digest has been handled (a session honours one).
     digest_done: bool,
+    /// Whether the neighbour was removed ([`Node::remove_neighbour`]): the link stays down
+    /// for good.
+    removed: bool,
+}
+
+impl Link {
+    const DOWN: Link = Link {
+        state: LinkState::Down,
+        peer_epoch: 0,
+        seen: 0,
+        source: 0,
+        resync: None,
+        digest_done: false,
+        removed: false,
+    };
 }
 
 /// One server's protocol state machine.
@@ -310,20 +393,11 @@ pub struct Node<S: PeerSink> {
 impl<S: PeerSink> Node<S> {
     /// A node with an empty store; its epoch, hash seeds and query ids come from `ids`.
     pub fn new(cfg: NodeConfig, sink: S, ids: &mut impl IdSource) -> Self {
-        let links = vec![
-            Link {
-                state: LinkState::Down,
-                peer_epoch: 0,
-                seen: 0,
-                source: 0,
-                resync: None,
-                digest_done: false,
-            };
-            cfg.neighbours.len()
-        ];
+        let links = vec![Link::DOWN; cfg.neighbours.len()];
         // Epoch 0 means "never seen" in digests, so a real epoch is never 0.
         let epoch = ids.next_u64().max(1);
-        let store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
+        let mut store = LocationStore::with_ttl(ids.next_u64(), cfg.record_ttl);
+        store.set_nearby_index(cfg.nearby_index);
         Self {
             cfg,
             epoch,
@@ -350,9 +424,69 @@ impl<S: PeerSink> Node<S> {
         self.epoch
     }
 
-    /// The neighbour list ([`PeerId`] indexes it).
+    /// The neighbour list ([`PeerId`] indexes it). A removed neighbour keeps its place (so
+    /// no [`PeerId`] changes meaning) and is never linked again ([`Node::is_removed`]).
     pub fn neighbours(&self) -> &[ServerName] {
         &self.cfg.neighbours
+    }
+
+    /// Whether `peer` was removed ([`Node::remove_neighbour`]); `false` for an unknown id.
+    pub fn is_removed(&self, peer: PeerId) -> bool {
+        self.links.get(peer.0).is_some_and(|l| l.removed)
+    }
+
+    /// The neighbours not removed, with their [`PeerId`]s.
+    pub fn active_neighbours(&self) -> impl Iterator<Item = (PeerId, &ServerName)> + '_ {
+        self.cfg
+            .neighbours
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.links[*i].removed)
+            .map(|(i, n)| (PeerId(i), n))
+    }
+
+    /// Adds neighbour `name` (its link down until [`Node::handle_link_up`]) and returns its
+    /// [`PeerId`]: the next index, as ids are never reused. A name that is already a
+    /// neighbour (not removed) keeps its id, which is returned; a removed one gets a new id.
+    pub fn add_neighbour(&mut self, name: ServerName) -> PeerId {
+        if let Some((peer, _)) = self.active_neighbours().find(|(_, n)| **n == name) {
+            return peer;
+        }
+        self.cfg.neighbours.push(name);
+        self.links.push(Link::DOWN);
+        PeerId(self.links.len() - 1)
+    }
+
+    /// Removes neighbour `peer` for good: its link goes down as by [`Node::handle_link_down`]
+    /// (queries waiting on its answer count it as a "no", so they still finish), it is never
+    /// offered updates or queries again, a later [`Node::handle_link_up`] for it is ignored
+    /// and its messages are ignored (counted in [`NodeStats::peer_errors`]). Its id is not
+    /// reused. Unknown or already removed: nothing happens.
+    pub fn remove_neighbour(&mut self, now: Timestamp, peer: PeerId) {
+        if self.links.get(peer.0).is_none_or(|l| l.removed) {
+            return;
+        }
+        self.handle_link_down(now, peer);
+        self.links[peer.0] = Link {
+            removed: true,
+            ..Link::DOWN
+        };
+    }
+
+    /// The limits now.
+    pub fn limits(&self) -> NodeLimits {
+        self.cfg.limits()
+    }
+
+    /// Changes the limits at `now` (see [`NodeLimits`] for when each takes effect). A new
+    /// record lifetime applies to every held record at once: the store's expiry index is
+    /// rebuilt and the records it has already expired are removed now (counted in
+    /// [`NodeStats::expired`]); as every server expires by client time, servers given the
+    /// same lifetime still agree.
+    pub fn set_limits(&mut self, now: Timestamp, limits: NodeLimits) {
+        self.cfg.set_limits(limits);
+        self.store.set_ttl(limits.record_ttl);
+        self.expire(now);
     }
 
     /// The location store.
@@ -416,7 +550,55 @@ impl<S: PeerSink> Node<S> {
                 self.stats.whatsats += 1;
                 self.whatsat(now, line, &req, out)
             }
+            ClientLine::Nearby(req) => self.nearby(now, line, &req, out),
         }
+    }
+
+    /// Answers a NEARBY from the store: every server holds every client's newest record,
+    /// so no herd query is needed. A client form for a client not held is `? <line>`.
+    fn nearby(
+        &mut self,
+        now: Timestamp,
+        line: &[u8],
+        req: &NearbyRequest<'_>,
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        let (subject, lat, lon, exclude) = match req.center {
+            NearbyCenter::Client(c) if c.len() > self.cfg.max_client_id_bytes => {
+                return self.invalid(line, out);
+            }
+            NearbyCenter::Client(c) => match self.store.get(c) {
+                Some(r) => (Some(r.clone()), r.lat(), r.lon(), Some(c)),
+                None => return self.invalid(line, out),
+            },
+            NearbyCenter::Point { lat, lon, .. } => (None, lat, lon, None),
+        };
+        self.stats.nearbys += 1;
+        let found = self.store.nearby(&NearbyQuery {
+            lat,
+            lon,
+            radius_m: req.radius.km() * 1000.0,
+            max: usize::from(req.max),
+            exclude,
+        });
+        let now_s = now.as_nanos() as f64 / 1e9;
+        let hits: Vec<NearbyHit<'_>> = found
+            .iter()
+            .map(|n| NearbyHit {
+                at_line: n.record.at_line(),
+                client: n.record.client(),
+                distance_m: n.distance_m,
+                age_s: now_s - n.record.time().as_nanos() as f64 / 1e9,
+            })
+            .collect();
+        write_nearby_reply(
+            subject.as_ref().map(|r| r.at_line()),
+            (lat, lon),
+            req.radius,
+            &hits,
+            out,
+        );
+        ClientAction::Replied
     }
 
     fn invalid(&mut self, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
@@ -557,6 +739,10 @@ impl<S: PeerSink> Node<S> {
     }
 
     fn send(&mut self, to: PeerId, msg: &PeerMsg) {
+        if self.links.get(to.0).is_some_and(|l| l.removed) {
+            // An answer owed to a removed neighbour (a query it sent before): it is gone.
+            return;
+        }
         self.stats.peer_sent += 1;
         if self.sink.send(to, msg).is_err() {
             // The adapter drops the link; stop using it until it is reported up again.
@@ -573,7 +759,7 @@ impl<S: PeerSink> Node<S> {
     /// The link to `peer` is up (handshake done): start reconciliation.
     pub fn handle_link_up(&mut self, now: Timestamp, peer: PeerId) {
         self.expire(now);
-        let Some(link) = self.links.get_mut(peer.0) else {
+        let Some(link) = self.links.get_mut(peer.0).filter(|l| !l.removed) else {
             return;
         };
         if link.state != LinkState::Down {

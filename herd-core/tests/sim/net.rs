@@ -195,6 +195,8 @@ struct LinkSim {
     held: bool,
     /// The id of the latest session started on this link.
     last_session: u64,
+    /// Removed from both ends ([`Sim::remove_link`]): never up again.
+    removed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -543,6 +545,7 @@ impl Sim {
                 blocked_until: START,
                 held: false,
                 last_session: 0,
+                removed: false,
             });
         }
         let net = Net {
@@ -606,7 +609,23 @@ impl Sim {
             node: i,
             net: self.net.clone(),
         };
-        Node::new(cfg, sink, &mut self.ids)
+        let mut node = Node::new(cfg, sink, &mut self.ids);
+        // A restarted server reads the config as it is now: links removed are not in it.
+        // Here they keep their place so that peer ids match the ports.
+        let removed: Vec<PeerId> = {
+            let net = self.net.borrow();
+            net.ports[i]
+                .iter()
+                .enumerate()
+                .filter(|(_, &(l, _))| net.links[l].removed)
+                .map(|(p, _)| PeerId(p))
+                .collect()
+        };
+        let now = self.now();
+        for p in removed {
+            node.remove_neighbour(now, p);
+        }
+        node
     }
 
     fn topo_end(&self, link: usize, end: usize) -> usize {
@@ -861,6 +880,7 @@ impl Sim {
         let [a, b] = l.ends;
         self.nodes[a].is_some()
             && self.nodes[b].is_some()
+            && !l.removed
             && !l.held
             && l.blocked_until <= net.now
             && self.partition.as_ref().is_none_or(|p| p[a] == p[b])
@@ -957,6 +977,59 @@ impl Sim {
     pub(crate) fn release_link(&mut self, link: usize) {
         self.net.borrow_mut().links[link].held = false;
         self.try_up(link);
+        self.after_step();
+    }
+
+    /// Links servers `a` and `b` while they run: a new link at both ends
+    /// ([`Node::add_neighbour`]), brought up at once; returns its index.
+    pub(crate) fn add_link(&mut self, a: &str, b: &str) -> usize {
+        let (a, b) = (self.topo.index(a), self.topo.index(b));
+        let link = self.topo.edges.len();
+        self.topo.edges.push((a, b));
+        let pids = {
+            let mut net = self.net.borrow_mut();
+            let pa = PeerId(net.ports[a].len());
+            net.ports[a].push((link, 0));
+            let pb = PeerId(net.ports[b].len());
+            net.ports[b].push((link, 1));
+            let now = net.now;
+            net.links.push(LinkSim {
+                ends: [a, b],
+                pids: [pa, pb],
+                session: None,
+                blocked_until: now,
+                held: false,
+                last_session: 0,
+                removed: false,
+            });
+            [pa, pb]
+        };
+        for (end, other) in [(a, b), (b, a)] {
+            let name = self.topo.names[other].clone();
+            let want = if end == a { pids[0] } else { pids[1] };
+            let got = self.call(end, |n, _| n.add_neighbour(name));
+            assert!(
+                got.is_none_or(|p| p == want),
+                "a new neighbour takes the next peer id"
+            );
+        }
+        self.try_up(link);
+        self.after_step();
+        link
+    }
+
+    /// Removes link `link` at both ends while they run ([`Node::remove_neighbour`]): its
+    /// session ends (what is in flight is lost) and it never comes up again.
+    pub(crate) fn remove_link(&mut self, link: usize) {
+        self.net.borrow_mut().links[link].removed = true;
+        self.drop_session(link, 0);
+        let (ends, pids) = {
+            let net = self.net.borrow();
+            (net.links[link].ends, net.links[link].pids)
+        };
+        for end in 0..2 {
+            self.call(ends[end], |n, now| n.remove_neighbour(now, pids[end]));
+        }
         self.after_step();
     }
 
@@ -1433,8 +1506,8 @@ impl Sim {
             assert_eq!(node.poll_timeout(), expiry, "{name} wants the wrong timer");
             for p in 0..node.neighbours().len() {
                 assert!(
-                    node.is_linked(PeerId(p)),
-                    "{name}'s link {p} is not synchronised"
+                    node.is_linked(PeerId(p)) != node.is_removed(PeerId(p)),
+                    "{name}'s link {p} is not synchronised (or removed and still up)"
                 );
             }
         }
@@ -1444,7 +1517,7 @@ impl Sim {
             self.pending.len()
         );
         let net = self.net.borrow();
-        for l in &net.links {
+        for l in net.links.iter().filter(|l| !l.removed) {
             let s = l.session.as_ref().expect("every link is up after settling");
             assert!(
                 s.queues.iter().all(VecDeque::is_empty),

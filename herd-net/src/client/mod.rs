@@ -38,7 +38,7 @@ use self::at_once::AtOnce;
 use self::log::{BatchLog, Note};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
-use crate::driver::{ClientTurn, Driver};
+use crate::driver::{ClientTurn, Driver, Settings};
 use crate::escape::Clipped;
 
 /// Replies are flushed once this many bytes are ready, even mid-batch.
@@ -121,6 +121,8 @@ struct Output {
 
 struct Conn {
     driver: Arc<Driver>,
+    /// The server's settings as the connection opened: its limits for its whole life.
+    settings: Arc<Settings>,
     addr: SocketAddr,
     input: Input,
     output: Output,
@@ -224,14 +226,16 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 
 impl Conn {
     fn new(driver: Arc<Driver>, addr: SocketAddr) -> Self {
-        let max = driver.limits().max_line_bytes;
+        let settings = driver.settings();
+        let max = settings.limits.max_line_bytes;
         let log = BatchLog::new(
             addr,
             driver.spec().message_log.clone(),
-            driver.limits().log_line_bytes,
+            settings.limits.log_line_bytes,
         );
         Conn {
             driver,
+            settings,
             addr,
             input: Input {
                 codec: LineCodec::new(max),
@@ -255,10 +259,10 @@ impl Conn {
 
     /// Runs until the connection is done; returns the first line if it is a peer handshake.
     async fn run<S: ClientStream>(&mut self, stream: &mut S) -> std::io::Result<Option<BytesMut>> {
-        let idle_limit = self.driver.limits().idle_timeout;
+        let idle_limit = self.settings.limits.idle_timeout;
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
-        let line_limit = self.driver.limits().line_timeout;
+        let line_limit = self.settings.limits.line_timeout;
         // Armed at `line_armed` while a line is incomplete.
         let line_timer = sleep(line_limit);
         tokio::pin!(line_timer);
@@ -368,7 +372,7 @@ impl Conn {
         if input.buf.is_empty() {
             input.line_deadline = None;
         } else if input.line_deadline.is_none() || input.lines != lines_before {
-            input.line_deadline = Some(Instant::now() + self.driver.limits().line_timeout);
+            input.line_deadline = Some(Instant::now() + self.settings.limits.line_timeout);
         }
     }
 
@@ -425,7 +429,7 @@ impl Conn {
         let target = if direct { &mut output.out } else { &mut side };
         let start = target.len();
         let action = turn.line(self.input.now, &line, target);
-        let max = self.driver.limits().log_line_bytes;
+        let max = self.settings.limits.log_line_bytes;
         match action {
             ClientAction::Silent => {
                 debug!(addr = %self.addr, msg = %Clipped::new(&line, max), "blank line");
@@ -447,9 +451,11 @@ impl Conn {
                 self.log.note(line, Note::Places);
                 let (tx, rx) = oneshot::channel();
                 let driver = self.driver.clone();
+                let settings = self.settings.clone();
                 let addr = self.addr;
                 self.driver.spawn(async move {
-                    let _ = tx.send(reply::places(&driver, addr, record, query).await);
+                    let reply = reply::places(&driver, &settings, addr, record, query).await;
+                    let _ = tx.send(reply);
                 });
                 output.queue.push_back(Slot::Waiting(rx));
             }
@@ -458,9 +464,11 @@ impl Conn {
                 let answer = turn.wait_for(ticket);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let driver = self.driver.clone();
+                let settings = self.settings.clone();
                 let addr = self.addr;
                 self.driver.spawn(async move {
-                    let _ = reply_tx.send(reply::herd(&driver, addr, answer).await);
+                    let reply = reply::herd(&driver, &settings, addr, answer).await;
+                    let _ = reply_tx.send(reply);
                 });
                 output.queue.push_back(Slot::Waiting(reply_rx));
             }

@@ -14,7 +14,17 @@ use tokio::time::timeout;
 use tracing::{error, warn};
 
 use super::log::log_reply;
-use crate::driver::Driver;
+use crate::driver::{Driver, Settings};
+use crate::ratelog::RateLog;
+
+/// Failed Places lookups in this process, by kind of failure, each logged at most once a
+/// second (`suppressed`: those not logged since the last line).
+static LOOKUP_FAILURES: [RateLog; 4] = [
+    RateLog::new(),
+    RateLog::new(),
+    RateLog::new(),
+    RateLog::new(),
+];
 
 /// Extra time a WHATSAT waiting on a herd query may take beyond the node's own deadline.
 const QUERY_GUARD: Duration = Duration::from_secs(2);
@@ -22,26 +32,33 @@ const QUERY_GUARD: Duration = Duration::from_secs(2);
 /// Looks up places for a known client and formats the WHATSAT reply.
 pub(super) async fn places(
     driver: &Driver,
+    settings: &Settings,
     addr: SocketAddr,
     record: Arc<Record>,
     query: PlacesQuery,
 ) -> Vec<u8> {
     let spec = driver.spec();
-    let result = match timeout(spec.limits.places_timeout, spec.places.nearby(&query)).await {
+    let limits = &settings.limits;
+    let result = match timeout(limits.places_timeout, spec.places.nearby(&query)).await {
         Ok(r) => r,
         Err(_) => Err(LookupError::Timeout),
     };
     if let Err(e) = &result {
-        warn!(%addr, error = %e, "places lookup failed");
+        // A failing service fails every lookup: at most one line a second per kind of failure
+        // (the Places backend logs the details, per cause, as rarely).
+        let cause = match e {
+            LookupError::Unavailable(_) => 0,
+            LookupError::Timeout => 1,
+            LookupError::Status(_) => 2,
+            LookupError::BadReply(_) => 3,
+        };
+        if let Some(suppressed) = LOOKUP_FAILURES[cause].hit() {
+            warn!(%addr, error = %e, suppressed, "places lookup failed");
+        }
     }
     let mut out = Vec::with_capacity(4096);
     write_whatsat_reply(record.at_line(), result, query.max_items, &mut out);
-    log_reply(
-        spec.message_log.as_ref(),
-        addr,
-        &out,
-        spec.limits.log_line_bytes,
-    );
+    log_reply(spec.message_log.as_ref(), addr, &out, limits.log_line_bytes);
     out
 }
 
@@ -49,6 +66,7 @@ pub(super) async fn places(
 /// says what comes next (a Places lookup, or its whole reply).
 pub(super) async fn herd(
     driver: &Driver,
+    settings: &Settings,
     addr: SocketAddr,
     mut answer: oneshot::Receiver<QueryOutcome>,
 ) -> Vec<u8> {
@@ -62,14 +80,15 @@ pub(super) async fn herd(
         }
     };
     match outcome {
-        Some(QueryOutcome::Places { record, query }) => places(driver, addr, record, query).await,
+        Some(QueryOutcome::Places { record, query }) => {
+            places(driver, settings, addr, record, query).await
+        }
         Some(QueryOutcome::Reply(out)) => {
-            let spec = driver.spec();
             log_reply(
-                spec.message_log.as_ref(),
+                driver.spec().message_log.as_ref(),
                 addr,
                 &out,
-                spec.limits.log_line_bytes,
+                settings.limits.log_line_bytes,
             );
             out
         }
