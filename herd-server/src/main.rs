@@ -26,23 +26,36 @@ const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(name = "herd-server", version = VERSION)]
 struct Cli {
-    /// Servers of the config to start in this process.
+    /// Servers of the config to start in this process; default: the names in the HERD_NAME
+    /// environment variable (separated by spaces).
     #[arg(
         value_name = "NAME",
-        required_unless_present_any = ["all", "check_config"],
-        conflicts_with_all = ["all", "check_config"]
+        conflicts_with_all = ["all", "check_config", "name_from_hostname"]
     )]
     names: Vec<String>,
     /// Validate the config (--config, else the built-in herd), print the herd it resolves
     /// to (servers with their addresses, links, every limit with its value) and exit: 0
     /// when it is valid, 64 with the error on stderr when not. Starts nothing.
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long, conflicts_with_all = ["all", "name_from_hostname", "probe_ready"])]
     check_config: bool,
     /// Start every server of the config.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "name_from_hostname")]
     all: bool,
-    /// Herd config (JSON); default: the built-in default herd.
-    #[arg(long, value_name = "FILE")]
+    /// Start the server named like this machine's host name (a pod's name in a StatefulSet,
+    /// e.g. herd-2).
+    #[arg(long)]
+    name_from_hostname: bool,
+    /// Exit 0 when the admin listener at ADDR (IP:PORT) answers GET /readyz with 200, else 1;
+    /// starts nothing (the container image's health check: scratch has no curl).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        hide = true,
+        conflicts_with_all = ["names", "all", "name_from_hostname"]
+    )]
+    probe_ready: Option<String>,
+    /// Herd config (JSON); default: the file HERD_CONFIG names, else the built-in default herd.
+    #[arg(long, value_name = "FILE", env = "HERD_CONFIG")]
     config: Option<PathBuf>,
     /// Places backend: offline | google | google-legacy; default: google when PLACES_API_KEY
     /// is set, else offline.
@@ -103,6 +116,79 @@ fn rotation(cli: &Cli, config: &HerdConfig) -> logging::Rotation {
             .or(config.log_rotation.max_bytes)
             .unwrap_or(d.max_bytes),
         keep: cli.log_keep.or(config.log_rotation.keep).unwrap_or(d.keep),
+    }
+}
+
+/// The environment variable naming the servers to start when the command line names none.
+const NAME_ENV: &str = "HERD_NAME";
+
+/// The servers to start: the command line's names, else this host's name
+/// (`--name-from-hostname`), else `HERD_NAME`'s names.
+fn server_names(
+    cli: &Cli,
+    env: Option<String>,
+    hostname: impl FnOnce() -> std::io::Result<String>,
+) -> anyhow::Result<Vec<String>> {
+    if cli.name_from_hostname {
+        let host = hostname().context("--name-from-hostname: cannot read the host name")?;
+        let host = host.trim();
+        anyhow::ensure!(
+            !host.is_empty(),
+            "--name-from-hostname: the host name is empty"
+        );
+        return Ok(vec![host.to_owned()]);
+    }
+    if !cli.names.is_empty() {
+        return Ok(cli.names.clone());
+    }
+    let from_env: Vec<String> = env
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        !from_env.is_empty(),
+        "no server to start: name them (herd-server NAME...), or give --all, \
+         --name-from-hostname or {NAME_ENV}"
+    );
+    Ok(from_env)
+}
+
+/// This machine's host name (the kernel's: a container's or pod's own name).
+fn hostname() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+}
+
+/// `--probe-ready`: GET /readyz at `addr` over plain HTTP/1.1, with every wait bounded.
+fn probe_ready(addr: &str) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    let sock = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--probe-ready {addr:?}: not an address"))?
+        .next()
+        .with_context(|| format!("--probe-ready {addr:?}: no address"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&sock, WAIT)
+        .with_context(|| format!("cannot connect to {sock}"))?;
+    conn.set_read_timeout(Some(WAIT))?;
+    conn.set_write_timeout(Some(WAIT))?;
+    write!(
+        conn,
+        "GET /readyz HTTP/1.1\r\nHost: {sock}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = Vec::with_capacity(256);
+    conn.take(4096).read_to_end(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    let code = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    match code {
+        Some("200") => Ok(()),
+        Some(code) => anyhow::bail!("GET /readyz at {sock}: {code} {body}"),
+        None => anyhow::bail!("GET /readyz at {sock}: not an HTTP answer"),
     }
 }
 
@@ -179,7 +265,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     let names: Vec<String> = if cli.all {
         config.servers.iter().map(|s| s.name.to_string()).collect()
     } else {
-        cli.names.clone()
+        server_names(&cli, std::env::var(NAME_ENV).ok(), hostname).map_err(config_err)?
     };
     let names = herd_server::select(&config, &names).map_err(config_err)?;
     let pc = places::choose(
@@ -254,6 +340,15 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(addr) = &cli.probe_ready {
+        return match probe_ready(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herd-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -280,7 +375,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_size, rotation, Cli};
+    use super::{parse_size, rotation, server_names, Cli};
     use clap::Parser;
     use herd_server::{config::HerdConfig, logging};
 
@@ -314,6 +409,46 @@ mod tests {
                 keep: 3
             }
         );
+    }
+
+    #[test]
+    fn server_names_come_from_the_command_line_the_host_name_or_herd_name() {
+        let cli = |args: &[&str]| Cli::try_parse_from(["herd-server"].iter().chain(args));
+        let host = || Ok("herd-2\n".to_owned());
+        let no_host = || Err(std::io::Error::other("no /proc"));
+        let names = |args: &[&str], env: Option<&str>| {
+            server_names(&cli(args).unwrap(), env.map(str::to_owned), host)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            names(&["A", "B"], Some("C")),
+            Ok(vec!["A".into(), "B".into()])
+        );
+        assert_eq!(names(&[], Some(" C  D ")), Ok(vec!["C".into(), "D".into()]));
+        assert_eq!(
+            names(&["--name-from-hostname"], Some("C")),
+            Ok(vec!["herd-2".into()])
+        );
+        assert!(names(&[], None).unwrap_err().contains("no server to start"));
+        assert!(names(&[], Some("  ")).is_err());
+        let err = server_names(&cli(&["--name-from-hostname"]).unwrap(), None, no_host);
+        assert!(format!("{:#}", err.unwrap_err()).contains("cannot read the host name"));
+        let empty = server_names(&cli(&["--name-from-hostname"]).unwrap(), None, || {
+            Ok("\n".into())
+        });
+        assert!(empty.is_err());
+        assert!(cli(&["--name-from-hostname", "A"]).is_err());
+        assert!(cli(&["--name-from-hostname", "--all"]).is_err());
+        assert!(cli(&["--all", "A"]).is_err());
+        assert!(cli(&["--probe-ready", "127.0.0.1:1", "A"]).is_err());
+        // Pod names are valid server names.
+        let config = HerdConfig::parse(
+            r#"{"servers": {"herd-0": "127.0.0.1:1", "herd-2": "127.0.0.1:2"}, "links": [["herd-0", "herd-2"]]}"#,
+        )
+        .unwrap();
+        let picked = names(&["--name-from-hostname"], None).unwrap();
+        let selected = herd_server::select(&config, &picked).unwrap();
+        assert_eq!(selected[0].as_str(), "herd-2");
     }
 
     #[test]
