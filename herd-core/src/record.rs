@@ -188,7 +188,16 @@ impl Record {
 
     /// The location field as the client sent it (ISO 6709).
     pub fn location_text(&self) -> &[u8] {
-        location_field(self.at_line())
+        let line = self.at_line();
+        match self.client {
+            // The field after the client id, up to the next space.
+            (a, b) if (a, b) != (0, 0) => {
+                let rest = line.get(usize::from(b) + 1..).unwrap_or_default();
+                let end = rest.iter().position(|&c| c == b' ').unwrap_or(rest.len());
+                &rest[..end]
+            }
+            _ => location_field(line),
+        }
     }
 
     /// Latitude and longitude in degrees, parsed once.
@@ -235,6 +244,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn the_location_text_is_the_fifth_field() {
+        let r = Record::parse(
+            b"AT Goloman +0.100000000 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.9",
+        )
+        .unwrap();
+        assert_eq!(r.location_text(), b"+34.068930-118.445127");
+        assert_eq!(r.position(), (34.068930, -118.445127));
+    }
     use crate::protocol::{parse_client_line, ClientLine};
 
     fn rec(server: &str, line: &str, now: u64) -> Arc<Record> {

@@ -97,11 +97,20 @@ pub fn push_value(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
     let n = clip_len(bytes, max);
     let shown = &bytes[..n];
     let cut = n < bytes.len();
-    if !cut && !shown.is_empty() && shown[0] != b'"' && !shown.contains(&b' ') {
+    if !cut && !shown.is_empty() && shown[0] != b'"' && memchr::memchr(b' ', shown).is_none() {
         push_escaped(out, shown);
         return;
     }
     out.push(b'"');
+    if memchr::memchr(b'"', shown).is_none() {
+        // The usual case (a protocol line holds no quote): one pass.
+        push_escaped(out, shown);
+        if cut {
+            let _ = write!(out, "…({} bytes)", bytes.len());
+        }
+        out.push(b'"');
+        return;
+    }
     for (i, part) in shown.split(|&b| b == b'"').enumerate() {
         if i > 0 {
             out.extend_from_slice(b"\\\"");
