@@ -480,9 +480,13 @@ impl Driver {
         self.reconfig.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds neighbour `n` and starts dialling it; `None` when a neighbour of that name is
-    /// already there (not removed).
-    pub(crate) fn add_peer(self: &Arc<Self>, n: Neighbour) -> Option<PeerId> {
+    /// Adds neighbour `n`; `None` when a neighbour of that name is already there (not
+    /// removed). The caller starts its dialler with what is returned (the socket loops are
+    /// not the driver's to start: they call the driver, never the other way round).
+    pub(crate) fn add_peer(
+        self: &Arc<Self>,
+        n: Neighbour,
+    ) -> Option<(PeerId, Option<watch::Receiver<bool>>, CancellationToken)> {
         let _change = self.reconfig_lock();
         if self.active_peers().iter().any(|(_, name)| *name == n.name) {
             return None;
@@ -505,10 +509,7 @@ impl Driver {
             debug_assert_eq!(peer, in_table, "the node and the table number peers alike");
             (peer, st.node.sink().watch(peer))
         };
-        if let Some(up) = up {
-            self.spawn(crate::link::dial_loop(self.clone(), peer, up, stop));
-        }
-        Some(peer)
+        Some((peer, up, stop))
     }
 
     /// Removes neighbour `name` for good: its dialler stops, its session is closed, its

@@ -126,7 +126,16 @@ impl ServerHandle {
     pub fn add_neighbour(&self, n: Neighbour) -> bool {
         let name = n.name.clone();
         let addr = n.addr.clone();
-        let added = self.driver.add_peer(n).is_some();
+        let added = match self.driver.add_peer(n) {
+            Some((peer, up, stop)) => {
+                if let Some(up) = up {
+                    self.driver
+                        .spawn(crate::link::dial_loop(self.driver.clone(), peer, up, stop));
+                }
+                true
+            }
+            None => false,
+        };
         if added {
             crate::scope::enter(self.driver.spec().log_index, || {
                 info!(peer = %name, addr = %addr, "neighbour added");
