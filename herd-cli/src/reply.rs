@@ -41,7 +41,10 @@ impl Expect {
     pub(crate) fn of(line: &[u8]) -> Self {
         match parse_client_line(line) {
             ClientLine::Blank => Self::Nothing,
-            ClientLine::IAmAt(_) | ClientLine::Invalid(_) => Self::Line,
+            ClientLine::IAmAt(_)
+            | ClientLine::Invalid(_)
+            | ClientLine::Fence(_)
+            | ClientLine::Unfence(_) => Self::Line,
             ClientLine::WhatsAt(_) => Self::Places,
             ClientLine::Nearby(n) => Self::Nearby {
                 subject: matches!(n.center, herd_core::protocol::NearbyCenter::Client(_)),
@@ -110,6 +113,10 @@ pub(crate) fn why_invalid(request: &[u8]) -> String {
             }
         },
         ClientLine::Invalid(e) => format!("the request is invalid ({e})"),
+        ClientLine::Fence(_) => {
+            "the server refused the FENCE (no such connection, or over a fence limit)".to_owned()
+        }
+        ClientLine::Unfence(_) => "no fence of that id on this connection".to_owned(),
         ClientLine::IAmAt(_) | ClientLine::Blank => {
             "the server found the request invalid".to_owned()
         }
@@ -427,8 +434,12 @@ pub(crate) fn write_stateless_answer(
             let record = Record::from_iamat(server, Timestamp(0), &zero);
             places.write(record.at_line(), req.max_items, out);
         }
-        // The echo server holds no clients: no client is near anything.
-        ClientLine::Invalid(_) | ClientLine::Nearby(_) => write_invalid(line, out),
+        // The echo server holds no clients: no client is near anything, and it takes no
+        // fences.
+        ClientLine::Invalid(_)
+        | ClientLine::Nearby(_)
+        | ClientLine::Fence(_)
+        | ClientLine::Unfence(_) => write_invalid(line, out),
     }
 }
 

@@ -13,6 +13,7 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod fence;
 pub mod lookup;
 pub mod near;
 pub mod node;
@@ -29,6 +30,7 @@ pub mod testing;
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
 pub use node::{
     ClientAction, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError, QueryOutcome,
+    Subscriber,
 };
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{IdSource, PeerId, PeerSendError, PeerSink};

@@ -67,6 +67,27 @@ pub struct NearbyRequest<'a> {
     pub max: u16,
 }
 
+/// Longest fence id, in bytes.
+pub const MAX_FENCE_ID_BYTES: usize = 64;
+
+/// A `FENCE <fence-id> <location> <radius-km>` request (a herd extension): subscribe the
+/// connection to crossings of the circle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FenceRequest<'a> {
+    /// The fence id, 1 to [`MAX_FENCE_ID_BYTES`] bytes.
+    pub id: &'a [u8],
+    /// Location text as sent.
+    pub location: &'a [u8],
+    /// Parsed latitude.
+    pub lat: f64,
+    /// Parsed longitude.
+    pub lon: f64,
+    /// Radius text as sent.
+    pub radius_text: &'a [u8],
+    /// Radius, as WHATSAT's: (0, 50] km.
+    pub radius: RadiusKm,
+}
+
 /// Why a line is not a valid request (it is answered `? ` + the line either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -81,6 +102,9 @@ pub enum ParseError {
         /// Fields the line has.
         got: usize,
     },
+    /// A fence id is longer than [`MAX_FENCE_ID_BYTES`].
+    #[error("fence id too long")]
+    FenceId,
     /// A field is malformed or out of range.
     #[error(transparent)]
     Field(#[from] FieldError),
@@ -97,6 +121,10 @@ pub enum ClientLine<'a> {
     WhatsAt(WhatsAt<'a>),
     /// A NEARBY (herd extension).
     Nearby(NearbyRequest<'a>),
+    /// A FENCE (herd extension).
+    Fence(FenceRequest<'a>),
+    /// An `UNFENCE <fence-id>` (herd extension).
+    Unfence(&'a [u8]),
     /// Anything else: reply `? ` + the line.
     Invalid(ParseError),
 }
@@ -128,6 +156,13 @@ pub fn parse_client_line(line: &[u8]) -> ClientLine<'_> {
             .and_then(|()| parse_whatsat(f))
             .map(ClientLine::WhatsAt),
         b"NEARBY" => parse_nearby(line, count).map(ClientLine::Nearby),
+        b"FENCE" => parse_fence(f, count).map(ClientLine::Fence),
+        b"UNFENCE" if count == 2 && fence_id_ok(f[1]) => Ok(ClientLine::Unfence(f[1])),
+        b"UNFENCE" if count == 2 => Err(ParseError::FenceId),
+        b"UNFENCE" => Err(ParseError::WrongArity {
+            expected: 2,
+            got: count,
+        }),
         _ => Err(ParseError::UnknownCommand),
     };
     parsed.unwrap_or_else(ClientLine::Invalid)
@@ -188,6 +223,59 @@ fn parse_nearby(line: &[u8], count: usize) -> Result<NearbyRequest<'_>, ParseErr
         radius: RadiusKm::parse(radius)?,
         max: parse_nearby_max(max).ok_or(FieldError::MaxItems)?,
     })
+}
+
+fn fence_id_ok(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_FENCE_ID_BYTES
+}
+
+/// `FENCE <fence-id> <location> <radius-km>`.
+fn parse_fence(f: [&[u8]; 4], count: usize) -> Result<FenceRequest<'_>, ParseError> {
+    arity(count)?;
+    if !fence_id_ok(f[1]) {
+        return Err(ParseError::FenceId);
+    }
+    let (lat, lon) = Location::degrees(f[2])?;
+    Ok(FenceRequest {
+        id: f[1],
+        location: f[2],
+        lat,
+        lon,
+        radius_text: f[3],
+        radius: RadiusKm::parse(f[3])?,
+    })
+}
+
+/// Appends the acknowledgement of a FENCE: `FENCED <fence-id> <location> <radius-km>\n`,
+/// the three fields as the request had them.
+pub fn write_fenced(req: &FenceRequest<'_>, out: &mut Vec<u8>) {
+    for (i, part) in [&b"FENCED"[..], req.id, req.location, req.radius_text]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(part);
+    }
+    out.push(b'\n');
+}
+
+/// Appends the acknowledgement of an UNFENCE: `UNFENCED <fence-id>\n`.
+pub fn write_unfenced(id: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"UNFENCED ");
+    out.extend_from_slice(id);
+    out.push(b'\n');
+}
+
+/// Appends a fence event: `ENTER <fence-id> <AT line>\n` or `EXIT <fence-id> <AT line>\n`.
+pub fn write_fence_event(enter: bool, id: &[u8], at_line: &[u8], out: &mut Vec<u8>) {
+    out.reserve(id.len() + at_line.len() + 8);
+    out.extend_from_slice(if enter { b"ENTER " } else { b"EXIT " });
+    out.extend_from_slice(id);
+    out.push(b' ');
+    out.extend_from_slice(at_line);
+    out.push(b'\n');
 }
 
 /// 1 to [`MAX_NEARBY`], plain digits (leading zeros allowed, as WHATSAT's count).

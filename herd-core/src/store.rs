@@ -411,6 +411,11 @@ impl LocationStore {
     /// With a lifetime, removes every record expired at `now` ([`is_expired`]); returns how
     /// many. Costs only what expires (plus one look at the earliest expiry).
     pub fn expire(&mut self, now: Timestamp) -> usize {
+        self.expire_each(now, |_| {})
+    }
+
+    /// As [`LocationStore::expire`], calling `gone` with each record removed, in expiry order.
+    pub fn expire_each(&mut self, now: Timestamp, mut gone: impl FnMut(&Arc<Record>)) -> usize {
         let now = u128::from(now.as_nanos());
         let mut n = 0;
         while let Some(entry) = self.expiry.first_entry() {
@@ -420,6 +425,7 @@ impl LocationStore {
             let record = entry.remove();
             // The index holds exactly the held records: this removes it and its entry.
             if self.remove(record.client()).is_some() {
+                gone(&record);
                 n += 1;
             }
         }

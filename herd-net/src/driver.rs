@@ -26,9 +26,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use herd_core::{
     ClientAction, Node, NodeEvent, NodeLimits, NodeStats, PeerError, PeerId, QueryOutcome, Record,
-    ServerName, Timestamp,
+    ServerName, Subscriber, Timestamp,
 };
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,6 +120,8 @@ pub(crate) fn node_limits(limits: &Limits, base: NodeLimits) -> NodeLimits {
         max_records: Some(limits.max_records),
         record_ttl: limits.record_ttl,
         max_future_skew: limits.max_future_skew,
+        max_fences_per_subscriber: limits.max_fences_per_connection,
+        max_fences: limits.max_fences,
         ..base
     }
 }
@@ -158,6 +160,46 @@ struct State {
     journal_due: Option<Timestamp>,
     /// Records the node refused, by cause, as last logged.
     refused: RefusedLog,
+    /// Connections that may hold fences, by subscriber id: where their events go.
+    subscribers: HashMap<Subscriber, Subscription>,
+    /// The last subscriber id handed out.
+    last_subscriber: Subscriber,
+    /// Subscribers closed because their event queue was full.
+    subscribers_dropped: u64,
+}
+
+/// The driver's end of a connection's fence events.
+struct Subscription {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Cancelled when the driver drops the subscriber (its queue was full).
+    dropped: CancellationToken,
+}
+
+/// A connection's end of its fence events ([`ClientTurn::subscribe`]); dropping it ends the
+/// connection's fences.
+pub(crate) struct Pushes {
+    driver: Arc<Driver>,
+    id: Subscriber,
+    /// The events, in the order the records were stored; closed when the driver drops the
+    /// subscriber.
+    pub(crate) rx: mpsc::Receiver<Vec<u8>>,
+    /// Cancelled when the driver drops the subscriber because its queue was full.
+    pub(crate) dropped: CancellationToken,
+}
+
+impl Pushes {
+    /// The subscriber id the node knows the connection by.
+    pub(crate) fn id(&self) -> Subscriber {
+        self.id
+    }
+}
+
+impl Drop for Pushes {
+    fn drop(&mut self) {
+        let mut st = lock(&self.driver.state);
+        st.subscribers.remove(&self.id);
+        st.node.drop_subscriber(self.id);
+    }
 }
 
 /// A cause for which the node does not store a record: its counter, level and log line.
@@ -277,9 +319,40 @@ impl ClientTurn<'_> {
         warm(self.state.node.store(), buf, Lines::Client)
     }
 
-    /// Handles one client line; a direct reply is appended to `out`.
-    pub(crate) fn line(&mut self, now: Timestamp, line: &[u8], out: &mut Vec<u8>) -> ClientAction {
-        self.state.node.handle_client_line(now, line, out)
+    /// Handles one client line from subscriber `from` (if the connection is one); a direct
+    /// reply is appended to `out`.
+    pub(crate) fn line(
+        &mut self,
+        now: Timestamp,
+        from: Option<Subscriber>,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        self.state
+            .node
+            .handle_client_line_from(now, from, line, out)
+    }
+
+    /// Makes the connection a subscriber that may hold fences: its events arrive on the
+    /// returned end, at most `queue` of them waiting.
+    pub(crate) fn subscribe(&mut self, driver: &Arc<Driver>, queue: usize) -> Pushes {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        self.state.last_subscriber += 1;
+        let id = self.state.last_subscriber;
+        let dropped = CancellationToken::new();
+        self.state.subscribers.insert(
+            id,
+            Subscription {
+                tx,
+                dropped: dropped.clone(),
+            },
+        );
+        Pushes {
+            driver: driver.clone(),
+            id,
+            rx,
+            dropped,
+        }
     }
 
     /// The answer of herd query `ticket` (from [`ClientAction::Pending`]), when it comes.
@@ -360,6 +433,9 @@ impl Driver {
                 timer_at: None,
                 journal_due: None,
                 refused: RefusedLog::default(),
+                subscribers: HashMap::new(),
+                last_subscriber: 0,
+                subscribers_dropped: 0,
             }),
             token,
             tracker,
@@ -749,6 +825,30 @@ impl Driver {
                         let _ = tx.send(outcome);
                     }
                 }
+                NodeEvent::Fence { subscriber, line } => {
+                    let Some(sub) = st.subscribers.get(&subscriber) else {
+                        continue;
+                    };
+                    match sub.tx.try_send(line) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // It does not read its events: it must not slow the herd.
+                            sub.dropped.cancel();
+                            st.subscribers.remove(&subscriber);
+                            let fences = st.node.drop_subscriber(subscriber);
+                            st.subscribers_dropped += 1;
+                            tracing::warn!(
+                                fences,
+                                queue_lines = self.settings().limits.fence_queue_lines,
+                                "fence subscriber does not read its events; closing its connection (limits.fence_queue_lines)"
+                            );
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            st.subscribers.remove(&subscriber);
+                            st.node.drop_subscriber(subscriber);
+                        }
+                    }
+                }
             }
         }
         let logs = st.refused.check(st.node.stats(), clock::now);
@@ -831,6 +931,9 @@ impl Driver {
             journal: self.journal.as_ref().map(|j| (j.lines(), j.errors())),
             timer_wakeups: self.timer_wakeups.load(Ordering::Relaxed),
             refusals: self.refusals.counts(),
+            fences: node.fence_count(),
+            fence_subscribers: st.subscribers.len(),
+            fence_subscribers_dropped: st.subscribers_dropped,
         }
     }
 

@@ -62,6 +62,14 @@ pub const FALLBACK_MAX_RECORDS: usize = 5_000_000;
 pub const DEFAULT_RECORD_TTL: Option<Duration> = None;
 /// Default bound on how far ahead of the server's clock a client's time may be: none (`None`).
 pub const DEFAULT_MAX_FUTURE_SKEW: Option<Duration> = None;
+/// Default most fences one client connection holds: 100.
+pub const DEFAULT_MAX_FENCES_PER_CONNECTION: usize =
+    herd_core::node::DEFAULT_MAX_FENCES_PER_SUBSCRIBER;
+/// Default most fences one server holds: 100,000.
+pub const DEFAULT_MAX_FENCES: usize = herd_core::node::DEFAULT_MAX_FENCES;
+/// Default most fence events waiting for one connection: 10,000 lines (about a megabyte).
+/// A connection that lets more pile up (it does not read) is closed, and its fences end.
+pub const DEFAULT_FENCE_QUEUE_LINES: usize = 10_000;
 
 /// The default store bound: half the memory this process may use at [`BYTES_PER_RECORD`]
 /// bytes a record, computed once per process.
@@ -171,6 +179,13 @@ pub struct Limits {
     /// Whether the store keeps its nearby index for `NEARBY` (default `true`; without it
     /// `NEARBY` scans the store). Read at start.
     pub nearby_index: bool,
+    /// Most fences one client connection holds; a FENCE beyond it is answered `? <line>`.
+    pub max_fences_per_connection: usize,
+    /// Most fences the server holds; a FENCE beyond it is answered `? <line>`.
+    pub max_fences: usize,
+    /// Most fence events waiting for one connection; when its queue is full the connection
+    /// is closed (counted and logged) rather than slowing the server.
+    pub fence_queue_lines: usize,
 }
 
 impl Default for Limits {
@@ -194,6 +209,9 @@ impl Default for Limits {
             record_ttl: DEFAULT_RECORD_TTL,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             nearby_index: true,
+            max_fences_per_connection: DEFAULT_MAX_FENCES_PER_CONNECTION,
+            max_fences: DEFAULT_MAX_FENCES,
+            fence_queue_lines: DEFAULT_FENCE_QUEUE_LINES,
         }
     }
 }

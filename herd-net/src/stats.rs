@@ -71,6 +71,13 @@ pub struct ServerStats {
     /// Times the server's timer task ran: once per deadline (herd query, record expiry,
     /// journal flush of peer records, refusal log), so an idle server's count stays still.
     pub timer_wakeups: u64,
+    /// Fences held now.
+    pub fences: usize,
+    /// Client connections that may hold fences (they sent a FENCE) open now.
+    pub fence_subscribers: usize,
+    /// Connections closed because their fence event queue was full
+    /// (`limits.fence_queue_lines`).
+    pub fence_subscribers_dropped: u64,
 }
 
 impl ServerStats {
@@ -91,7 +98,7 @@ impl ServerStats {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "server": self.server.as_str(),
             "records": self.records,
             "digest": self.digest,
@@ -129,7 +136,19 @@ impl ServerStats {
             "resync_records": n.resync_records,
             "store_line_bytes": self.store_line_bytes,
             "links": links,
-        })
+        });
+        let more = serde_json::json!({
+            "nearbys": n.nearbys,
+            "fences": self.fences,
+            "fence_subscribers": self.fence_subscribers,
+            "fence_events": n.fence_events,
+            "fences_refused": n.fences_refused,
+            "fence_subscribers_dropped": self.fence_subscribers_dropped,
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (doc.as_object_mut(), more) {
+            all.extend(more);
+        }
+        doc
     }
 
     /// The stats as one line of JSON (with `\n`): [`ServerStats::to_json`].

@@ -277,6 +277,9 @@ struct RawLimits {
     log_keep: Option<usize>,
     admin_max_connections: Option<usize>,
     nearby_index: Option<bool>,
+    max_fences_per_connection: Option<usize>,
+    max_fences: Option<usize>,
+    fence_queue_lines: Option<usize>,
     admin_header_timeout_ms: Option<u64>,
 }
 
@@ -488,6 +491,17 @@ impl RawLimits {
             record_ttl: opt_ms(self.record_ttl_ms, "record_ttl_ms")?,
             max_future_skew: opt_ms(self.max_future_skew_ms, "max_future_skew_ms")?,
             nearby_index: self.nearby_index.unwrap_or(true),
+            max_fences_per_connection: positive(
+                self.max_fences_per_connection,
+                d::DEFAULT_MAX_FENCES_PER_CONNECTION,
+                "max_fences_per_connection",
+            )?,
+            max_fences: positive(self.max_fences, d::DEFAULT_MAX_FENCES, "max_fences")?,
+            fence_queue_lines: positive(
+                self.fence_queue_lines,
+                d::DEFAULT_FENCE_QUEUE_LINES,
+                "fence_queue_lines",
+            )?,
         };
         // 0 is allowed for both: it is their off switch, as on the command line.
         let rotation = LogRotation {

@@ -516,7 +516,7 @@ pub fn describe(config: &HerdConfig) -> String {
     let ms = |d: std::time::Duration| d.as_millis().to_string();
     let off = |d: Option<std::time::Duration>| d.map_or_else(|| "off".to_owned(), ms);
     let l = &config.limits;
-    let limits: [(&str, String); 17] = [
+    let limits: [(&str, String); 20] = [
         ("max_line_bytes", l.max_line_bytes.to_string()),
         ("max_clients", l.max_clients.to_string()),
         ("idle_timeout_ms", ms(l.idle_timeout)),
@@ -534,6 +534,12 @@ pub fn describe(config: &HerdConfig) -> String {
         ("max_records", l.max_records.to_string()),
         ("record_ttl_ms", off(l.record_ttl)),
         ("max_future_skew_ms", off(l.max_future_skew)),
+        (
+            "max_fences_per_connection",
+            l.max_fences_per_connection.to_string(),
+        ),
+        ("max_fences", l.max_fences.to_string()),
+        ("fence_queue_lines", l.fence_queue_lines.to_string()),
     ];
     for (key, value) in limits {
         let _ = writeln!(out, "limits.{key}: {value}");

@@ -43,8 +43,12 @@ use crate::record::Record;
 use crate::store::{is_expired, LocationStore, NearbyQuery, Offer};
 use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
+mod fences;
 mod query;
 mod resync;
+
+use fences::Fences;
+pub use fences::{Subscriber, DEFAULT_MAX_FENCES, DEFAULT_MAX_FENCES_PER_SUBSCRIBER};
 
 use query::{Asker, QueryKey, QueryState};
 use resync::Resync;
@@ -101,6 +105,12 @@ pub struct NodeConfig {
     /// IAMAT further ahead is answered with its AT line but neither stored nor flooded
     /// ([`NodeStats::future_refused`]).
     pub max_future_skew: Option<Duration>,
+    /// Most fences one subscriber (client connection) holds (default
+    /// [`DEFAULT_MAX_FENCES_PER_SUBSCRIBER`]); a FENCE beyond it is answered `? <line>`.
+    pub max_fences_per_subscriber: usize,
+    /// Most fences the node holds (default [`DEFAULT_MAX_FENCES`]); a FENCE beyond it is
+    /// answered `? <line>`.
+    pub max_fences: usize,
 }
 
 /// The limits of a node that [`Node::set_limits`] changes while it runs (the fields of
@@ -124,6 +134,10 @@ pub struct NodeLimits {
     pub record_ttl: Option<Duration>,
     /// [`NodeConfig::max_future_skew`]: applies to IAMATs from then on.
     pub max_future_skew: Option<Duration>,
+    /// [`NodeConfig::max_fences_per_subscriber`]: applies to new fences; held ones stay.
+    pub max_fences_per_subscriber: usize,
+    /// [`NodeConfig::max_fences`]: applies to new fences; held ones stay.
+    pub max_fences: usize,
 }
 
 impl NodeConfig {
@@ -137,6 +151,8 @@ impl NodeConfig {
             max_records: self.max_records,
             record_ttl: self.record_ttl,
             max_future_skew: self.max_future_skew,
+            max_fences_per_subscriber: self.max_fences_per_subscriber,
+            max_fences: self.max_fences,
         }
     }
 
@@ -150,6 +166,8 @@ impl NodeConfig {
             max_records,
             record_ttl,
             max_future_skew,
+            max_fences_per_subscriber,
+            max_fences,
         } = limits;
         self.query_timeout = query_timeout;
         self.max_queries = max_queries;
@@ -158,6 +176,8 @@ impl NodeConfig {
         self.max_records = max_records;
         self.record_ttl = record_ttl;
         self.max_future_skew = max_future_skew;
+        self.max_fences_per_subscriber = max_fences_per_subscriber;
+        self.max_fences = max_fences;
     }
 
     /// A config with default limits.
@@ -174,6 +194,8 @@ impl NodeConfig {
             record_ttl: None,
             max_future_skew: None,
             nearby_index: true,
+            max_fences_per_subscriber: DEFAULT_MAX_FENCES_PER_SUBSCRIBER,
+            max_fences: DEFAULT_MAX_FENCES,
         }
     }
 }
@@ -241,6 +263,14 @@ pub enum NodeEvent {
         /// What to do for the WHATSAT.
         outcome: QueryOutcome,
     },
+    /// A fence's event for its subscriber: the whole line to push, `ENTER <fence-id> <AT
+    /// line>\n` or `EXIT <fence-id> <AT line>\n`, in the order the records were stored.
+    Fence {
+        /// The connection holding the fence.
+        subscriber: Subscriber,
+        /// The line.
+        line: Vec<u8>,
+    },
 }
 
 /// Counters, for tests, logs and the benchmark's proof of message cost.
@@ -301,6 +331,11 @@ pub struct NodeStats {
     pub resyncs: u64,
     /// Records sent in reconciliation deltas.
     pub resync_records: u64,
+    /// FENCEs refused for a limit ([`NodeConfig::max_fences_per_subscriber`],
+    /// [`NodeConfig::max_fences`]).
+    pub fences_refused: u64,
+    /// Fence events queued ([`NodeEvent::Fence`]).
+    pub fence_events: u64,
 }
 
 /// Why the node did not store a record that was new to it.
@@ -388,6 +423,7 @@ pub struct Node<S: PeerSink> {
     stats: NodeStats,
     /// Records stored since the last [`Node::drain_journal`] (with [`NodeConfig::journal`]).
     journal: Vec<Arc<Record>>,
+    fences: Fences,
 }
 
 impl<S: PeerSink> Node<S> {
@@ -411,6 +447,7 @@ impl<S: PeerSink> Node<S> {
             events: VecDeque::new(),
             stats: NodeStats::default(),
             journal: Vec::new(),
+            fences: Fences::default(),
         }
     }
 
@@ -518,11 +555,25 @@ impl<S: PeerSink> Node<S> {
 
     // === clients ===
 
-    /// Handles one client line (without terminator), received at `now`. Direct replies are
-    /// appended to `out`.
+    /// Handles one client line (without terminator), received at `now`, from a client that
+    /// cannot hold fences (a FENCE is answered `? <line>`). Direct replies are appended to
+    /// `out`.
     pub fn handle_client_line(
         &mut self,
         now: Timestamp,
+        line: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ClientAction {
+        self.handle_client_line_from(now, None, line, out)
+    }
+
+    /// Handles one client line as [`Node::handle_client_line`] does, from the connection
+    /// `from` names: its FENCEs are filed for it, and their events come as
+    /// [`NodeEvent::Fence`] for it until it ends them or [`Node::drop_subscriber`].
+    pub fn handle_client_line_from(
+        &mut self,
+        now: Timestamp,
+        from: Option<Subscriber>,
         line: &[u8],
         out: &mut Vec<u8>,
     ) -> ClientAction {
@@ -551,6 +602,8 @@ impl<S: PeerSink> Node<S> {
                 self.whatsat(now, line, &req, out)
             }
             ClientLine::Nearby(req) => self.nearby(now, line, &req, out),
+            ClientLine::Fence(req) => self.fence(from, line, &req, out),
+            ClientLine::Unfence(id) => self.unfence(from, line, id, out),
         }
     }
 
@@ -668,8 +721,17 @@ impl<S: PeerSink> Node<S> {
 
     /// Removes the records expired at `now` ([`NodeConfig::record_ttl`]).
     fn expire(&mut self, now: Timestamp) {
-        let n = self.store.expire(now);
+        if self.fences.is_empty() {
+            let n = self.store.expire(now);
+            self.stats.expired += n as u64;
+            return;
+        }
+        let mut gone = Vec::new();
+        let n = self.store.expire_each(now, |r| gone.push(r.clone()));
         self.stats.expired += n as u64;
+        for record in gone {
+            self.fence_crossings(Some(record.position()), None, &record);
+        }
     }
 
     /// Whether the limits let the store take `record` at `now` (whether it is newer than the
@@ -720,10 +782,18 @@ impl<S: PeerSink> Node<S> {
         let source = from
             .and_then(|p| self.links.get(p.0))
             .map_or(0, |l| l.source);
+        // With fences, the position the record replaces decides what it crosses.
+        let watching = !self.fences.is_empty();
+        let old = watching
+            .then(|| self.store.get(record.client()).map(|r| r.position()))
+            .flatten();
         let Offer::Stored(seq) = self.store.offer_from(record.clone(), source) else {
             self.stats.stale += 1;
             return Applied::Stale;
         };
+        if watching {
+            self.fence_crossings(old, Some(record.position()), &record);
+        }
         self.stats.stored += 1;
         if self.cfg.journal {
             self.journal.push(record.clone());

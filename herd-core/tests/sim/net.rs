@@ -724,7 +724,10 @@ impl Sim {
     }
 
     fn on_event(&mut self, i: usize, ev: NodeEvent) {
-        let NodeEvent::QueryDone { ticket, outcome } = ev;
+        // The simulation's clients hold no fences: only herd queries end in events.
+        let NodeEvent::QueryDone { ticket, outcome } = ev else {
+            panic!("an event the simulation never asked for: {ev:?}");
+        };
         let key = (i, self.inc[i], ticket);
         let q = self
             .pending

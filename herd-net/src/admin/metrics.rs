@@ -326,6 +326,33 @@ impl Collector for HerdCollector {
             "Herd queries that found the client",
             n.queries_found,
         )?;
+        e.counter(
+            "herd_nearby_requests",
+            "NEARBY requests answered",
+            n.nearbys,
+        )?;
+        e.gauge("herd_fences", "Fences held now", None, s.fences as f64)?;
+        e.gauge(
+            "herd_fence_subscribers",
+            "Client connections that may hold fences, open now",
+            None,
+            s.fence_subscribers as f64,
+        )?;
+        e.counter(
+            "herd_fence_events",
+            "ENTER and EXIT lines queued for fence subscribers",
+            n.fence_events,
+        )?;
+        e.counter(
+            "herd_fences_refused",
+            "FENCEs refused for a limit (limits.max_fences_per_connection, limits.max_fences)",
+            n.fences_refused,
+        )?;
+        e.counter(
+            "herd_fence_subscribers_dropped",
+            "Connections closed because their fence events piled up (limits.fence_queue_lines)",
+            s.fence_subscribers_dropped,
+        )?;
         if let Some((lines, errors)) = s.journal {
             e.gauge(
                 "herd_journal_lines",

@@ -38,7 +38,7 @@ use self::at_once::AtOnce;
 use self::log::{BatchLog, Note};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
-use crate::driver::{ClientTurn, Driver, Settings};
+use crate::driver::{ClientTurn, Driver, Pushes, Settings};
 use crate::escape::Clipped;
 
 /// Replies are flushed once this many bytes are ready, even mid-batch.
@@ -89,6 +89,8 @@ enum Stop {
     Idle,
     /// A line not complete within the line timeout.
     LineTimeout,
+    /// The connection's fence events piled up past `limits.fence_queue_lines`.
+    SlowSubscriber,
 }
 
 /// What comes in: the buffered bytes, their framing and whether reading goes on.
@@ -127,6 +129,8 @@ struct Conn {
     input: Input,
     output: Output,
     log: BatchLog,
+    /// The connection's fence events, once it has sent a FENCE.
+    pushes: Option<Pushes>,
 }
 
 /// Serves a client connection, or hands it back when it opens with a peer handshake.
@@ -254,6 +258,7 @@ impl Conn {
                 nodelay: false,
             },
             log,
+            pushes: None,
         }
     }
 
@@ -284,11 +289,20 @@ impl Conn {
                         warn!(addr = %self.addr, error = %e, "cannot set TCP_NODELAY");
                     }
                 }
-                // A client that reads nothing for the idle time loses its connection.
-                match timeout(idle_limit, write_flush(stream, &self.output.out)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        info!(addr = %self.addr, "client does not read its replies; closing connection");
+                // A client that reads nothing for the idle time loses its connection; one
+                // that holds fences, as soon as its events pile up.
+                let dropped = self.pushes.as_ref().map(|p| p.dropped.clone());
+                let write = timeout(idle_limit, write_flush(stream, &self.output.out));
+                tokio::select! {
+                    r = write => match r {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            info!(addr = %self.addr, "client does not read its replies; closing connection");
+                            return Ok(None);
+                        }
+                    },
+                    () = cancelled(dropped.as_ref()) => {
+                        self.input.stop = Stop::SlowSubscriber;
                         return Ok(None);
                     }
                 }
@@ -303,6 +317,7 @@ impl Conn {
             }
             let input = &mut self.input;
             let queue = &mut self.output.queue;
+            let pushes = &mut self.pushes;
             if input.stop != Stop::No && queue.is_empty() && !input.held {
                 return Ok(None);
             }
@@ -330,7 +345,21 @@ impl Conn {
                         input.buf.reserve(READ_CHUNK);
                     }
                 }
-                () = &mut idle, if input.stop == Stop::No && queue.is_empty() => {
+                push = next_push(pushes), if input.stop == Stop::No && pushes.is_some() => match push {
+                    Some(line) => {
+                        self.output.out.extend_from_slice(&line);
+                        // Whatever else is queued goes out in the same write.
+                        while self.output.out.len() < FLUSH_AT {
+                            match pushes.as_mut().map(|p| p.rx.try_recv()) {
+                                Some(Ok(line)) => self.output.out.extend_from_slice(&line),
+                                _ => break,
+                            }
+                        }
+                    }
+                    None => input.stop = Stop::SlowSubscriber,
+                },
+                // A connection holding fences waits for events: it is never idle.
+                () = &mut idle, if input.stop == Stop::No && queue.is_empty() && pushes.is_none() => {
                     info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
                     input.stop = Stop::Idle;
                 }
@@ -390,7 +419,9 @@ impl Conn {
                 Stop::Eof => input.codec.decode_eof(&mut input.buf),
                 // At shutdown, complete lines already received are still answered.
                 Stop::No | Stop::Shutdown => input.codec.decode(&mut input.buf),
-                Stop::TooLong | Stop::Idle | Stop::LineTimeout => return Ok(false),
+                Stop::TooLong | Stop::Idle | Stop::LineTimeout | Stop::SlowSubscriber => {
+                    return Ok(false)
+                }
             };
             let line = match decoded {
                 Ok(Some(line)) => line,
@@ -428,7 +459,12 @@ impl Conn {
         let mut side = Vec::new();
         let target = if direct { &mut output.out } else { &mut side };
         let start = target.len();
-        let action = turn.line(self.input.now, &line, target);
+        if self.pushes.is_none() && names_fence(&line) {
+            let queue = self.settings.limits.fence_queue_lines;
+            self.pushes = Some(turn.subscribe(&self.driver, queue));
+        }
+        let from = self.pushes.as_ref().map(Pushes::id);
+        let action = turn.line(self.input.now, from, &line, target);
         let max = self.settings.limits.log_line_bytes;
         match action {
             ClientAction::Silent => {
@@ -521,6 +557,31 @@ impl Output {
 async fn write_flush<S: ClientStream>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
+}
+
+/// Whether a line's command is `FENCE` (the connection must then take events).
+fn names_fence(line: &[u8]) -> bool {
+    let start = line.iter().position(|&b| !herd_core::types::is_space(b));
+    start.is_some_and(|i| {
+        let rest = &line[i..];
+        rest.starts_with(b"FENCE") && rest.get(5).is_none_or(|&b| herd_core::types::is_space(b))
+    })
+}
+
+/// The next fence event (`None`: the driver dropped the subscriber); never ready without one.
+async fn next_push(pushes: &mut Option<Pushes>) -> Option<Vec<u8>> {
+    match pushes {
+        Some(p) => p.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for `token` to be cancelled; for ever without one.
+async fn cancelled(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the reply at the front of the queue (which is `Waiting`).
