@@ -36,9 +36,9 @@ type Key = (Subscriber, Box<[u8]>);
 pub(super) struct Fences {
     index: FenceIndex<Key>,
     by_sub: HashMap<Subscriber, HashMap<Box<[u8]>, FenceSlot>, FixedState>,
-    /// Scratch lists of the fences containing the old and the new position.
-    was: Vec<FenceSlot>,
-    is: Vec<FenceSlot>,
+    /// Scratch lists of the fences left and entered by one change.
+    left: Vec<FenceSlot>,
+    entered: Vec<FenceSlot>,
 }
 
 impl Fences {
@@ -134,21 +134,25 @@ impl<S: PeerSink> Node<S> {
         new: Option<(f64, f64)>,
         record: &Record,
     ) {
-        let fences = &mut self.fences;
-        fences.was.clear();
-        fences.is.clear();
-        if let Some((lat, lon)) = old {
-            fences.index.containing(lat, lon, &mut fences.was);
-        }
-        if let Some((lat, lon)) = new {
-            fences.index.containing(lat, lon, &mut fences.is);
-        }
-        if fences.was == fences.is {
+        if old == new {
+            // Same place (a phone standing still): no crossing.
             return;
         }
-        let (was, is) = (&fences.was, &fences.is);
-        let exits = was.iter().filter(|s| is.binary_search(s).is_err());
-        let enters = is.iter().filter(|s| was.binary_search(s).is_err());
+        let fences = &mut self.fences;
+        fences.left.clear();
+        fences.entered.clear();
+        match (old, new) {
+            (Some(from), Some(to)) => {
+                fences
+                    .index
+                    .crossings(from, to, &mut fences.left, &mut fences.entered)
+            }
+            (Some((lat, lon)), None) => fences.index.containing(lat, lon, &mut fences.left),
+            (None, Some((lat, lon))) => fences.index.containing(lat, lon, &mut fences.entered),
+            (None, None) => {}
+        }
+        let exits = fences.left.iter();
+        let enters = fences.entered.iter();
         let tagged = exits.map(|s| (false, s)).chain(enters.map(|s| (true, s)));
         for (enter, &slot) in tagged {
             let Some(((subscriber, id), _)) = fences.index.get(slot) else {
