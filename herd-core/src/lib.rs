@@ -28,7 +28,8 @@ pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
 pub use node::{
-    ClientAction, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError, QueryOutcome,
+    ClientAction, Dissemination, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError,
+    QueryOutcome,
 };
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{IdSource, PeerId, PeerSendError, PeerSink};

@@ -45,9 +45,12 @@ use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 
 mod query;
 mod resync;
+mod tree;
 
 use query::{Asker, QueryKey, QueryState};
 use resync::Resync;
+use tree::TreeState;
+pub use tree::{Dissemination, DEFAULT_ANNOUNCE_DELAY, DEFAULT_GRAFT_TIMEOUT};
 
 /// Default time a WHATSAT for an unknown client waits for the herd's answer.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -101,6 +104,17 @@ pub struct NodeConfig {
     /// IAMAT further ahead is answered with its AT line but neither stored nor flooded
     /// ([`NodeStats::future_refused`]).
     pub max_future_skew: Option<Duration>,
+    /// How stored records reach the other servers (default [`Dissemination::Tree`]; see
+    /// `tree.rs`). A herd may mix both: every server understands every message.
+    pub dissemination: Dissemination,
+    /// With the tree, how long an announcement waits for others to share its `I` line
+    /// (default [`DEFAULT_ANNOUNCE_DELAY`]; zero: each goes at once).
+    pub announce_delay: Duration,
+    /// With the tree, how long a record announced and missing is waited for before the
+    /// announcer is asked for it, and between asking one announcer and the next (default
+    /// [`DEFAULT_GRAFT_TIMEOUT`]). Longer than the eager path's usual delay, so that a
+    /// slow path is not mistaken for a broken one.
+    pub graft_timeout: Duration,
 }
 
 /// The limits of a node that [`Node::set_limits`] changes while it runs (the fields of
@@ -174,6 +188,9 @@ impl NodeConfig {
             record_ttl: None,
             max_future_skew: None,
             nearby_index: true,
+            dissemination: Dissemination::default(),
+            announce_delay: DEFAULT_ANNOUNCE_DELAY,
+            graft_timeout: DEFAULT_GRAFT_TIMEOUT,
         }
     }
 }
@@ -301,6 +318,25 @@ pub struct NodeStats {
     pub resyncs: u64,
     /// Records sent in reconciliation deltas.
     pub resync_records: u64,
+    /// `Update` messages sent to pass a record on (pushed on an eager link, or answering a
+    /// graft); the rest of `updates_sent` are reconciliation deltas.
+    pub payload_sent: u64,
+    /// Records announced instead of sent (broadcast tree, lazy links).
+    pub announcements_sent: u64,
+    /// `I` messages sent (each carries one or more announcements).
+    pub announce_messages_sent: u64,
+    /// Bytes of the `I` messages sent, newlines included.
+    pub announce_bytes_sent: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// `X` (prune) messages sent: a live update was not new over an eager link.
+    pub prunes_sent: u64,
+    /// `X` (prune) messages received.
+    pub prunes_received: u64,
+    /// `G` (graft) messages sent: an announced record was still missing at its timeout.
+    pub grafts_sent: u64,
+    /// `G` (graft) messages received.
+    pub grafts_received: u64,
 }
 
 /// Why the node did not store a record that was new to it.
@@ -388,6 +424,8 @@ pub struct Node<S: PeerSink> {
     stats: NodeStats,
     /// Records stored since the last [`Node::drain_journal`] (with [`NodeConfig::journal`]).
     journal: Vec<Arc<Record>>,
+    /// The broadcast tree's links, announcements waiting and records missing.
+    tree: TreeState,
 }
 
 impl<S: PeerSink> Node<S> {
@@ -411,6 +449,7 @@ impl<S: PeerSink> Node<S> {
             events: VecDeque::new(),
             stats: NodeStats::default(),
             journal: Vec::new(),
+            tree: TreeState::default(),
         }
     }
 
@@ -467,6 +506,7 @@ impl<S: PeerSink> Node<S> {
             return;
         }
         self.handle_link_down(now, peer);
+        self.forget_announcer(peer);
         self.links[peer.0] = Link {
             removed: true,
             ..Link::DOWN
@@ -728,13 +768,7 @@ impl<S: PeerSink> Node<S> {
         if self.cfg.journal {
             self.journal.push(record.clone());
         }
-        let msg = PeerMsg::Update { seq, record };
-        for i in 0..self.links.len() {
-            if Some(PeerId(i)) != from && self.links[i].state == LinkState::Up {
-                self.stats.updates_sent += 1;
-                self.send(PeerId(i), &msg);
-            }
-        }
+        self.disseminate(now, from, seq, &record);
         Applied::Stored
     }
 
@@ -766,13 +800,14 @@ impl<S: PeerSink> Node<S> {
             // A new session replaces the old one: its pending work is void.
             self.handle_link_down(now, peer);
         }
+        let seen = self.tree_link_up(peer);
         let link = &mut self.links[peer.0];
         link.state = LinkState::Syncing;
         link.digest_done = false;
         let digest = PeerMsg::Digest {
             epoch: self.epoch,
             your_epoch: link.peer_epoch,
-            seen: link.seen,
+            seen,
         };
         self.send(peer, &digest);
     }
@@ -785,6 +820,7 @@ impl<S: PeerSink> Node<S> {
         };
         link.state = LinkState::Down;
         link.resync = None;
+        self.tree_link_down(peer);
         let waiting: Vec<QueryKey> = self
             .queries
             .iter()
@@ -853,10 +889,18 @@ impl<S: PeerSink> Node<S> {
             } => self.on_digest(now, from, epoch, your_epoch, seen),
             PeerMsg::Update { seq, record } => {
                 self.stats.updates_received += 1;
-                self.links[from.0].seen = seq;
-                self.apply_update(now, Origin::Peer(from), record);
+                let link = &mut self.links[from.0];
+                link.seen = link.seen.max(seq);
+                let applied = self.apply_update(now, Origin::Peer(from), record.clone());
+                self.on_payload(from, &record, applied);
             }
-            PeerMsg::Synced { seq } => self.links[from.0].seen = seq,
+            PeerMsg::Synced { seq } => {
+                self.links[from.0].seen = seq;
+                self.tree_synced(from);
+            }
+            PeerMsg::Announce { entries } => self.on_announce(now, from, entries),
+            PeerMsg::Graft { client } => self.on_graft(from, &client),
+            PeerMsg::Prune { origin } => self.on_prune(from, origin),
             PeerMsg::Query {
                 origin,
                 qid,
