@@ -994,3 +994,96 @@ fn tree_figures() {
         );
     }
 }
+
+/// Every live server holds `record` (or something newer of its client).
+fn everyone_holds(sim: &Sim, record: &herd_core::Record) -> bool {
+    (0..sim.topo.len()).all(|i| {
+        sim.node(i)
+            .store()
+            .get(record.client())
+            .is_some_and(|r| r.precedence(record) != std::cmp::Ordering::Less)
+    })
+}
+
+#[test]
+fn a_lost_eager_link_is_routed_around_by_grafts_before_it_returns_and_rejoins_the_tree_after() {
+    let ms = 5;
+    let mut sim = Sim::new(Topology::default_herd(), 21, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let (goloman, holiday) = (at(&sim, "Goloman"), at(&sim, "Holiday"));
+    let all: Vec<usize> = (0..5).collect();
+    run_tree_updates(&mut sim, &all, 5, ms, "warm");
+    // Goloman's records reach Holiday (and Welsh behind it) over their direct link.
+    let to_holiday = sim.peer_of(goloman, holiday);
+    assert!(sim.node(goloman).is_eager(to_holiday, b"Goloman"));
+    sim.hold_link(sim.topo.link("Goloman", "Holiday"));
+
+    // While it is down, Holiday hears of Goloman's next record from Wilkes (lazy), grafts,
+    // and gets it well before the link returns; the link it grafted is eager from then on.
+    let before = sim.total_stats();
+    let r = sim.iamat(goloman, "IAMAT cut.client +1+1 1700000200");
+    sim.run_until_quiet(100_000);
+    assert!(
+        everyone_holds(&sim, &r),
+        "grafts route around the lost link"
+    );
+    let after = sim.total_stats();
+    assert!(after.grafts_sent > before.grafts_sent, "Holiday grafted");
+    let steady = run_tree_updates(&mut sim, &[goloman], 3, ms, "cut");
+    assert_eq!(
+        (steady.payload, steady.grafts),
+        (3 * 4, 0),
+        "the tree is repaired: {steady:?}"
+    );
+
+    // The link returns, eager again for every origin: the next record of each origin whose
+    // tree it is not on crosses it redundantly and prunes it, and the herd is back to four
+    // update messages per record.
+    sim.release_link(sim.topo.link("Goloman", "Holiday"));
+    sim.run_until_quiet(100_000);
+    let back = run_tree_updates(&mut sim, &all, 5, ms, "back");
+    assert!(back.prunes > 0, "{back:?}");
+    let steady = run_tree_updates(&mut sim, &all, 10, ms, "again");
+    assert_eq!(steady.payload, 10 * 4, "{steady:?}");
+    sim.check_settled();
+    assert_eq!(sim.lost(), 0);
+}
+
+#[test]
+fn a_crashed_server_inside_the_tree_is_routed_around_and_gets_everything_back_when_it_returns() {
+    let ms = 5;
+    let mut sim = Sim::new(Topology::default_herd(), 22, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let all: Vec<usize> = (0..5).collect();
+    run_tree_updates(&mut sim, &all, 5, ms, "warm");
+    // Wilkes carries Hands's records to Holiday and Welsh (and is on other trees too).
+    let wilkes = at(&sim, "Wilkes");
+    sim.crash(wilkes);
+    let mut records = Vec::new();
+    for (k, o) in ["Hands", "Goloman", "Holiday", "Welsh", "Hands"]
+        .iter()
+        .enumerate()
+    {
+        let o = at(&sim, o);
+        records.push(sim.iamat(
+            o,
+            &format!("IAMAT while.down{k} +2+2 {}", 1_700_000_300 + k),
+        ));
+        sim.run_until_quiet(100_000);
+    }
+    for r in &records {
+        for i in (0..5).filter(|&i| i != wilkes) {
+            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
+            assert_eq!(got, Some(r.at_line()), "server {i} got it without Wilkes");
+        }
+    }
+    sim.restart(wilkes);
+    sim.run_until_quiet(100_000);
+    sim.check_settled();
+    for r in &records {
+        assert!(everyone_holds(&sim, r));
+    }
+    assert_eq!(sim.lost(), 0);
+}

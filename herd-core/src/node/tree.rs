@@ -228,41 +228,60 @@ impl<S: PeerSink> Node<S> {
         }
     }
 
-    /// An update arrived from `from` and the store did `applied` with it.
-    pub(super) fn on_payload(&mut self, from: PeerId, record: &Record, applied: Applied) {
+    /// An update of `record` arrived from `from` (before the store is offered it): it
+    /// answers whatever `from` announced of its client (the peer's record now is at least
+    /// what it announced, as its store only moves forward and the link is FIFO, so the store
+    /// will hold at least that). Returns whether it answers a graft.
+    pub(super) fn take_announced(&mut self, from: PeerId, record: &Record) -> bool {
         if !self.tree.peer_synced(from) {
-            // Part of the peer's reconciliation delta: redundancy there is expected.
-            return;
+            return false;
         }
+        let Some(m) = self.tree.missing.get_mut(record.client()) else {
+            return false;
+        };
         let mut grafted = false;
-        if let Some(m) = self.tree.missing.get_mut(record.client()) {
-            // The peer's record now is at least what it announced (its store only moves
-            // forward, and the link is FIFO), and the store holds at least that.
-            m.announcers.retain(|a| {
-                grafted |= a.peer == from && a.grafted;
-                a.peer != from
-            });
-            if m.announcers.is_empty() {
-                self.tree.remove_missing(record.client());
-            }
+        m.announcers.retain(|a| {
+            grafted |= a.peer == from && a.grafted;
+            a.peer != from
+        });
+        if m.announcers.is_empty() {
+            self.tree.remove_missing(record.client());
         }
-        if !self.tree_on() {
+        grafted
+    }
+
+    /// A live update from `from` did `applied` to the store (`grafted`: it answers this
+    /// node's graft). Both ends agree on the link's state for the record's origin: a new
+    /// record pushed makes it eager here too (the peer is pushing), a stale one over an
+    /// eager link prunes it.
+    pub(super) fn on_payload(
+        &mut self,
+        from: PeerId,
+        record: &Record,
+        applied: Applied,
+        grafted: bool,
+    ) {
+        if !self.tree_on() || !self.tree.peer_synced(from) {
+            // Flooding, or part of the peer's reconciliation delta (redundancy expected).
             return;
         }
         let origin = record.origin();
-        if grafted {
-            // The answer to a graft: the peer made the link eager for this origin.
-            self.tree.link(from).lazy.remove(origin);
-        }
-        if applied == Applied::Stale && !self.tree.is_lazy(from, origin) {
-            self.tree.link(from).lazy.insert(origin.into());
-            self.stats.prunes_sent += 1;
-            self.send(
-                from,
-                &PeerMsg::Prune {
-                    origin: origin.into(),
-                },
-            );
+        let lazy = self.tree.is_lazy(from, origin);
+        match applied {
+            Applied::Stored | Applied::Refused(_) if lazy => {
+                self.tree.link(from).lazy.remove(origin);
+            }
+            Applied::Stale if grafted || !lazy => {
+                self.tree.link(from).lazy.insert(origin.into());
+                self.stats.prunes_sent += 1;
+                self.send(
+                    from,
+                    &PeerMsg::Prune {
+                        origin: origin.into(),
+                    },
+                );
+            }
+            _ => {}
         }
     }
 

@@ -1081,6 +1081,19 @@ impl Sim {
         self.after_step();
     }
 
+    /// The [`PeerId`] by which node `node` knows its neighbour `other`.
+    pub(crate) fn peer_of(&self, node: usize, other: usize) -> PeerId {
+        let net = self.net.borrow();
+        net.links
+            .iter()
+            .find_map(|l| match l.ends {
+                [a, b] if a == node && b == other => Some(l.pids[0]),
+                [a, b] if b == node && a == other => Some(l.pids[1]),
+                _ => None,
+            })
+            .expect("the two are linked")
+    }
+
     /// Lets a held link come back up now.
     pub(crate) fn release_link(&mut self, link: usize) {
         self.net.borrow_mut().links[link].held = false;
