@@ -382,7 +382,20 @@ fn the_tree_messages_are_the_documented_lines() {
         let line = m.to_line();
         assert_eq!(PeerMsg::parse(&line[..line.len() - 1]).unwrap(), m);
     }
-    // Short times are written with nine digits; the hash of one AT line is fixed.
+    // The example of docs/peer-protocol.md, byte for byte.
+    let kiwi = Record::parse(
+        b"AT Goloman +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",
+    )
+    .unwrap();
+    let c7 = Record::parse(b"AT Hands +0.001234000 c7.example +34.1-118.2 1520023940").unwrap();
+    let doc = PeerMsg::Announce {
+        entries: vec![Announcement::of(4183, &kiwi), Announcement::of(4184, &c7)],
+    };
+    assert_eq!(
+        String::from_utf8(doc.to_line()).unwrap(),
+        "I 4183 kiwi.cs.ucla.edu 1520023934.918963997 58cadcbb6bd7a39d 4184 c7.example 1520023940.000000000 f29d39533d3dc44b\n"
+    );
+    // Short times are written with nine digits.
     let short = record("Hands", "c", "7");
     let line = PeerMsg::Announce {
         entries: vec![Announcement::of(1, &short)],

@@ -171,6 +171,9 @@ pub struct Limits {
     /// Whether the store keeps its nearby index for `NEARBY` (default `true`; without it
     /// `NEARBY` scans the store). Read at start.
     pub nearby_index: bool,
+    /// How stored records reach the other servers (default the broadcast tree; see
+    /// [`herd_core::Dissemination`]). Read at start.
+    pub dissemination: herd_core::Dissemination,
 }
 
 impl Default for Limits {
@@ -194,6 +197,7 @@ impl Default for Limits {
             record_ttl: DEFAULT_RECORD_TTL,
             max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
             nearby_index: true,
+            dissemination: herd_core::Dissemination::Tree,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::types::{push_u128, ServerName};
 
 /// The tag every handshake line starts with; a connection whose first line starts with it is a
 /// peer connection.
-pub const HANDSHAKE_TAG: &[u8] = b"HERD/1";
+pub const HANDSHAKE_TAG: &[u8] = b"HERD/2";
 
 /// One message between two servers once their link is up (after the [`Handshake`]).
 #[derive(Debug, Clone, PartialEq)]
