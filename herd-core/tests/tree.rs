@@ -454,3 +454,47 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn an_announcement_of_a_record_the_store_would_refuse_is_not_grafted() {
+    let mut cfg = NodeConfig::new(name("A"), vec![name("B"), name("C")]);
+    cfg.max_records = Some(1);
+    cfg.graft_timeout = Duration::from_millis(20);
+    let mut a = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(4));
+    for (p, epoch) in [(B, 11), (C, 12)] {
+        a.handle_link_up(T0, p);
+        let digest = PeerMsg::Digest {
+            epoch,
+            your_epoch: 0,
+            seen: 0,
+        };
+        a.handle_peer_msg(T0, p, digest).unwrap();
+        a.handle_peer_msg(T0, p, PeerMsg::Synced { seq: 0 })
+            .unwrap();
+    }
+    let held = record("D", "kiwi", "1700000001");
+    a.handle_peer_msg(at(0), B, update(1, &held)).unwrap();
+    // Full: a record of another client would be refused, so it is not missed.
+    let other = record("D", "wren", "1700000002");
+    let newer = record("D", "kiwi", "1700000003");
+    let ann = PeerMsg::Announce {
+        entries: vec![Announcement::of(2, &other), Announcement::of(3, &newer)],
+    };
+    a.handle_peer_msg(at(1), C, ann).unwrap();
+    assert_eq!(
+        a.announced_missing(),
+        1,
+        "only kiwi's newer record is missed"
+    );
+    a.sink_mut().take();
+    a.handle_timeout(at(21));
+    assert_eq!(
+        a.sink_mut().take(),
+        [(
+            C,
+            PeerMsg::Graft {
+                client: b"kiwi"[..].into()
+            }
+        )]
+    );
+}

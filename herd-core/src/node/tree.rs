@@ -219,6 +219,9 @@ impl<S: PeerSink> Node<S> {
 
     /// A record was stored: announcements it answers are no longer missing.
     fn resolve_missing(&mut self, record: &Record) {
+        if self.tree.missing.is_empty() {
+            return;
+        }
         let Some(m) = self.tree.missing.get_mut(record.client()) else {
             return;
         };
@@ -233,7 +236,7 @@ impl<S: PeerSink> Node<S> {
     /// what it announced, as its store only moves forward and the link is FIFO, so the store
     /// will hold at least that). Returns whether it answers a graft.
     pub(super) fn take_announced(&mut self, from: PeerId, record: &Record) -> bool {
-        if !self.tree.peer_synced(from) {
+        if self.tree.missing.is_empty() || !self.tree.peer_synced(from) {
             return false;
         }
         let Some(m) = self.tree.missing.get_mut(record.client()) else {
@@ -298,13 +301,7 @@ impl<S: PeerSink> Node<S> {
             {
                 continue;
             }
-            if self.cfg.record_ttl.is_some_and(|ttl| {
-                let expiry = u128::try_from(a.time.as_nanos())
-                    .unwrap_or(0)
-                    .saturating_add(ttl.as_nanos());
-                expiry <= u128::from(now.as_nanos())
-            }) {
-                // Expired: no server keeps it, nobody misses it.
+            if !self.could_take(now, &a) {
                 continue;
             }
             let timeout = self.cfg.graft_timeout;
@@ -326,6 +323,24 @@ impl<S: PeerSink> Node<S> {
                 self.tree.timers.insert((t, a.client));
             }
         }
+    }
+
+    /// Whether the store could take the announced record at `now` as the limits stand: not
+    /// expired (then no server keeps it), id not too long, room for its client. A record the
+    /// store would refuse is not missed: grafting it would only fetch it to drop it (as the
+    /// flood would have delivered it to be dropped).
+    fn could_take(&self, now: Timestamp, a: &Announcement) -> bool {
+        let cfg = &self.cfg;
+        let expired = cfg.record_ttl.is_some_and(|ttl| {
+            let expiry = u128::try_from(a.time.as_nanos())
+                .unwrap_or(0)
+                .saturating_add(ttl.as_nanos());
+            expiry <= u128::from(now.as_nanos())
+        });
+        let full = cfg
+            .max_records
+            .is_some_and(|max| self.store.len() >= max && self.store.get(&a.client).is_none());
+        !expired && !full && a.client.len() <= cfg.max_client_id_bytes
     }
 
     /// A graft from `from`: answer with the record and push its origin's records again.
