@@ -931,23 +931,34 @@ fn large_herd_report(
     seed: u64,
     origins: usize,
     rounds: u64,
-) -> (TreeCost, TreeCost, usize) {
+) -> (TreeCost, TreeCost, usize, usize) {
     let ms = 2;
     let mut sim = quiet_regular_herd(n, 6, seed, ms);
     let diameter = sim.topo.diameter();
     let mut rng = Rng::new(seed ^ 0x0419);
-    let picked: Vec<usize> = (0..origins).map(|_| rng.index(n)).collect();
+    // Distinct origins: each one's first record is its first.
+    let mut all: Vec<usize> = (0..n).collect();
+    for k in 0..origins {
+        let j = k + rng.index(n - k);
+        all.swap(k, j);
+    }
+    let picked = all[..origins].to_vec();
     let first = run_tree_updates(&mut sim, &picked, origins as u64, ms, "first");
     let steady = run_tree_updates(&mut sim, &picked, rounds, ms, "c");
     sim.check_settled();
-    (first, steady, diameter)
+    (first, steady, diameter, sim.topo.edges.len())
 }
 
 #[test]
 fn on_a_random_herd_of_1000_servers_of_degree_6_each_record_costs_about_servers_minus_one_updates_and_reaches_everyone_within_the_diameter_plus_two_hops(
 ) {
     let n = 1000;
-    let (first, steady, diameter) = large_herd_report(n, 1000, 4, 12);
+    let (first, steady, diameter, links) = large_herd_report(n, 1000, 4, 12);
+    assert_eq!(
+        first.payload,
+        4 * (2 * links as u64 - (n as u64 - 1)),
+        "an origin's first record floods"
+    );
     let per = steady.per_update(steady.payload);
     assert!(
         per <= 1.1 * (n as f64 - 1.0),
@@ -971,18 +982,18 @@ fn on_a_random_herd_of_1000_servers_of_degree_6_each_record_costs_about_servers_
 /// The figures for the docs: `cargo nextest run -p herd-core --test sim --run-ignored only
 /// tree_figures --no-capture`.
 #[test]
-#[ignore = "prints figures for the docs; takes a minute in debug"]
+#[ignore = "prints figures for the docs; takes about a minute in debug"]
 fn tree_figures() {
-    for (n, origins, rounds) in [(100, 20, 100), (1000, 20, 100)] {
-        let (first, steady, diameter) = large_herd_report(n, 7, origins, rounds);
+    for (n, origins, rounds) in [(100, 100, 300), (1000, 100, 300)] {
+        let (first, steady, diameter, links) = large_herd_report(n, 7, origins, rounds);
         println!(
             "{n} servers, degree 6, diameter {diameter}, 2 ms links, {origins} origins, {rounds} records after their first:\n  \
-             update messages per record {:.1} (N − 1 = {}; flood 2 × links − (N − 1) ≈ {:.0}), first record of an origin {:.1}\n  \
+             update messages per record {:.1} (N − 1 = {}; flood 2 × links − (N − 1) = {}), first record of an origin {:.1}\n  \
              announcements per record {:.1} in {:.1} I lines, {:.0} bytes; prunes {:.2}, grafts {:.2} per record\n  \
              hops to the last server at most {} (diameter {diameter}), at most {} beyond the origin's eccentricity",
             steady.per_update(steady.payload),
             n - 1,
-            first.per_update(first.payload),
+            2 * links - (n - 1),
             first.per_update(first.payload),
             steady.per_update(steady.announcements),
             steady.per_update(steady.announce_messages),
@@ -993,6 +1004,32 @@ fn tree_figures() {
             steady.max_extra_hops,
         );
     }
+    // Uneven links: each message takes 1 to 4 ms, so a record's eager path is sometimes
+    // slower than an announcement plus the graft timeout, and the tree moves.
+    let n = 1000;
+    let mut rng = Rng::new(7);
+    let topo = Topology::random_regular(&mut rng, n, 6);
+    let cfg = SimConfig {
+        delay: (MS, 4 * MS),
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(topo, 7, cfg);
+    sim.connect_all();
+    sim.run_until_quiet(100_000_000);
+    let origins: Vec<usize> = (0..100).map(|k| k * 10).collect();
+    run_tree_updates(&mut sim, &origins, 100, 1, "first");
+    let steady = run_tree_updates(&mut sim, &origins, 300, 1, "c");
+    sim.check_settled();
+    println!(
+        "{n} servers, degree 6, 1-4 ms links, 100 origins, 300 records after their first:\n  \
+         update messages per record {:.1} (N − 1 = {}), prunes {:.2}, grafts {:.2} per record, \
+         at most {} ms to the last server",
+        steady.per_update(steady.payload),
+        n - 1,
+        steady.per_update(steady.prunes),
+        steady.per_update(steady.grafts),
+        steady.max_hops,
+    );
 }
 
 /// Every live server holds `record` (or something newer of its client).

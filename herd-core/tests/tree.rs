@@ -498,3 +498,103 @@ fn an_announcement_of_a_record_the_store_would_refuse_is_not_grafted() {
         )]
     );
 }
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A new IAMAT of client `k` (each is a new change).
+    Iamat(u8),
+    /// The neighbour prunes origin A.
+    Prune(bool),
+    /// The neighbour grafts client `k`.
+    Graft(bool, u8),
+    /// Time passes (ms).
+    Wait(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(Op::Iamat),
+        1 => any::<bool>().prop_map(Op::Prune),
+        1 => (any::<bool>(), 0u8..6).prop_map(|(c, k)| Op::Graft(c, k)),
+        2 => (0u8..12).prop_map(Op::Wait),
+    ]
+}
+
+proptest! {
+    /// Whatever mix of pushes, prunes, grafts and batching: on each link every change of the
+    /// node's log goes out exactly once as an update or an announcement, announcements in
+    /// log order, and no update names a log number whose change has not gone out on that
+    /// link yet (so the neighbour's `seen` never covers a change still in the batch).
+    #[test]
+    fn every_change_goes_out_once_per_link_and_no_update_covers_a_change_not_yet_sent(
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let mut a = node(Dissemination::Tree);
+        let mut now = 1u64;
+        let mut changes = 0u64;
+        // Per change: its record's line.
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        // What was sent, and whether it answers a graft.
+        let mut sent: Vec<(PeerId, PeerMsg, bool)> = Vec::new();
+        for o in &ops {
+            match *o {
+                Op::Iamat(k) => {
+                    iamat(&mut a, at(now), &format!("c{k}"), 1_700_000_000 + changes);
+                    changes += 1;
+                    let rec = a.store().get(format!("c{k}").as_bytes()).unwrap();
+                    lines.push(rec.at_line().to_vec());
+                }
+                Op::Prune(c) => {
+                    let p = if c { C } else { B };
+                    a.handle_peer_msg(at(now), p, PeerMsg::Prune { origin: b"A"[..].into() }).unwrap();
+                }
+                Op::Graft(c, k) => {
+                    let p = if c { C } else { B };
+                    let client = format!("c{k}").into_bytes().into();
+                    a.handle_peer_msg(at(now), p, PeerMsg::Graft { client }).unwrap();
+                }
+                Op::Wait(ms) => {
+                    now += u64::from(ms);
+                    a.handle_timeout(at(now));
+                }
+            }
+            let graft = matches!(o, Op::Graft(..));
+            sent.extend(a.sink_mut().take().into_iter().map(|(p, m)| (p, m, graft)));
+        }
+        a.handle_timeout(at(now + 1_000));
+        prop_assert_eq!(a.poll_timeout(), None);
+        sent.extend(a.sink_mut().take().into_iter().map(|(p, m)| (p, m, false)));
+        for p in [B, C] {
+            // Which changes (1-based log numbers) have gone out on this link so far.
+            let mut out = vec![false; changes as usize + 1];
+            let mut last_announced = 0;
+            for (_, m, graft) in sent.iter().filter(|(to, _, _)| *to == p) {
+                match m {
+                    PeerMsg::Update { seq, record } => {
+                        // A live push is the change whose line it carries; a graft's answer
+                        // repeats a record, and is not a change going out.
+                        if !graft {
+                            let n = lines.iter().position(|l| l == record.at_line()).unwrap() + 1;
+                            prop_assert!(!out[n], "change {} twice", n);
+                            out[n] = true;
+                        }
+                        prop_assert!(
+                            (1..=*seq as usize).all(|n| out[n]),
+                            "U {seq} covers a change not sent: {out:?}"
+                        );
+                    }
+                    PeerMsg::Announce { entries } => {
+                        for e in entries {
+                            prop_assert!(e.seq > last_announced, "announcements in log order");
+                            last_announced = e.seq;
+                            prop_assert!(!out[e.seq as usize], "change {} twice", e.seq);
+                            out[e.seq as usize] = true;
+                        }
+                    }
+                    other => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+            prop_assert!(out[1..].iter().all(|&x| x), "a change never went out: {out:?}");
+        }
+    }
+}

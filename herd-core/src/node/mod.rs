@@ -8,7 +8,9 @@
 //! Rules:
 //! - an update is stored and forwarded only if it is newer than what the store holds, and never
 //!   back to the neighbour it came from: the store's monotonic order is the dedup, so no update
-//!   can circulate (each record changes each store at most once);
+//!   can circulate (each record changes each store at most once). It is forwarded along an
+//!   epidemic broadcast tree per origin ([`Dissemination::Tree`], the default: pushed on eager
+//!   links, announced on lazy ones, pruned and grafted) or flooded ([`Dissemination::Flood`]);
 //! - when a link comes up both sides send a [`PeerMsg::Digest`] naming how much of the other's
 //!   local log they have seen; each answers with the records changed since then and a
 //!   [`PeerMsg::Synced`]. A reconnect costs what the other side missed, not the whole store.
@@ -22,9 +24,10 @@
 //!   index that is never reused, and a removed neighbour's link is down for good.
 //!
 //! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
-//! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
-//! `resync.rs` the reconciliation (digest, paced delta, drained queue), each as an
-//! `impl Node` block of its own.
+//! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines),
+//! `resync.rs` the reconciliation (digest, paced delta, drained queue) and `tree.rs` the
+//! dissemination (flood, or the broadcast tree: eager and lazy links, announcements, prunes,
+//! grafts), each as an `impl Node` block of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
