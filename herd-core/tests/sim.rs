@@ -1124,3 +1124,93 @@ fn a_crashed_server_inside_the_tree_is_routed_around_and_gets_everything_back_wh
     }
     assert_eq!(sim.lost(), 0);
 }
+
+#[test]
+fn on_a_1000_server_herd_lost_links_and_crashed_servers_are_routed_around_and_nothing_is_lost() {
+    let (n, ms) = (1000, 2);
+    let mut sim = quiet_regular_herd(n, 6, 31, ms);
+    let mut rng = Rng::new(0x31);
+    let origins: Vec<usize> = (0..4).map(|k| k * 250).collect();
+    run_tree_updates(&mut sim, &origins, 4, ms, "warm");
+    // 60 links held down and 10 servers crashed, all at once: many trees lose links.
+    let mut held: Vec<usize> = (0..60).map(|_| rng.index(sim.topo.edges.len())).collect();
+    held.sort_unstable();
+    held.dedup();
+    for &l in &held {
+        sim.hold_link(l);
+    }
+    let crashed: Vec<usize> = (0..10).map(|k| 1 + k * 97).collect();
+    for &c in &crashed {
+        sim.crash(c);
+    }
+    // Who can still be reached from `from` over what is left.
+    let reachable = |sim: &Sim, from: usize| {
+        let mut adj = vec![Vec::new(); n];
+        for (l, &(a, b)) in sim.topo.edges.iter().enumerate() {
+            if !held.contains(&l) && !crashed.contains(&a) && !crashed.contains(&b) {
+                adj[a].push(b);
+                adj[b].push(a);
+            }
+        }
+        let mut seen = vec![false; n];
+        seen[from] = true;
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(v) = queue.pop_front() {
+            for &w in &adj[v] {
+                if !seen[w] {
+                    seen[w] = true;
+                    queue.push_back(w);
+                }
+            }
+        }
+        seen
+    };
+    let before = sim.total_stats();
+    let mut after_first = before.clone();
+    let mut records = Vec::new();
+    for (k, &o) in origins.iter().cycle().take(12).enumerate() {
+        let r = sim.iamat(o, &format!("IAMAT cut{k} +3+3 {}", 1_700_000_500 + k));
+        sim.run_until_quiet(50_000_000);
+        // Before any link returns, every server the record can still reach holds it.
+        let can = reachable(&sim, o);
+        for i in (0..n).filter(|&i| can[i]) {
+            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
+            assert_eq!(got, Some(r.at_line()), "server {i} missed record {k}");
+        }
+        records.push(r);
+        if k == origins.len() - 1 {
+            after_first = sim.total_stats();
+        }
+    }
+    let grafts = sim.total_stats().grafts_sent - before.grafts_sent;
+    assert!(grafts > 0, "the trees were repaired by grafts");
+    // Each origin's first record after the faults repairs its tree; the next ones mostly
+    // take the repaired tree.
+    let later = sim.total_stats();
+    let later_grafts = later.grafts_sent - after_first.grafts_sent;
+    let later_payload = (later.payload_sent - after_first.payload_sent) / 8;
+    assert_eq!(
+        later_grafts, 0,
+        "the repaired trees reach everyone reachable"
+    );
+    assert!(
+        later_payload as f64 <= 1.1 * (n as f64 - 1.0),
+        "{later_payload} update messages per record on the repaired trees"
+    );
+    for &l in &held {
+        sim.release_link(l);
+    }
+    for &c in &crashed {
+        sim.restart(c);
+    }
+    sim.run_until_quiet(100_000_000);
+    sim.check_settled();
+    assert_eq!(sim.lost(), 0);
+    println!(
+        "{n} servers, {} links held and {} servers crashed: {grafts} grafts for the first {} records \
+         (one per origin), none after; {later_payload} update messages per later record; all delivered",
+        held.len(),
+        crashed.len(),
+        origins.len()
+    );
+}
