@@ -894,9 +894,9 @@ impl<S: PeerSink> Node<S> {
                 self.stats.updates_received += 1;
                 let link = &mut self.links[from.0];
                 link.seen = link.seen.max(seq);
-                let grafted = self.take_announced(from, &record);
+                self.take_announced(from, &record);
                 let applied = self.apply_update(now, Origin::Peer(from), record.clone());
-                self.on_payload(from, &record, applied, grafted);
+                self.on_payload(from, &record, applied);
             }
             PeerMsg::Synced { seq } => {
                 self.links[from.0].seen = seq;

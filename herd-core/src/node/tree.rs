@@ -234,36 +234,26 @@ impl<S: PeerSink> Node<S> {
     /// An update of `record` arrived from `from` (before the store is offered it): it
     /// answers whatever `from` announced of its client (the peer's record now is at least
     /// what it announced, as its store only moves forward and the link is FIFO, so the store
-    /// will hold at least that). Returns whether it answers a graft.
-    pub(super) fn take_announced(&mut self, from: PeerId, record: &Record) -> bool {
+    /// will hold at least that).
+    pub(super) fn take_announced(&mut self, from: PeerId, record: &Record) {
         if self.tree.missing.is_empty() || !self.tree.peer_synced(from) {
-            return false;
+            return;
         }
         let Some(m) = self.tree.missing.get_mut(record.client()) else {
-            return false;
+            return;
         };
-        let mut grafted = false;
-        m.announcers.retain(|a| {
-            grafted |= a.peer == from && a.grafted;
-            a.peer != from
-        });
+        m.announcers.retain(|a| a.peer != from);
         if m.announcers.is_empty() {
             self.tree.remove_missing(record.client());
         }
-        grafted
     }
 
-    /// A live update from `from` did `applied` to the store (`grafted`: it answers this
-    /// node's graft). Both ends agree on the link's state for the record's origin: a new
-    /// record pushed makes it eager here too (the peer is pushing), a stale one over an
-    /// eager link prunes it.
-    pub(super) fn on_payload(
-        &mut self,
-        from: PeerId,
-        record: &Record,
-        applied: Applied,
-        grafted: bool,
-    ) {
+    /// A live update from `from` did `applied` to the store. A push means the peer holds
+    /// the link eager for the record's origin, so both ends come to agree: a new record
+    /// makes it eager here too, a stale one prunes it (at both ends; again if the peer still
+    /// pushes, say after this end took a new record as a reason to be eager while its prune
+    /// was on the way, so a redundant path never stays eager at one end only).
+    pub(super) fn on_payload(&mut self, from: PeerId, record: &Record, applied: Applied) {
         if !self.tree_on() || !self.tree.peer_synced(from) {
             // Flooding, or part of the peer's reconciliation delta (redundancy expected).
             return;
@@ -274,7 +264,7 @@ impl<S: PeerSink> Node<S> {
             Applied::Stored | Applied::Refused(_) if lazy => {
                 self.tree.link(from).lazy.remove(origin);
             }
-            Applied::Stale if grafted || !lazy => {
+            Applied::Stale => {
                 self.tree.link(from).lazy.insert(origin.into());
                 self.stats.prunes_sent += 1;
                 self.send(
@@ -284,7 +274,7 @@ impl<S: PeerSink> Node<S> {
                     },
                 );
             }
-            _ => {}
+            Applied::Stored | Applied::Refused(_) => {}
         }
     }
 
