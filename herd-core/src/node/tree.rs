@@ -207,7 +207,8 @@ impl<S: PeerSink> Node<S> {
         link.flush_at = None;
         let bytes = std::mem::take(&mut link.batch_bytes);
         let entries = std::mem::take(&mut link.batch);
-        if entries.is_empty() {
+        if entries.is_empty() || self.links[peer.0].state == LinkState::Down {
+            // (A link whose send failed is down without a `handle_link_down`.)
             return;
         }
         self.stats.announce_messages_sent += 1;
