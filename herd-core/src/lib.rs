@@ -29,8 +29,8 @@ pub mod testing;
 
 pub use lookup::{LookupError, PlacesLookup, PlacesQuery};
 pub use node::{
-    ClientAction, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError, QueryOutcome,
-    Subscriber,
+    ClientAction, Dissemination, Node, NodeConfig, NodeEvent, NodeLimits, NodeStats, PeerError,
+    QueryOutcome, Subscriber,
 };
 pub use peer::{Handshake, PeerMsg, PeerParseError};
 pub use ports::{IdSource, PeerId, PeerSendError, PeerSink};

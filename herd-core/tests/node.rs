@@ -290,8 +290,8 @@ fn a_handshake_line_after_the_handshake_is_a_protocol_error() {
     let mut a = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(5));
     a.handle_link_up(Timestamp(0), PeerId(0));
     for line in [
-        &b"HERD/1 HELLO B A 1 0000000000000000000000000000000a -"[..],
-        b"HERD/1 AUTH -",
+        &b"HERD/2 HELLO B A 1 0000000000000000000000000000000a -"[..],
+        b"HERD/2 AUTH -",
     ] {
         assert!(herd_core::Handshake::parse(line).is_ok());
         assert!(a.handle_peer_line(Timestamp(1), PeerId(0), line).is_err());

@@ -131,6 +131,18 @@ fn peer_msg() -> impl Strategy<Value = PeerMsg> {
             }
         ),
         Just(PeerMsg::Ping),
+        proptest::collection::vec((any::<u64>(), record()), 1..4).prop_map(|v| {
+            PeerMsg::Announce {
+                entries: v
+                    .iter()
+                    .map(|(seq, r)| herd_core::peer::Announcement::of(*seq, r))
+                    .collect(),
+            }
+        }),
+        client_id().prop_map(|c| PeerMsg::Graft { client: c.into() }),
+        server_name().prop_map(|n| PeerMsg::Prune {
+            origin: n.as_str().as_bytes().into()
+        }),
     ]
 }
 

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use herd_core::Dissemination;
 use net::{Kind, Rng, Sim, SimConfig, Topology, Whatsat, MS};
 
 /// Seeds to run: `HERD_SIM_SEED` replays one, `HERD_SIM_SEEDS` sets how many (else `default`).
@@ -171,7 +172,7 @@ fn random_config(rng: &mut Rng, servers: usize) -> SimConfig {
 
 #[test]
 fn the_default_herd_ends_with_the_newest_surviving_record_of_every_client_whatever_the_faults() {
-    for_each_seed("the_default_herd_ends_with", 200, |seed| {
+    for_each_seed("the_default_herd_ends_with", 400, |seed| {
         let mut rng = Rng::new(seed ^ 0xdef);
         let cfg = random_config(&mut rng, 5);
         chaotic_run(Topology::default_herd(), seed, 300, cfg)
@@ -290,10 +291,18 @@ fn at(sim: &Sim, name: &str) -> usize {
     sim.topo.index(name)
 }
 
+/// The default configuration with every server flooding.
+fn flood() -> SimConfig {
+    SimConfig {
+        dissemination: Dissemination::Flood,
+        ..SimConfig::default()
+    }
+}
+
 #[test]
-fn a_new_iamat_on_the_quiet_default_herd_costs_eight_update_messages_where_an_echoing_flood_costs_twelve(
+fn flooding_a_new_iamat_on_the_quiet_default_herd_costs_eight_update_messages_where_an_echoing_flood_costs_twelve(
 ) {
-    let mut sim = quiet_default_herd(7, SimConfig::default());
+    let mut sim = quiet_default_herd(7, flood());
     let (servers, links) = (5u64, 6u64);
     let bound = 2 * links - (servers - 1);
     assert_eq!(bound, 8);
@@ -346,13 +355,14 @@ fn a_new_iamat_on_the_quiet_default_herd_costs_eight_update_messages_where_an_ec
 }
 
 #[test]
-fn a_new_iamat_on_any_quiet_connected_herd_costs_twice_the_links_minus_the_servers_plus_one() {
+fn flooding_a_new_iamat_on_any_quiet_connected_herd_costs_twice_the_links_minus_the_servers_plus_one(
+) {
     let mut rng = Rng::new(99);
     for round in 0..20u64 {
         let n = rng.range(2, 60) as usize;
         let topo = Topology::random(&mut rng, n, true);
         let (servers, links) = (n as u64, topo.edges.len() as u64);
-        let mut sim = Sim::new(topo, round, SimConfig::default());
+        let mut sim = Sim::new(topo, round, flood());
         sim.connect_all();
         sim.run_until_quiet(1_000_000);
         for k in 0..3u64 {
@@ -718,4 +728,489 @@ fn bounded_peer_queues_that_overflow_drop_the_link_and_the_herd_still_converges(
     }
     assert!(backlogged > 0, "the queues overflowed at least once");
     println!("{backlogged} links dropped for a full queue over 10 seeds");
+}
+
+#[test]
+fn flooding_servers_still_converge_whatever_the_faults() {
+    // The tree is the default everywhere else; the flood stays a supported choice.
+    for_each_seed("flooding_servers", 40, |seed| {
+        let mut rng = Rng::new(seed ^ 0xf100d);
+        let topo = if seed % 2 == 0 {
+            Topology::default_herd()
+        } else {
+            random_topology(&mut rng)
+        };
+        let cfg = SimConfig {
+            dissemination: Dissemination::Flood,
+            ..random_config(&mut rng, topo.len())
+        };
+        let actions = 200 + topo.len() as u64;
+        chaotic_run(topo, seed, actions, cfg)
+    });
+}
+
+#[test]
+fn a_herd_of_flooding_and_tree_servers_converges_whatever_the_faults() {
+    // Every server understands every message: a herd half way through a change of
+    // dissemination still ends with every record everywhere.
+    for_each_seed("mixed_dissemination", 30, |seed| {
+        let mut rng = Rng::new(seed ^ 0x313d);
+        let topo = if seed % 2 == 0 {
+            Topology::default_herd()
+        } else {
+            random_topology(&mut rng)
+        };
+        let cfg = random_config(&mut rng, topo.len());
+        let flooding: Vec<bool> = (0..topo.len()).map(|_| rng.percent(50)).collect();
+        let links = topo.edges.len() as u64;
+        let mut sim = Sim::new(topo, seed, cfg);
+        sim.set_dissemination(|i| {
+            if flooding[i] {
+                Dissemination::Flood
+            } else {
+                Dissemination::Tree
+            }
+        });
+        sim.chaos(300);
+        sim.settle(2_000_000 + 20_000 * links);
+        sim.check_settled();
+        sim.check_queries_after_settling();
+        (sim.summary(), sim.lost())
+    });
+}
+
+/// Fixed link delays of `ms`, with the broadcast tree.
+fn tree_fixed(ms: u64) -> SimConfig {
+    SimConfig {
+        dissemination: Dissemination::Tree,
+        ..fixed_delay(ms)
+    }
+}
+
+/// What a run of updates over the tree cost.
+#[derive(Debug, Default, Clone, Copy)]
+struct TreeCost {
+    updates: u64,
+    payload: u64,
+    announcements: u64,
+    announce_bytes: u64,
+    announce_messages: u64,
+    prunes: u64,
+    grafts: u64,
+    /// Most hops from an update's origin to the last server to store it.
+    max_hops: u64,
+    /// The same, less the origin's eccentricity (hops beyond the shortest path), at most.
+    max_extra_hops: i64,
+}
+
+impl TreeCost {
+    fn per_update(&self, v: u64) -> f64 {
+        v as f64 / self.updates.max(1) as f64
+    }
+}
+
+/// `rounds` IAMATs, each a new record, from `origins` in turn, on `sim` (links of fixed
+/// delay `ms`), each run until quiet and timed to its last server.
+fn run_tree_updates(sim: &mut Sim, origins: &[usize], rounds: u64, ms: u64, tag: &str) -> TreeCost {
+    let before = sim.total_stats();
+    let mut cost = TreeCost::default();
+    for k in 0..rounds {
+        let o = origins[(k as usize) % origins.len()];
+        let line = format!("IAMAT {tag}{} +1.5-2.5 {}", k % 7, 1_700_000_100 + k);
+        let took = sim
+            .iamat_timed(o, &line, 50_000_000)
+            .expect("every server stores the update");
+        let hops = took.as_nanos() as u64 / (ms * MS);
+        let ecc = sim.topo.distances(o).into_iter().max().unwrap_or(0) as i64;
+        cost.max_hops = cost.max_hops.max(hops);
+        cost.max_extra_hops = cost.max_extra_hops.max(hops as i64 - ecc);
+        cost.updates += 1;
+    }
+    let after = sim.total_stats();
+    cost.payload = after.payload_sent - before.payload_sent;
+    cost.announcements = after.announcements_sent - before.announcements_sent;
+    cost.announce_bytes = after.announce_bytes_sent - before.announce_bytes_sent;
+    cost.announce_messages = after.announce_messages_sent - before.announce_messages_sent;
+    cost.prunes = after.prunes_sent - before.prunes_sent;
+    cost.grafts = after.grafts_sent - before.grafts_sent;
+    cost
+}
+
+#[test]
+fn on_the_quiet_default_herd_the_tree_sends_each_new_record_servers_minus_one_times() {
+    let ms = 5;
+    let mut sim = Sim::new(Topology::default_herd(), 7, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let (servers, links) = (5u64, 6u64);
+    let all: Vec<usize> = (0..5).collect();
+    // The first record of each origin builds its tree: it floods, and every redundant
+    // link it crosses is pruned (for that origin).
+    let first = run_tree_updates(&mut sim, &all, servers, ms, "warm");
+    assert_eq!(first.payload, servers * (2 * links - (servers - 1)));
+    assert_eq!(first.grafts, 0);
+    assert!(first.prunes > 0);
+    // From then on: servers − 1 updates per record, announcements on the other links (both
+    // ways), no prune, no graft, and every record takes the shortest path.
+    let steady = run_tree_updates(&mut sim, &all, 25, ms, "c");
+    assert_eq!(steady.payload, 25 * (servers - 1), "{steady:?}");
+    assert_eq!(
+        steady.announcements,
+        25 * 2 * (links - (servers - 1)),
+        "{steady:?}"
+    );
+    assert_eq!((steady.prunes, steady.grafts), (0, 0), "{steady:?}");
+    assert_eq!(steady.max_extra_hops, 0, "{steady:?}");
+    // Concurrent IAMATs (distinct clients, in flight together) cost the same.
+    let before = sim.total_stats().payload_sent;
+    for k in 0..10u64 {
+        let line = format!("IAMAT busy{k} -33.8688+151.2093 1700000000.{k}");
+        sim.iamat((k * 3 % servers) as usize, &line);
+        sim.run_for(Duration::from_millis(2));
+    }
+    sim.run_until_quiet(100_000);
+    assert_eq!(sim.total_stats().payload_sent - before, 10 * (servers - 1));
+    sim.check_settled();
+    println!(
+        "default herd, tree, {ms} ms links: {:.2} update messages per new IAMAT in steady state (flood: {}), \
+         {:.2} announcements ({:.1} bytes) per IAMAT, {:.2} update messages per IAMAT for an origin's first record",
+        steady.per_update(steady.payload),
+        2 * links - (servers - 1),
+        steady.per_update(steady.announcements),
+        steady.per_update(steady.announce_bytes),
+        first.per_update(first.payload),
+    );
+}
+
+#[test]
+fn with_random_delays_the_tree_on_the_default_herd_stays_near_servers_minus_one_updates_per_record()
+{
+    // Links of 1 to 20 ms each message: a record's eager path can be slower than an
+    // announcement plus the graft timeout, and the tree then moves (a graft, then a prune
+    // of the old path). Nothing is lost, and the cost stays well below the flood's 8.
+    let mut sim = Sim::new(Topology::default_herd(), 8, SimConfig::default());
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let before = sim.total_stats();
+    let rounds = 200u64;
+    for k in 0..rounds {
+        let line = format!("IAMAT r{} +1+1 {}", k % 11, 1_700_000_000 + k);
+        sim.iamat((k % 5) as usize, &line);
+        sim.run_until_quiet(100_000);
+    }
+    let after = sim.total_stats();
+    let payload = (after.payload_sent - before.payload_sent) as f64 / rounds as f64;
+    let grafts = (after.grafts_sent - before.grafts_sent) as f64 / rounds as f64;
+    sim.check_settled();
+    assert_eq!(sim.lost(), 0);
+    // Each origin's first record floods (8) and builds its tree; the rest cost about 4.
+    assert!(
+        payload <= 1.1 * 4.0,
+        "{payload:.2} update messages per record"
+    );
+    println!(
+        "default herd, tree, 1-20 ms links: {payload:.2} update messages and {grafts:.2} grafts per new IAMAT \
+         over {rounds} IAMATs (flood: 8)"
+    );
+}
+
+/// A random herd of `n` servers of degree `degree`, quiet, with the tree on links of `ms`.
+fn quiet_regular_herd(n: usize, degree: usize, seed: u64, ms: u64) -> Sim {
+    let mut rng = Rng::new(seed);
+    let topo = Topology::random_regular(&mut rng, n, degree);
+    let mut sim = Sim::new(topo, seed, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000_000);
+    sim
+}
+
+/// The figures of a large herd: first records of `origins` random servers, then `rounds`
+/// more of them.
+fn large_herd_report(
+    n: usize,
+    seed: u64,
+    origins: usize,
+    rounds: u64,
+) -> (TreeCost, TreeCost, usize, usize) {
+    let ms = 2;
+    let mut sim = quiet_regular_herd(n, 6, seed, ms);
+    let diameter = sim.topo.diameter();
+    let mut rng = Rng::new(seed ^ 0x0419);
+    // Distinct origins: each one's first record is its first.
+    let mut all: Vec<usize> = (0..n).collect();
+    for k in 0..origins {
+        let j = k + rng.index(n - k);
+        all.swap(k, j);
+    }
+    let picked = all[..origins].to_vec();
+    let first = run_tree_updates(&mut sim, &picked, origins as u64, ms, "first");
+    let steady = run_tree_updates(&mut sim, &picked, rounds, ms, "c");
+    sim.check_settled();
+    (first, steady, diameter, sim.topo.edges.len())
+}
+
+#[test]
+fn on_a_random_herd_of_1000_servers_of_degree_6_each_record_costs_about_servers_minus_one_updates_and_reaches_everyone_within_the_diameter_plus_two_hops(
+) {
+    let n = 1000;
+    let (first, steady, diameter, links) = large_herd_report(n, 1000, 4, 12);
+    assert_eq!(
+        first.payload,
+        4 * (2 * links as u64 - (n as u64 - 1)),
+        "an origin's first record floods"
+    );
+    let per = steady.per_update(steady.payload);
+    assert!(
+        per <= 1.1 * (n as f64 - 1.0),
+        "{per:.1} update messages per record: {steady:?}"
+    );
+    assert!(
+        steady.max_hops <= diameter as u64 + 2,
+        "{} hops, diameter {diameter}: {steady:?}",
+        steady.max_hops
+    );
+    assert!(first.max_hops <= diameter as u64 + 2, "{first:?}");
+    println!(
+        "{n} servers, degree 6, diameter {diameter}: {per:.1} update messages per record in steady state \
+         (N − 1 = {}), at most {} hops to the last server; an origin's first record: {:.0}",
+        n - 1,
+        steady.max_hops,
+        first.per_update(first.payload)
+    );
+}
+
+/// The figures for the docs: `cargo nextest run -p herd-core --test sim --run-ignored only
+/// tree_figures --no-capture`.
+#[test]
+#[ignore = "prints figures for the docs; takes about a minute in debug"]
+fn tree_figures() {
+    for (n, origins, rounds) in [(100, 100, 300), (1000, 100, 300)] {
+        let (first, steady, diameter, links) = large_herd_report(n, 7, origins, rounds);
+        println!(
+            "{n} servers, degree 6, diameter {diameter}, 2 ms links, {origins} origins, {rounds} records after their first:\n  \
+             update messages per record {:.1} (N − 1 = {}; flood 2 × links − (N − 1) = {}), first record of an origin {:.1}\n  \
+             announcements per record {:.1} in {:.1} I lines, {:.0} bytes; prunes {:.2}, grafts {:.2} per record\n  \
+             hops to the last server at most {} (diameter {diameter}), at most {} beyond the origin's eccentricity",
+            steady.per_update(steady.payload),
+            n - 1,
+            2 * links - (n - 1),
+            first.per_update(first.payload),
+            steady.per_update(steady.announcements),
+            steady.per_update(steady.announce_messages),
+            steady.per_update(steady.announce_bytes),
+            steady.per_update(steady.prunes),
+            steady.per_update(steady.grafts),
+            steady.max_hops,
+            steady.max_extra_hops,
+        );
+    }
+    // Uneven links: each message takes 1 to 4 ms, so a record's eager path is sometimes
+    // slower than an announcement plus the graft timeout, and the tree moves.
+    let n = 1000;
+    let mut rng = Rng::new(7);
+    let topo = Topology::random_regular(&mut rng, n, 6);
+    let cfg = SimConfig {
+        delay: (MS, 4 * MS),
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(topo, 7, cfg);
+    sim.connect_all();
+    sim.run_until_quiet(100_000_000);
+    let origins: Vec<usize> = (0..100).map(|k| k * 10).collect();
+    run_tree_updates(&mut sim, &origins, 100, 1, "first");
+    let steady = run_tree_updates(&mut sim, &origins, 300, 1, "c");
+    sim.check_settled();
+    println!(
+        "{n} servers, degree 6, 1-4 ms links, 100 origins, 300 records after their first:\n  \
+         update messages per record {:.1} (N − 1 = {}), prunes {:.2}, grafts {:.2} per record, \
+         at most {} ms to the last server",
+        steady.per_update(steady.payload),
+        n - 1,
+        steady.per_update(steady.prunes),
+        steady.per_update(steady.grafts),
+        steady.max_hops,
+    );
+}
+
+/// Every live server holds `record` (or something newer of its client).
+fn everyone_holds(sim: &Sim, record: &herd_core::Record) -> bool {
+    (0..sim.topo.len()).all(|i| {
+        sim.node(i)
+            .store()
+            .get(record.client())
+            .is_some_and(|r| r.precedence(record) != std::cmp::Ordering::Less)
+    })
+}
+
+#[test]
+fn a_lost_eager_link_is_routed_around_by_grafts_before_it_returns_and_rejoins_the_tree_after() {
+    let ms = 5;
+    let mut sim = Sim::new(Topology::default_herd(), 21, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let (goloman, holiday) = (at(&sim, "Goloman"), at(&sim, "Holiday"));
+    let all: Vec<usize> = (0..5).collect();
+    run_tree_updates(&mut sim, &all, 5, ms, "warm");
+    // Goloman's records reach Holiday (and Welsh behind it) over their direct link.
+    let to_holiday = sim.peer_of(goloman, holiday);
+    assert!(sim.node(goloman).is_eager(to_holiday, b"Goloman"));
+    sim.hold_link(sim.topo.link("Goloman", "Holiday"));
+
+    // While it is down, Holiday hears of Goloman's next record from Wilkes (lazy), grafts,
+    // and gets it well before the link returns; the link it grafted is eager from then on.
+    let before = sim.total_stats();
+    let r = sim.iamat(goloman, "IAMAT cut.client +1+1 1700000200");
+    sim.run_until_quiet(100_000);
+    assert!(
+        everyone_holds(&sim, &r),
+        "grafts route around the lost link"
+    );
+    let after = sim.total_stats();
+    assert!(after.grafts_sent > before.grafts_sent, "Holiday grafted");
+    let steady = run_tree_updates(&mut sim, &[goloman], 3, ms, "cut");
+    assert_eq!(
+        (steady.payload, steady.grafts),
+        (3 * 4, 0),
+        "the tree is repaired: {steady:?}"
+    );
+
+    // The link returns, eager again for every origin: the next record of each origin whose
+    // tree it is not on crosses it redundantly and prunes it, and the herd is back to four
+    // update messages per record.
+    sim.release_link(sim.topo.link("Goloman", "Holiday"));
+    sim.run_until_quiet(100_000);
+    let back = run_tree_updates(&mut sim, &all, 5, ms, "back");
+    assert!(back.prunes > 0, "{back:?}");
+    let steady = run_tree_updates(&mut sim, &all, 10, ms, "again");
+    assert_eq!(steady.payload, 10 * 4, "{steady:?}");
+    sim.check_settled();
+    assert_eq!(sim.lost(), 0);
+}
+
+#[test]
+fn a_crashed_server_inside_the_tree_is_routed_around_and_gets_everything_back_when_it_returns() {
+    let ms = 5;
+    let mut sim = Sim::new(Topology::default_herd(), 22, tree_fixed(ms));
+    sim.connect_all();
+    sim.run_until_quiet(100_000);
+    let all: Vec<usize> = (0..5).collect();
+    run_tree_updates(&mut sim, &all, 5, ms, "warm");
+    // Wilkes carries Hands's records to Holiday and Welsh (and is on other trees too).
+    let wilkes = at(&sim, "Wilkes");
+    sim.crash(wilkes);
+    let mut records = Vec::new();
+    for (k, o) in ["Hands", "Goloman", "Holiday", "Welsh", "Hands"]
+        .iter()
+        .enumerate()
+    {
+        let o = at(&sim, o);
+        records.push(sim.iamat(
+            o,
+            &format!("IAMAT while.down{k} +2+2 {}", 1_700_000_300 + k),
+        ));
+        sim.run_until_quiet(100_000);
+    }
+    for r in &records {
+        for i in (0..5).filter(|&i| i != wilkes) {
+            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
+            assert_eq!(got, Some(r.at_line()), "server {i} got it without Wilkes");
+        }
+    }
+    sim.restart(wilkes);
+    sim.run_until_quiet(100_000);
+    sim.check_settled();
+    for r in &records {
+        assert!(everyone_holds(&sim, r));
+    }
+    assert_eq!(sim.lost(), 0);
+}
+
+#[test]
+fn on_a_1000_server_herd_lost_links_and_crashed_servers_are_routed_around_and_nothing_is_lost() {
+    let (n, ms) = (1000, 2);
+    let mut sim = quiet_regular_herd(n, 6, 31, ms);
+    let mut rng = Rng::new(0x31);
+    let origins: Vec<usize> = (0..4).map(|k| k * 250).collect();
+    run_tree_updates(&mut sim, &origins, 4, ms, "warm");
+    // 60 links held down and 10 servers crashed, all at once: many trees lose links.
+    let mut held: Vec<usize> = (0..60).map(|_| rng.index(sim.topo.edges.len())).collect();
+    held.sort_unstable();
+    held.dedup();
+    for &l in &held {
+        sim.hold_link(l);
+    }
+    let crashed: Vec<usize> = (0..10).map(|k| 1 + k * 97).collect();
+    for &c in &crashed {
+        sim.crash(c);
+    }
+    // Who can still be reached from `from` over what is left.
+    let reachable = |sim: &Sim, from: usize| {
+        let mut adj = vec![Vec::new(); n];
+        for (l, &(a, b)) in sim.topo.edges.iter().enumerate() {
+            if !held.contains(&l) && !crashed.contains(&a) && !crashed.contains(&b) {
+                adj[a].push(b);
+                adj[b].push(a);
+            }
+        }
+        let mut seen = vec![false; n];
+        seen[from] = true;
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(v) = queue.pop_front() {
+            for &w in &adj[v] {
+                if !seen[w] {
+                    seen[w] = true;
+                    queue.push_back(w);
+                }
+            }
+        }
+        seen
+    };
+    let before = sim.total_stats();
+    let mut after_first = before.clone();
+    let mut records = Vec::new();
+    for (k, &o) in origins.iter().cycle().take(12).enumerate() {
+        let r = sim.iamat(o, &format!("IAMAT cut{k} +3+3 {}", 1_700_000_500 + k));
+        sim.run_until_quiet(50_000_000);
+        // Before any link returns, every server the record can still reach holds it.
+        let can = reachable(&sim, o);
+        for i in (0..n).filter(|&i| can[i]) {
+            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
+            assert_eq!(got, Some(r.at_line()), "server {i} missed record {k}");
+        }
+        records.push(r);
+        if k == origins.len() - 1 {
+            after_first = sim.total_stats();
+        }
+    }
+    let grafts = sim.total_stats().grafts_sent - before.grafts_sent;
+    assert!(grafts > 0, "the trees were repaired by grafts");
+    // Each origin's first record after the faults repairs its tree; the next ones mostly
+    // take the repaired tree.
+    let later = sim.total_stats();
+    let later_grafts = later.grafts_sent - after_first.grafts_sent;
+    let later_payload = (later.payload_sent - after_first.payload_sent) / 8;
+    assert_eq!(
+        later_grafts, 0,
+        "the repaired trees reach everyone reachable"
+    );
+    assert!(
+        later_payload as f64 <= 1.1 * (n as f64 - 1.0),
+        "{later_payload} update messages per record on the repaired trees"
+    );
+    for &l in &held {
+        sim.release_link(l);
+    }
+    for &c in &crashed {
+        sim.restart(c);
+    }
+    sim.run_until_quiet(100_000_000);
+    sim.check_settled();
+    assert_eq!(sim.lost(), 0);
+    println!(
+        "{n} servers, {} links held and {} servers crashed: {grafts} grafts for the first {} records \
+         (one per origin), none after; {later_payload} update messages per later record; all delivered",
+        held.len(),
+        crashed.len(),
+        origins.len()
+    );
 }

@@ -186,6 +186,9 @@ pub struct Limits {
     /// Most fence events waiting for one connection; when its queue is full the connection
     /// is closed (counted and logged) rather than slowing the server.
     pub fence_queue_lines: usize,
+    /// How stored records reach the other servers (default the broadcast tree; see
+    /// [`herd_core::Dissemination`]). Read at start.
+    pub dissemination: herd_core::Dissemination,
 }
 
 impl Default for Limits {
@@ -212,6 +215,7 @@ impl Default for Limits {
             max_fences_per_connection: DEFAULT_MAX_FENCES_PER_CONNECTION,
             max_fences: DEFAULT_MAX_FENCES,
             fence_queue_lines: DEFAULT_FENCE_QUEUE_LINES,
+            dissemination: herd_core::Dissemination::Tree,
         }
     }
 }

@@ -247,6 +247,7 @@ pub fn start(
     let mut node_cfg = NodeConfig::new(spec.name.clone(), names.clone());
     node_cfg.journal = spec.journal.is_some();
     node_cfg.nearby_index = spec.limits.nearby_index;
+    node_cfg.dissemination = spec.limits.dissemination;
     let limits = crate::driver::node_limits(&spec.limits, node_cfg.limits());
     node_cfg.set_limits(limits);
     let links = LinkTable::new(names.iter().map(|n| spec.name < *n));

@@ -281,6 +281,15 @@ struct RawLimits {
     max_fences: Option<usize>,
     fence_queue_lines: Option<usize>,
     admin_header_timeout_ms: Option<u64>,
+    dissemination: Option<RawDissemination>,
+}
+
+/// `limits.dissemination`: how records reach the other servers.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawDissemination {
+    Tree,
+    Flood,
 }
 
 /// Log file rotation from the config's `limits.log_max_bytes` and `limits.log_keep`; the
@@ -502,6 +511,10 @@ impl RawLimits {
                 d::DEFAULT_FENCE_QUEUE_LINES,
                 "fence_queue_lines",
             )?,
+            dissemination: match self.dissemination {
+                None | Some(RawDissemination::Tree) => herd_core::Dissemination::Tree,
+                Some(RawDissemination::Flood) => herd_core::Dissemination::Flood,
+            },
         };
         // 0 is allowed for both: it is their off switch, as on the command line.
         let rotation = LogRotation {
@@ -866,10 +879,12 @@ mod tests {
                 "limits": {"heartbeat_ms": 100, "peer_timeout_ms": 400,
                            "max_client_id_bytes": 64, "max_records": 3,
                            "record_ttl_ms": 300, "max_future_skew_ms": 1000,
-                           "log_max_bytes": 0, "log_keep": 2}}"#,
+                           "log_max_bytes": 0, "log_keep": 2,
+                           "dissemination": "flood"}}"#,
         )
         .unwrap();
         let l = &c.limits;
+        assert_eq!(l.dissemination, herd_core::Dissemination::Flood);
         assert_eq!(l.heartbeat, Duration::from_millis(100));
         assert_eq!(l.peer_timeout, Duration::from_millis(400));
         assert_eq!((l.max_client_id_bytes, l.max_records), (64, 3));
@@ -888,6 +903,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.limits, Limits::default(), "null is the default");
+        assert_eq!(d.limits.dissemination, herd_core::Dissemination::Tree);
         assert_eq!(d.limits.record_ttl, None, "off by default");
         assert_eq!(d.limits.max_future_skew, None, "off by default");
         assert_eq!(
@@ -936,6 +952,7 @@ mod tests {
             ),
             (r#""record_ttl_ms": -1"#, "invalid config"),
             (r#""log_keep": "5""#, "invalid config"),
+            (r#""dissemination": "gossip""#, "invalid config"),
         ];
         for (bad, want) in cases {
             let text = format!(r#"{{"servers": {{"A": "127.0.0.1:1"}}, "limits": {{{bad}}}}}"#);

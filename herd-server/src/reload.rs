@@ -222,7 +222,7 @@ pub fn plan(
         servers.push(sp);
     }
     let mut restart_only = Vec::new();
-    let restart_checks: [(&'static str, bool); 9] = [
+    let restart_checks: [(&'static str, bool); 10] = [
         ("data_dir", old.data_dir != new.data_dir),
         ("journal_fsync", old.journal_fsync != new.journal_fsync),
         ("places", old.places != new.places),
@@ -241,6 +241,10 @@ pub fn plan(
         (
             "limits.nearby_index",
             old.limits.nearby_index != new.limits.nearby_index,
+        ),
+        (
+            "limits.dissemination",
+            old.limits.dissemination != new.limits.dissemination,
         ),
         (
             "limits.admin_max_connections",

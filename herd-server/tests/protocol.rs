@@ -61,10 +61,10 @@ async fn invalid_example_and_peer_messages_on_the_client_port_get_question_mark(
     let addr = herd.servers()[0].local_addr();
     let reply = exchange(
         addr,
-        b"IAMAT Clark +12-118\nU 1 AT A +0.1 c +1+1 1\nD 1 0 0\nHERD/1 HELLO A Goloman 1 00 -\n",
+        b"IAMAT Clark +12-118\nU 1 AT A +0.1 c +1+1 1\nD 1 0 0\nHERD/2 HELLO A Goloman 1 00 -\n",
     )
     .await;
-    let want = "? IAMAT Clark +12-118\n? U 1 AT A +0.1 c +1+1 1\n? D 1 0 0\n? HERD/1 HELLO A Goloman 1 00 -\n";
+    let want = "? IAMAT Clark +12-118\n? U 1 AT A +0.1 c +1+1 1\n? D 1 0 0\n? HERD/2 HELLO A Goloman 1 00 -\n";
     assert_eq!(String::from_utf8_lossy(&reply), want);
     assert_eq!(
         herd.servers()[0].stats().records,

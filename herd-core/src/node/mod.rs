@@ -8,7 +8,9 @@
 //! Rules:
 //! - an update is stored and forwarded only if it is newer than what the store holds, and never
 //!   back to the neighbour it came from: the store's monotonic order is the dedup, so no update
-//!   can circulate (each record changes each store at most once);
+//!   can circulate (each record changes each store at most once). It is forwarded along an
+//!   epidemic broadcast tree per origin ([`Dissemination::Tree`], the default: pushed on eager
+//!   links, announced on lazy ones, pruned and grafted) or flooded ([`Dissemination::Flood`]);
 //! - when a link comes up both sides send a [`PeerMsg::Digest`] naming how much of the other's
 //!   local log they have seen; each answers with the records changed since then and a
 //!   [`PeerMsg::Synced`]. A reconnect costs what the other side missed, not the whole store.
@@ -22,9 +24,10 @@
 //!   index that is never reused, and a removed neighbour's link is down for good.
 //!
 //! Layout: this file holds the node's state, clients, updates, links and the dispatch of peer
-//! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines) and
-//! `resync.rs` the reconciliation (digest, paced delta, drained queue), each as an
-//! `impl Node` block of its own.
+//! messages; `query.rs` the herd query wave (start, forward, answers, finish, deadlines),
+//! `resync.rs` the reconciliation (digest, paced delta, drained queue) and `tree.rs` the
+//! dissemination (flood, or the broadcast tree: eager and lazy links, announcements, prunes,
+//! grafts), each as an `impl Node` block of its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,12 +49,15 @@ use crate::types::{MaxItems, RadiusKm, ServerName, Timestamp};
 mod fences;
 mod query;
 mod resync;
+mod tree;
 
 use fences::Fences;
 pub use fences::{Subscriber, DEFAULT_MAX_FENCES, DEFAULT_MAX_FENCES_PER_SUBSCRIBER};
 
 use query::{Asker, QueryKey, QueryState};
 use resync::Resync;
+use tree::TreeState;
+pub use tree::{Dissemination, DEFAULT_ANNOUNCE_DELAY, DEFAULT_GRAFT_TIMEOUT};
 
 /// Default time a WHATSAT for an unknown client waits for the herd's answer.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -111,6 +117,17 @@ pub struct NodeConfig {
     /// Most fences the node holds (default [`DEFAULT_MAX_FENCES`]); a FENCE beyond it is
     /// answered `? <line>`.
     pub max_fences: usize,
+    /// How stored records reach the other servers (default [`Dissemination::Tree`]; see
+    /// `tree.rs`). A herd may mix both: every server understands every message.
+    pub dissemination: Dissemination,
+    /// With the tree, how long an announcement waits for others to share its `I` line
+    /// (default [`DEFAULT_ANNOUNCE_DELAY`]; zero: each goes at once).
+    pub announce_delay: Duration,
+    /// With the tree, how long a record announced and missing is waited for before the
+    /// announcer is asked for it, and between asking one announcer and the next (default
+    /// [`DEFAULT_GRAFT_TIMEOUT`]). Longer than the eager path's usual delay, so that a
+    /// slow path is not mistaken for a broken one.
+    pub graft_timeout: Duration,
 }
 
 /// The limits of a node that [`Node::set_limits`] changes while it runs (the fields of
@@ -196,6 +213,9 @@ impl NodeConfig {
             nearby_index: true,
             max_fences_per_subscriber: DEFAULT_MAX_FENCES_PER_SUBSCRIBER,
             max_fences: DEFAULT_MAX_FENCES,
+            dissemination: Dissemination::default(),
+            announce_delay: DEFAULT_ANNOUNCE_DELAY,
+            graft_timeout: DEFAULT_GRAFT_TIMEOUT,
         }
     }
 }
@@ -336,6 +356,25 @@ pub struct NodeStats {
     pub fences_refused: u64,
     /// Fence events queued ([`NodeEvent::Fence`]).
     pub fence_events: u64,
+    /// `Update` messages sent to pass a record on (pushed on an eager link, or answering a
+    /// graft); the rest of `updates_sent` are reconciliation deltas.
+    pub payload_sent: u64,
+    /// Records announced instead of sent (broadcast tree, lazy links).
+    pub announcements_sent: u64,
+    /// `I` messages sent (each carries one or more announcements).
+    pub announce_messages_sent: u64,
+    /// Bytes of the `I` messages sent, newlines included.
+    pub announce_bytes_sent: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// `X` (prune) messages sent: a live update was not new over an eager link.
+    pub prunes_sent: u64,
+    /// `X` (prune) messages received.
+    pub prunes_received: u64,
+    /// `G` (graft) messages sent: an announced record was still missing at its timeout.
+    pub grafts_sent: u64,
+    /// `G` (graft) messages received.
+    pub grafts_received: u64,
 }
 
 /// Why the node did not store a record that was new to it.
@@ -424,6 +463,8 @@ pub struct Node<S: PeerSink> {
     /// Records stored since the last [`Node::drain_journal`] (with [`NodeConfig::journal`]).
     journal: Vec<Arc<Record>>,
     fences: Fences,
+    /// The broadcast tree's links, announcements waiting and records missing.
+    tree: TreeState,
 }
 
 impl<S: PeerSink> Node<S> {
@@ -448,6 +489,7 @@ impl<S: PeerSink> Node<S> {
             stats: NodeStats::default(),
             journal: Vec::new(),
             fences: Fences::default(),
+            tree: TreeState::default(),
         }
     }
 
@@ -504,6 +546,7 @@ impl<S: PeerSink> Node<S> {
             return;
         }
         self.handle_link_down(now, peer);
+        self.forget_announcer(peer);
         self.links[peer.0] = Link {
             removed: true,
             ..Link::DOWN
@@ -798,13 +841,7 @@ impl<S: PeerSink> Node<S> {
         if self.cfg.journal {
             self.journal.push(record.clone());
         }
-        let msg = PeerMsg::Update { seq, record };
-        for i in 0..self.links.len() {
-            if Some(PeerId(i)) != from && self.links[i].state == LinkState::Up {
-                self.stats.updates_sent += 1;
-                self.send(PeerId(i), &msg);
-            }
-        }
+        self.disseminate(now, from, seq, &record);
         Applied::Stored
     }
 
@@ -836,13 +873,14 @@ impl<S: PeerSink> Node<S> {
             // A new session replaces the old one: its pending work is void.
             self.handle_link_down(now, peer);
         }
+        let seen = self.tree_link_up(peer);
         let link = &mut self.links[peer.0];
         link.state = LinkState::Syncing;
         link.digest_done = false;
         let digest = PeerMsg::Digest {
             epoch: self.epoch,
             your_epoch: link.peer_epoch,
-            seen: link.seen,
+            seen,
         };
         self.send(peer, &digest);
     }
@@ -855,6 +893,7 @@ impl<S: PeerSink> Node<S> {
         };
         link.state = LinkState::Down;
         link.resync = None;
+        self.tree_link_down(peer);
         let waiting: Vec<QueryKey> = self
             .queries
             .iter()
@@ -923,10 +962,19 @@ impl<S: PeerSink> Node<S> {
             } => self.on_digest(now, from, epoch, your_epoch, seen),
             PeerMsg::Update { seq, record } => {
                 self.stats.updates_received += 1;
-                self.links[from.0].seen = seq;
-                self.apply_update(now, Origin::Peer(from), record);
+                let link = &mut self.links[from.0];
+                link.seen = link.seen.max(seq);
+                self.take_announced(from, &record);
+                let applied = self.apply_update(now, Origin::Peer(from), record.clone());
+                self.on_payload(from, &record, applied);
             }
-            PeerMsg::Synced { seq } => self.links[from.0].seen = seq,
+            PeerMsg::Synced { seq } => {
+                self.links[from.0].seen = seq;
+                self.tree_synced(from);
+            }
+            PeerMsg::Announce { entries } => self.on_announce(now, from, entries),
+            PeerMsg::Graft { client } => self.on_graft(from, &client),
+            PeerMsg::Prune { origin } => self.on_prune(from, origin),
             PeerMsg::Query {
                 origin,
                 qid,

@@ -202,21 +202,24 @@ impl<S: PeerSink> Node<S> {
     // === timers ===
 
     /// When [`Node::handle_timeout`] should next be called, if ever: the earliest query
-    /// deadline or record expiry ([`super::NodeConfig::record_ttl`]).
+    /// deadline, record expiry ([`super::NodeConfig::record_ttl`]), announcement batch or
+    /// graft timer (the broadcast tree's).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let query = self.query_order.front().map(|(t, _)| *t);
-        match (query, self.store.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [query, self.store.next_expiry(), self.tree.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Removes the records expired at `now`, and expires queries whose deadline has passed;
+    /// Removes the records expired at `now`, sends the announcement batches and grafts due,
+    /// and expires queries whose deadline has passed;
     /// a local one still unanswered is answered from the store (which an update may have
     /// filled meanwhile), else "unknown".
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.expire(now);
+        self.tree_timeout(now);
         while let Some((deadline, _)) = self.query_order.front() {
             if *deadline > now {
                 break;

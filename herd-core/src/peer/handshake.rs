@@ -17,7 +17,7 @@ use crate::types::ServerName;
 
 /// The line a dialler sends first when the herd uses TLS: the TLS handshake follows at
 /// once, and the usual handshake lines travel inside it.
-pub const START_TLS: &[u8] = b"HERD/1 TLS";
+pub const START_TLS: &[u8] = b"HERD/2 TLS";
 
 /// A 256-bit HMAC-SHA256 proof of the shared secret.
 pub type Proof = [u8; 32];

@@ -12,15 +12,17 @@ use thiserror::Error;
 
 pub mod handshake;
 pub mod seal;
+pub mod tree;
 
 pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, Proof, START_TLS};
+pub use tree::{record_hash, Announcement};
 
 use crate::record::Record;
 use crate::types::{push_u128, ServerName};
 
 /// The tag every handshake line starts with; a connection whose first line starts with it is a
 /// peer connection.
-pub const HANDSHAKE_TAG: &[u8] = b"HERD/1";
+pub const HANDSHAKE_TAG: &[u8] = b"HERD/2";
 
 /// One message between two servers once their link is up (after the [`Handshake`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +71,24 @@ pub enum PeerMsg {
     /// interval. It needs no reply and changes nothing; any line received proves the
     /// sender alive, and a link silent for the peer timeout is dropped by the adapter.
     Ping,
+    /// Broadcast tree: records the sender stored, announced instead of sent on a lazy link
+    /// (one or more, in the sender's log order).
+    Announce {
+        /// The announcements.
+        entries: Vec<Announcement>,
+    },
+    /// Broadcast tree: "send me your record of `client`, and push records like it (of its
+    /// origin) to me from now on".
+    Graft {
+        /// The client whose record is missing.
+        client: Box<[u8]>,
+    },
+    /// Broadcast tree: "stop pushing me records of `origin`'s clients; announce them".
+    Prune {
+        /// The origin server (an AT line's second field) whose records this link no longer
+        /// carries eagerly.
+        origin: Box<[u8]>,
+    },
 }
 
 /// Why a peer line could not be parsed.
@@ -186,6 +206,15 @@ impl PeerMsg {
                 }
             }
             PeerMsg::Ping => out.push(b'P'),
+            PeerMsg::Announce { entries } => tree::encode_announce(entries, out),
+            PeerMsg::Graft { client } => {
+                out.extend_from_slice(b"G ");
+                out.extend_from_slice(client);
+            }
+            PeerMsg::Prune { origin } => {
+                out.extend_from_slice(b"X ");
+                out.extend_from_slice(origin);
+            }
         }
         out.push(b'\n');
     }
@@ -241,6 +270,22 @@ impl PeerMsg {
             }
             b'R' => Self::parse_answer(line),
             b'P' if line == b"P" => Ok(PeerMsg::Ping),
+            b'I' => match line.strip_prefix(b"I ") {
+                Some(rest) => Ok(PeerMsg::Announce {
+                    entries: tree::parse_announce(rest)?,
+                }),
+                None => Err(PeerParseError::Malformed),
+            },
+            b'G' | b'X' => {
+                let ([k, field], rest) = split_n::<2>(line)?;
+                expect(rest.is_empty() && (k == b"G" || k == b"X"))?;
+                let field: Box<[u8]> = tree::client_id(field)?.into();
+                Ok(if k == b"G" {
+                    PeerMsg::Graft { client: field }
+                } else {
+                    PeerMsg::Prune { origin: field }
+                })
+            }
             _ => Err(PeerParseError::Malformed),
         }
     }

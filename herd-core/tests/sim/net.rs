@@ -28,8 +28,9 @@ use std::time::Duration;
 use herd_core::node::DEFAULT_QUERY_TIMEOUT;
 use herd_core::testing::SeededIds;
 use herd_core::{
-    ClientAction, IdSource, MaxItems, Node, NodeConfig, NodeEvent, NodeStats, PeerId, PeerMsg,
-    PeerSendError, PeerSink, QueryOutcome, RadiusKm, Record, ServerName, Timestamp,
+    ClientAction, Dissemination, IdSource, MaxItems, Node, NodeConfig, NodeEvent, NodeStats,
+    PeerId, PeerMsg, PeerSendError, PeerSink, QueryOutcome, RadiusKm, Record, ServerName,
+    Timestamp,
 };
 
 /// One millisecond in nanoseconds.
@@ -121,6 +122,68 @@ impl Topology {
         Self { names, edges }
     }
 
+    /// A random connected graph of `n` servers in which every server has about `degree`
+    /// links: `degree` link ends per server paired at random (self-links and second links
+    /// between the same two servers left out), drawn again until connected.
+    pub(crate) fn random_regular(rng: &mut Rng, n: usize, degree: usize) -> Self {
+        let names: Vec<ServerName> = (0..n)
+            .map(|i| ServerName::new(&format!("N{i:04}")).expect("name"))
+            .collect();
+        loop {
+            let mut ends: Vec<usize> = (0..n)
+                .flat_map(|i| std::iter::repeat_n(i, degree))
+                .collect();
+            for k in (1..ends.len()).rev() {
+                let j = rng.index(k + 1);
+                ends.swap(k, j);
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut edges = Vec::new();
+            for pair in ends.chunks_exact(2) {
+                let (a, b) = (pair[0].min(pair[1]), pair[0].max(pair[1]));
+                if a != b && seen.insert((a, b)) {
+                    edges.push((a, b));
+                }
+            }
+            let topo = Self {
+                names: names.clone(),
+                edges,
+            };
+            if topo.distances(0).iter().all(|&d| d != usize::MAX) {
+                return topo;
+            }
+        }
+    }
+
+    /// Hops from `from` to every server (`usize::MAX`: unreachable).
+    pub(crate) fn distances(&self, from: usize) -> Vec<usize> {
+        let mut adj = vec![Vec::new(); self.len()];
+        for &(a, b) in &self.edges {
+            adj[a].push(b);
+            adj[b].push(a);
+        }
+        let mut dist = vec![usize::MAX; self.len()];
+        dist[from] = 0;
+        let mut queue = VecDeque::from([from]);
+        while let Some(v) = queue.pop_front() {
+            for &w in &adj[v] {
+                if dist[w] == usize::MAX {
+                    dist[w] = dist[v] + 1;
+                    queue.push_back(w);
+                }
+            }
+        }
+        dist
+    }
+
+    /// The longest shortest path between two servers.
+    pub(crate) fn diameter(&self) -> usize {
+        (0..self.len())
+            .map(|v| self.distances(v).into_iter().max().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.names.len()
     }
@@ -153,6 +216,9 @@ pub(crate) enum Kind {
     Query,
     Answer,
     Ping,
+    Announce,
+    Graft,
+    Prune,
 }
 
 fn kind(msg: &PeerMsg) -> Kind {
@@ -163,6 +229,9 @@ fn kind(msg: &PeerMsg) -> Kind {
         PeerMsg::Query { .. } => Kind::Query,
         PeerMsg::Answer { .. } => Kind::Answer,
         PeerMsg::Ping => Kind::Ping,
+        PeerMsg::Announce { .. } => Kind::Announce,
+        PeerMsg::Graft { .. } => Kind::Graft,
+        PeerMsg::Prune { .. } => Kind::Prune,
     }
 }
 
@@ -429,6 +498,12 @@ pub(crate) struct SimConfig {
     pub(crate) crashes: bool,
     /// Percentage of sessions, during the faults, that drop again soon after coming up.
     pub(crate) flap_percent: u64,
+    /// The nodes' dissemination ([`NodeConfig::dissemination`]).
+    pub(crate) dissemination: Dissemination,
+    /// The nodes' announcement batching delay ([`NodeConfig::announce_delay`]).
+    pub(crate) announce_delay: Duration,
+    /// The nodes' graft timeout ([`NodeConfig::graft_timeout`]).
+    pub(crate) graft_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -444,6 +519,9 @@ impl Default for SimConfig {
             max_clients: 40,
             crashes: true,
             flap_percent: 0,
+            dissemination: Dissemination::Tree,
+            announce_delay: herd_core::node::DEFAULT_ANNOUNCE_DELAY,
+            graft_timeout: herd_core::node::DEFAULT_GRAFT_TIMEOUT,
         }
     }
 }
@@ -518,6 +596,18 @@ pub(crate) struct Sim {
     chaos_left: u64,
     flapping: bool,
     clients: Vec<ClientGen>,
+    /// A record whose spread is being timed ([`Sim::iamat_timed`]).
+    watch: Option<Watch>,
+    /// Per node, its dissemination when not the config's ([`Sim::set_dissemination`]).
+    dissemination: Vec<Dissemination>,
+}
+
+/// Which nodes hold a watched record, and when the last one took it.
+struct Watch {
+    record: Arc<Record>,
+    holders: Vec<bool>,
+    count: usize,
+    last: Option<Timestamp>,
 }
 
 /// Generates a client's IAMATs: times mostly go forward, sometimes back, sometimes tie.
@@ -589,6 +679,8 @@ impl Sim {
             chaos_left: 0,
             flapping: false,
             clients: Vec::new(),
+            watch: None,
+            dissemination: Vec::new(),
         };
         sim.nodes = (0..n).map(|i| Some(sim.fresh_node(i))).collect();
         sim
@@ -605,6 +697,13 @@ impl Sim {
         cfg.resync_window = self.cfg.resync_window;
         cfg.journal = self.cfg.journals;
         cfg.record_ttl = self.cfg.record_ttl;
+        cfg.dissemination = self
+            .dissemination
+            .get(i)
+            .copied()
+            .unwrap_or(self.cfg.dissemination);
+        cfg.announce_delay = self.cfg.announce_delay;
+        cfg.graft_timeout = self.cfg.graft_timeout;
         let sink = SimSink {
             node: i,
             net: self.net.clone(),
@@ -626,6 +725,14 @@ impl Sim {
             node.remove_neighbour(now, p);
         }
         node
+    }
+
+    /// Gives each node the dissemination `of(node)`: call it before any link is up (the
+    /// nodes are built afresh).
+    pub(crate) fn set_dissemination(&mut self, of: impl Fn(usize) -> Dissemination) {
+        let n = self.nodes.len();
+        self.dissemination = (0..n).map(of).collect();
+        self.nodes = (0..n).map(|i| Some(self.fresh_node(i))).collect();
     }
 
     fn topo_end(&self, link: usize, end: usize) -> usize {
@@ -864,6 +971,7 @@ impl Sim {
         };
         self.report.delivered += 1;
         let r = self.call(to, |n, now| n.handle_peer_line(now, pid, &msg.line));
+        self.watch_holder(to);
         let r = r.expect("sessions only join live nodes");
         assert!(
             r.is_ok(),
@@ -974,6 +1082,19 @@ impl Sim {
         self.net.borrow_mut().links[link].held = true;
         self.drop_session(link, 0);
         self.after_step();
+    }
+
+    /// The [`PeerId`] by which node `node` knows its neighbour `other`.
+    pub(crate) fn peer_of(&self, node: usize, other: usize) -> PeerId {
+        let net = self.net.borrow();
+        net.links
+            .iter()
+            .find_map(|l| match l.ends {
+                [a, b] if a == node && b == other => Some(l.pids[0]),
+                [a, b] if b == node && a == other => Some(l.pids[1]),
+                _ => None,
+            })
+            .expect("the two are linked")
     }
 
     /// Lets a held link come back up now.
@@ -1099,6 +1220,47 @@ impl Sim {
     /// Sends an IAMAT line to node `i`; returns the acknowledged record (the reply's AT line).
     pub(crate) fn iamat(&mut self, i: usize, line: &str) -> Arc<Record> {
         self.iamat_bytes(i, line.as_bytes())
+    }
+
+    /// Sends an IAMAT to node `i` and runs until the network is quiet; returns the virtual
+    /// time from the IAMAT until the last node stored its record (`None`: some node never
+    /// did). With fixed link delays, that is the number of hops on the record's slowest
+    /// path times the delay.
+    pub(crate) fn iamat_timed(&mut self, i: usize, line: &str, max_steps: u64) -> Option<Duration> {
+        let start = self.now();
+        let record = self.iamat(i, line);
+        let n = self.nodes.len();
+        let mut holders = vec![false; n];
+        holders[i] = true;
+        self.watch = Some(Watch {
+            record,
+            holders,
+            count: 1,
+            last: (n == 1).then_some(start),
+        });
+        self.run_until_quiet(max_steps);
+        let w = self.watch.take()?;
+        w.last.map(|t| t.since(start))
+    }
+
+    fn watch_holder(&mut self, node: usize) {
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        if w.holders[node] {
+            return;
+        }
+        let holds = self.nodes[node]
+            .as_ref()
+            .and_then(|n| n.store().get(w.record.client()))
+            .is_some_and(|r| r.at_line() == w.record.at_line());
+        if holds {
+            w.holders[node] = true;
+            w.count += 1;
+            if w.count == w.holders.len() {
+                w.last = Some(self.net.borrow().now);
+            }
+        }
     }
 
     /// Sends `WHATSAT <client> 10 5` to node `i`.
@@ -1575,8 +1737,8 @@ impl Sim {
         let s = self.total_stats();
         format!(
             "{} nodes, {} links: {} IAMATs ({} records acked, {} lost to crashes), {} WHATSATs ({} herd queries), \
-             {} crashes, {} drops, {} partitions, {} backlogged; {} peer messages ({} updates, {} lost in flight), \
-             {} ms virtual",
+             {} crashes, {} drops, {} partitions, {} backlogged; {} peer messages ({} updates, {} lost in flight; \
+             {} announcements, {} prunes, {} grafts), {} ms virtual",
             self.topo.len(),
             self.topo.edges.len(),
             self.report.iamats,
@@ -1591,6 +1753,9 @@ impl Sim {
             total,
             s.updates_sent,
             self.report.lost_in_flight,
+            s.announcements_sent,
+            s.prunes_sent,
+            s.grafts_sent,
             (self.now().0 - START.0) / MS,
         )
     }
@@ -1613,4 +1778,15 @@ fn add_stats(t: &mut NodeStats, s: &NodeStats) {
     t.expired_on_arrival += s.expired_on_arrival;
     t.expired += s.expired;
     t.future_refused += s.future_refused;
+    t.resyncs += s.resyncs;
+    t.resync_records += s.resync_records;
+    t.payload_sent += s.payload_sent;
+    t.announcements_sent += s.announcements_sent;
+    t.announce_messages_sent += s.announce_messages_sent;
+    t.announce_bytes_sent += s.announce_bytes_sent;
+    t.announcements_received += s.announcements_received;
+    t.prunes_sent += s.prunes_sent;
+    t.prunes_received += s.prunes_received;
+    t.grafts_sent += s.grafts_sent;
+    t.grafts_received += s.grafts_received;
 }

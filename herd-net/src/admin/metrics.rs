@@ -317,6 +317,31 @@ impl Collector for HerdCollector {
             n.resync_records,
         )?;
         e.counter(
+            "herd_payload_sent",
+            "Update messages sent to pass a record on (pushed, or answering a graft)",
+            n.payload_sent,
+        )?;
+        e.counter(
+            "herd_announcements_sent",
+            "Records announced instead of sent (broadcast tree, lazy links)",
+            n.announcements_sent,
+        )?;
+        e.counter(
+            "herd_announce_bytes_sent",
+            "Bytes of the announcement lines sent",
+            n.announce_bytes_sent,
+        )?;
+        e.counter(
+            "herd_prunes_sent",
+            "Prunes sent: a record arrived again over an eager link",
+            n.prunes_sent,
+        )?;
+        e.counter(
+            "herd_grafts_sent",
+            "Grafts sent: an announced record was still missing at the graft timeout",
+            n.grafts_sent,
+        )?;
+        e.counter(
             "herd_queries_started",
             "Herd queries started for WHATSATs of clients this server did not hold",
             n.queries_started,

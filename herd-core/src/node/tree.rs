@@ -1,0 +1,470 @@
+//! Dissemination of stored records: a flood, or an epidemic broadcast tree (Plumtree) with
+//! reconciliation as the backstop.
+//!
+//! With [`Dissemination::Tree`], each link is *eager* or *lazy* per origin server (the AT
+//! line's second field), so every origin has its own tree, the one its records first reached
+//! every server by. At link up every origin is eager. A record stored goes as an
+//! [`PeerMsg::Update`] on the links eager for its origin and as an [`Announcement`] on the
+//! lazy ones (batched per link for [`super::NodeConfig::announce_delay`]). A live update that
+//! is not new (stale in the store's order) over an eager link makes it lazy for that origin
+//! at both ends ([`PeerMsg::Prune`]). An announcement of a record newer than the store's is
+//! remembered; if it is still missing after [`super::NodeConfig::graft_timeout`], the node
+//! asks the announcer for it ([`PeerMsg::Graft`]), which answers with its record and makes
+//! the link eager for its origin again (at both ends). No announcer left: the record comes
+//! with the next reconciliation.
+//!
+//! Reconciliation stays exact: every change of a node's log goes to every neighbour as an
+//! update or an announcement, in log order, so the receiver's `seen` still counts "every
+//! change up to here was sent or announced to me". An announcement of a record the receiver
+//! lacks is a hole in that prefix until the record (or a newer one) arrives, and the digest
+//! at the next link up names the change before the hole, so the delta carries it. An update
+//! sent while announcements of earlier changes wait in the link's batch carries the log
+//! number just before the first of them, so `seen` never covers a change that is not yet on
+//! the wire.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Applied, LinkState, Node};
+use crate::peer::tree::MAX_ANNOUNCE_BATCH_BYTES;
+use crate::peer::{Announcement, PeerMsg};
+use crate::ports::{PeerId, PeerSink};
+use crate::record::Record;
+use crate::types::Timestamp;
+
+/// Default time an announcement waits in its link's batch ([`super::NodeConfig::announce_delay`]).
+pub const DEFAULT_ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
+/// Default time a record announced but missing is waited for before a graft
+/// ([`super::NodeConfig::graft_timeout`]).
+pub const DEFAULT_GRAFT_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// How a node passes on the records it stores ([`super::NodeConfig::dissemination`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dissemination {
+    /// Every stored record goes to every synchronised neighbour but the one it came from:
+    /// 2 × links − (servers − 1) update messages per record on a quiet herd.
+    Flood,
+    /// An epidemic broadcast tree per origin (Plumtree): servers − 1 update messages per
+    /// record in steady state, announcements on the other links.
+    #[default]
+    Tree,
+}
+
+/// Broadcast tree state of one link.
+#[derive(Debug, Clone, Default)]
+struct LinkTree {
+    /// Origins whose records this link carries as announcements (the rest are eager).
+    lazy: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+    /// Announcements waiting to go, in log order.
+    batch: Vec<Announcement>,
+    /// Encoded bytes of `batch`.
+    batch_bytes: usize,
+    /// When `batch` goes out.
+    flush_at: Option<Timestamp>,
+    /// Whether the peer's reconciliation delta is through (its `S` arrived): updates from
+    /// then on are live, and a stale one means a redundant path.
+    peer_synced: bool,
+}
+
+/// A neighbour that announced a record the store lacks.
+#[derive(Debug, Clone)]
+struct Announcer {
+    peer: PeerId,
+    /// The newest announcement from this neighbour for the client (its `seq` is the first
+    /// one's: the hole in the neighbour's log begins there).
+    announced: Announcement,
+    /// Whether it was sent a graft for it.
+    grafted: bool,
+}
+
+/// A client whose newer record was announced and has not arrived.
+#[derive(Debug, Clone, Default)]
+struct Missing {
+    announcers: Vec<Announcer>,
+    /// When the next graft goes out (`None`: every reachable announcer has been asked).
+    deadline: Option<Timestamp>,
+}
+
+/// The node's broadcast tree state.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TreeState {
+    /// Per link, indexed by [`PeerId`] (grown on use).
+    links: Vec<LinkTree>,
+    missing: HashMap<Box<[u8]>, Missing, foldhash::fast::FixedState>,
+    /// Graft deadlines.
+    timers: BTreeSet<(Timestamp, Box<[u8]>)>,
+}
+
+impl TreeState {
+    fn link(&mut self, peer: PeerId) -> &mut LinkTree {
+        if self.links.len() <= peer.0 {
+            self.links.resize_with(peer.0 + 1, LinkTree::default);
+        }
+        &mut self.links[peer.0]
+    }
+
+    fn is_lazy(&self, peer: PeerId, origin: &[u8]) -> bool {
+        self.links
+            .get(peer.0)
+            .is_some_and(|l| !l.lazy.is_empty() && l.lazy.contains(origin))
+    }
+
+    fn peer_synced(&self, peer: PeerId) -> bool {
+        self.links.get(peer.0).is_some_and(|l| l.peer_synced)
+    }
+
+    /// The log number an update of change `seq` carries on `peer`'s link: just before the
+    /// first announcement still waiting in its batch, if any.
+    fn covered(&self, peer: PeerId, seq: u64) -> u64 {
+        self.links
+            .get(peer.0)
+            .and_then(|l| l.batch.first())
+            .map_or(seq, |a| seq.min(a.seq.saturating_sub(1)))
+    }
+
+    fn remove_missing(&mut self, client: &[u8]) {
+        if let Some(m) = self.missing.remove(client) {
+            if let Some(t) = m.deadline {
+                self.timers.remove(&(t, Box::from(client)));
+            }
+        }
+    }
+
+    /// The earliest graft deadline or batch flush.
+    pub(super) fn next_timeout(&self) -> Option<Timestamp> {
+        let graft = self.timers.first().map(|(t, _)| *t);
+        let flush = self.links.iter().filter_map(|l| l.flush_at).min();
+        match (graft, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<S: PeerSink> Node<S> {
+    /// How many clients have a record announced to this node that it does not hold yet
+    /// (waiting for a graft, or for the announcer's link to come back).
+    pub fn announced_missing(&self) -> usize {
+        self.tree.missing.len()
+    }
+
+    /// Whether this node pushes records of `origin` to `peer` (its link is eager for that
+    /// origin), rather than announcing them. Always `true` with [`Dissemination::Flood`].
+    pub fn is_eager(&self, peer: PeerId, origin: &[u8]) -> bool {
+        !self.tree_on() || !self.tree.is_lazy(peer, origin)
+    }
+
+    fn tree_on(&self) -> bool {
+        self.cfg.dissemination == Dissemination::Tree
+    }
+
+    /// Passes on `record`, just stored under log number `seq` (from `from`, if a peer): an
+    /// update on every synchronised link but `from` (eager ones only, with the tree), an
+    /// announcement on the lazy ones.
+    pub(super) fn disseminate(
+        &mut self,
+        now: Timestamp,
+        from: Option<PeerId>,
+        seq: u64,
+        record: &Arc<Record>,
+    ) {
+        self.resolve_missing(record);
+        let tree = self.tree_on();
+        for i in 0..self.links.len() {
+            let peer = PeerId(i);
+            if Some(peer) == from || self.links[i].state != LinkState::Up {
+                continue;
+            }
+            if tree && self.tree.is_lazy(peer, record.origin()) {
+                self.announce(now, peer, Announcement::of(seq, record));
+            } else {
+                let msg = PeerMsg::Update {
+                    seq: self.tree.covered(peer, seq),
+                    record: record.clone(),
+                };
+                self.stats.updates_sent += 1;
+                self.stats.payload_sent += 1;
+                self.send(peer, &msg);
+            }
+        }
+    }
+
+    fn announce(&mut self, now: Timestamp, peer: PeerId, a: Announcement) {
+        let delay = self.cfg.announce_delay;
+        let link = self.tree.link(peer);
+        link.batch_bytes += a.encoded_len();
+        link.batch.push(a);
+        if delay.is_zero() || link.batch_bytes >= MAX_ANNOUNCE_BATCH_BYTES {
+            self.flush_announcements(peer);
+        } else if link.flush_at.is_none() {
+            link.flush_at = Some(now.plus(delay));
+        }
+    }
+
+    fn flush_announcements(&mut self, peer: PeerId) {
+        let link = self.tree.link(peer);
+        link.flush_at = None;
+        let bytes = std::mem::take(&mut link.batch_bytes);
+        let entries = std::mem::take(&mut link.batch);
+        if entries.is_empty() || self.links[peer.0].state == LinkState::Down {
+            // (A link whose send failed is down without a `handle_link_down`.)
+            return;
+        }
+        self.stats.announce_messages_sent += 1;
+        self.stats.announcements_sent += entries.len() as u64;
+        // `I`, the entries, the newline.
+        self.stats.announce_bytes_sent += (1 + bytes + 1) as u64;
+        self.send(peer, &PeerMsg::Announce { entries });
+    }
+
+    /// A record was stored: announcements it answers are no longer missing.
+    fn resolve_missing(&mut self, record: &Record) {
+        if self.tree.missing.is_empty() {
+            return;
+        }
+        let Some(m) = self.tree.missing.get_mut(record.client()) else {
+            return;
+        };
+        m.announcers.retain(|a| !a.announced.is_covered_by(record));
+        if m.announcers.is_empty() {
+            self.tree.remove_missing(record.client());
+        }
+    }
+
+    /// An update of `record` arrived from `from` (before the store is offered it): it
+    /// answers whatever `from` announced of its client (the peer's record now is at least
+    /// what it announced, as its store only moves forward and the link is FIFO, so the store
+    /// will hold at least that).
+    pub(super) fn take_announced(&mut self, from: PeerId, record: &Record) {
+        if self.tree.missing.is_empty() || !self.tree.peer_synced(from) {
+            return;
+        }
+        let Some(m) = self.tree.missing.get_mut(record.client()) else {
+            return;
+        };
+        m.announcers.retain(|a| a.peer != from);
+        if m.announcers.is_empty() {
+            self.tree.remove_missing(record.client());
+        }
+    }
+
+    /// A live update from `from` did `applied` to the store. A push means the peer holds
+    /// the link eager for the record's origin, so both ends come to agree: a new record
+    /// makes it eager here too, a stale one prunes it (at both ends; again if the peer still
+    /// pushes, say after this end took a new record as a reason to be eager while its prune
+    /// was on the way, so a redundant path never stays eager at one end only).
+    pub(super) fn on_payload(&mut self, from: PeerId, record: &Record, applied: Applied) {
+        if !self.tree_on() || !self.tree.peer_synced(from) {
+            // Flooding, or part of the peer's reconciliation delta (redundancy expected).
+            return;
+        }
+        let origin = record.origin();
+        let lazy = self.tree.is_lazy(from, origin);
+        match applied {
+            Applied::Stored | Applied::Refused(_) if lazy => {
+                self.tree.link(from).lazy.remove(origin);
+            }
+            Applied::Stale => {
+                self.tree.link(from).lazy.insert(origin.into());
+                self.stats.prunes_sent += 1;
+                self.send(
+                    from,
+                    &PeerMsg::Prune {
+                        origin: origin.into(),
+                    },
+                );
+            }
+            Applied::Stored | Applied::Refused(_) => {}
+        }
+    }
+
+    /// Announcements from `from`: what the store lacks waits for a graft.
+    pub(super) fn on_announce(&mut self, now: Timestamp, from: PeerId, entries: Vec<Announcement>) {
+        self.stats.announcements_received += entries.len() as u64;
+        for a in entries {
+            let link = &mut self.links[from.0];
+            link.seen = link.seen.max(a.seq);
+            if self
+                .store
+                .get(&a.client)
+                .is_some_and(|held| a.is_covered_by(held))
+            {
+                continue;
+            }
+            if !self.could_take(now, &a) {
+                continue;
+            }
+            let timeout = self.cfg.graft_timeout;
+            let m = self.tree.missing.entry(a.client.clone()).or_default();
+            match m.announcers.iter_mut().find(|x| x.peer == from) {
+                Some(x) => {
+                    let seq = x.announced.seq;
+                    x.announced = Announcement { seq, ..a.clone() };
+                }
+                None => m.announcers.push(Announcer {
+                    peer: from,
+                    announced: a.clone(),
+                    grafted: false,
+                }),
+            }
+            if m.deadline.is_none() {
+                let t = now.plus(timeout);
+                m.deadline = Some(t);
+                self.tree.timers.insert((t, a.client));
+            }
+        }
+    }
+
+    /// Whether the store could take the announced record at `now` as the limits stand: not
+    /// expired (then no server keeps it), id not too long, room for its client. A record the
+    /// store would refuse is not missed: grafting it would only fetch it to drop it (as the
+    /// flood would have delivered it to be dropped).
+    fn could_take(&self, now: Timestamp, a: &Announcement) -> bool {
+        let cfg = &self.cfg;
+        let expired = cfg.record_ttl.is_some_and(|ttl| {
+            let expiry = u128::try_from(a.time.as_nanos())
+                .unwrap_or(0)
+                .saturating_add(ttl.as_nanos());
+            expiry <= u128::from(now.as_nanos())
+        });
+        let full = cfg
+            .max_records
+            .is_some_and(|max| self.store.len() >= max && self.store.get(&a.client).is_none());
+        !expired && !full && a.client.len() <= cfg.max_client_id_bytes
+    }
+
+    /// A graft from `from`: answer with the record and push its origin's records again.
+    pub(super) fn on_graft(&mut self, from: PeerId, client: &[u8]) {
+        self.stats.grafts_received += 1;
+        if self.links[from.0].state != LinkState::Up {
+            return;
+        }
+        let Some(record) = self.store.get(client).cloned() else {
+            // Expired meanwhile: nothing to send, nobody keeps it.
+            return;
+        };
+        self.tree.link(from).lazy.remove(record.origin());
+        let seq = self.tree.covered(from, self.store.seq());
+        self.stats.updates_sent += 1;
+        self.stats.payload_sent += 1;
+        self.send(from, &PeerMsg::Update { seq, record });
+    }
+
+    /// A prune from `from`: its records of `origin` go as announcements from now on.
+    pub(super) fn on_prune(&mut self, from: PeerId, origin: Box<[u8]>) {
+        self.stats.prunes_received += 1;
+        if self.tree_on() {
+            self.tree.link(from).lazy.insert(origin);
+        }
+    }
+
+    /// The peer's reconciliation delta is through.
+    pub(super) fn tree_synced(&mut self, from: PeerId) {
+        self.tree.link(from).peer_synced = true;
+    }
+
+    /// A new session on `peer`'s link: every origin eager again, and the log number its
+    /// digest names (before the first hole this node knows of in that peer's log: the
+    /// delta carries what was announced and has not arrived, so those announcements are
+    /// forgotten).
+    pub(super) fn tree_link_up(&mut self, peer: PeerId) -> u64 {
+        *self.tree.link(peer) = LinkTree::default();
+        let hole = self.forget_announcer(peer);
+        let link = &mut self.links[peer.0];
+        if let Some(first) = hole {
+            link.seen = link.seen.min(first.saturating_sub(1));
+        }
+        link.seen
+    }
+
+    /// `peer`'s session ended: announcements not yet sent are void (the peer's `seen`
+    /// counts only what arrived). What it announced stays missing until its link is up.
+    pub(super) fn tree_link_down(&mut self, peer: PeerId) {
+        let link = self.tree.link(peer);
+        link.batch.clear();
+        link.batch_bytes = 0;
+        link.flush_at = None;
+        link.peer_synced = false;
+    }
+
+    /// Forgets every announcement from `peer`; returns the lowest log number among them.
+    pub(super) fn forget_announcer(&mut self, peer: PeerId) -> Option<u64> {
+        let mut first: Option<u64> = None;
+        let mut emptied = Vec::new();
+        for (client, m) in &mut self.tree.missing {
+            m.announcers.retain(|a| {
+                if a.peer == peer {
+                    first = Some(first.map_or(a.announced.seq, |f| f.min(a.announced.seq)));
+                    false
+                } else {
+                    true
+                }
+            });
+            if m.announcers.is_empty() {
+                emptied.push(client.clone());
+            }
+        }
+        for client in emptied {
+            self.tree.remove_missing(&client);
+        }
+        first
+    }
+
+    /// Sends the batches and grafts due at `now`.
+    pub(super) fn tree_timeout(&mut self, now: Timestamp) {
+        let due: Vec<PeerId> = (0..self.tree.links.len())
+            .filter(|&i| self.tree.links[i].flush_at.is_some_and(|t| t <= now))
+            .map(PeerId)
+            .collect();
+        for peer in due {
+            self.flush_announcements(peer);
+        }
+        while let Some((t, _)) = self.tree.timers.first() {
+            if *t > now {
+                break;
+            }
+            let Some((t, client)) = self.tree.timers.pop_first() else {
+                break;
+            };
+            self.graft(now, t, client);
+        }
+    }
+
+    /// The graft timer of `client`, set for `t`, is due: ask the next announcer whose link
+    /// is up (still sending this node's own delta is fine: the announcer is past its own),
+    /// and wait again. When none is left, the entry waits for an answer, a newer record or
+    /// the announcers' next sessions (whose digests ask for what is missing).
+    fn graft(&mut self, now: Timestamp, t: Timestamp, client: Box<[u8]>) {
+        let held = self.store.get(&client).cloned();
+        let timeout = self.cfg.graft_timeout;
+        let Some(m) = self.tree.missing.get_mut(&client) else {
+            return;
+        };
+        if m.deadline != Some(t) {
+            return;
+        }
+        m.deadline = None;
+        if let Some(held) = &held {
+            m.announcers.retain(|a| !a.announced.is_covered_by(held));
+        }
+        let links = &self.links;
+        let next = m
+            .announcers
+            .iter_mut()
+            .find(|a| !a.grafted && links[a.peer.0].state != LinkState::Down);
+        let Some(a) = next else {
+            if m.announcers.is_empty() {
+                self.tree.missing.remove(&client);
+            }
+            return;
+        };
+        a.grafted = true;
+        let peer = a.peer;
+        let t = now.plus(timeout);
+        m.deadline = Some(t);
+        self.tree.timers.insert((t, client.clone()));
+        self.stats.grafts_sent += 1;
+        self.send(peer, &PeerMsg::Graft { client });
+    }
+}
