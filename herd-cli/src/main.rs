@@ -4,7 +4,9 @@
 //! Layout: [`config`] reads a herd config (server name → dial address); [`reply`] is the one
 //! reply type (what a request gets, read, written, shown as JSON, answered by the echo server),
 //! built on herd-core's grammar; [`conn`] is one client connection that brings a reply's lines;
-//! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat` and `send`;
+//! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat`, `nearby` and
+//! `send`; [`fence`] the geofence watcher (and, in [`fence::proto`], the fence lines `load`
+//! shares);
 //! [`load`] the benchmark client; [`echo`] the trivial in-process server that shows the load
 //! generator is not the bottleneck; [`probe`] measures propagation between two servers; [`certs`] makes the herd's TLS files.
 //!
@@ -26,6 +28,7 @@ mod config;
 mod conn;
 mod echo;
 mod error;
+mod fence;
 mod load;
 mod output;
 mod probe;
@@ -311,6 +314,15 @@ struct NearbyCmd {
     opts: RequestOpts,
 }
 
+/// `fence`.
+#[derive(Debug, Args)]
+struct FenceCmd {
+    #[command(flatten)]
+    args: fence::FenceArgs,
+    #[command(flatten)]
+    opts: RequestOpts,
+}
+
 /// `send`.
 #[derive(Debug, Args)]
 struct SendCmd {
@@ -370,6 +382,10 @@ enum Command {
     /// Which clients are near a client or a point (herd extension): sends NEARBY and prints
     /// the subject's AT line and the JSON of the clients found, nearest first.
     Nearby(NearbyCmd),
+    /// Geofences (herd extension): sends FENCE for each ID LOCATION KM, waits for each
+    /// FENCED, then prints the ENTER/EXIT events the server pushes until Ctrl-C, --count or
+    /// --duration.
+    Fence(FenceCmd),
     /// Send raw lines (the arguments, or stdin when none) and print each reply.
     Send(SendCmd),
     /// Benchmark client: many requests over many connections, then throughput and latency.
@@ -387,6 +403,7 @@ enum Ready {
     Iamat(basic::IamatArgs),
     Whatsat(basic::WhatsatArgs),
     Nearby(basic::NearbyArgs),
+    Fence(fence::FenceArgs),
     Send(basic::SendArgs),
     Load(load::LoadArgs),
     Probe(probe::ProbeArgs),
@@ -416,6 +433,7 @@ impl Cli {
                 Ready::Whatsat(c.args),
             ),
             Command::Nearby(c) => (b.merge("nearby", REQUEST, &c.opts)?, Ready::Nearby(c.args)),
+            Command::Fence(c) => (b.merge("fence", REQUEST, &c.opts)?, Ready::Fence(c.args)),
             Command::Send(c) => (b.merge("send", REQUEST, &c.opts)?, Ready::Send(c.args)),
             Command::Load(mut c) => {
                 let takes = Takes {
@@ -560,6 +578,7 @@ fn run(g: Global, command: Ready) -> Result<u8, Failure> {
             Ready::Iamat(a) => basic::iamat(&g, a).await,
             Ready::Whatsat(a) => basic::whatsat(&g, a).await,
             Ready::Nearby(a) => basic::nearby(&g, a).await,
+            Ready::Fence(a) => fence::run(&g, a).await,
             Ready::Send(a) => basic::send(&g, a).await,
             Ready::Load(a) => load::run(&g, a).await,
             Ready::Probe(a) => probe::run(&g, a).await,
