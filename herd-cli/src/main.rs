@@ -389,7 +389,7 @@ enum Command {
     /// Send raw lines (the arguments, or stdin when none) and print each reply.
     Send(SendCmd),
     /// Benchmark client: many requests over many connections, then throughput and latency.
-    Load(LoadCmd),
+    Load(Box<LoadCmd>),
     /// Propagation latency: IAMAT at server A, then watch server B until it holds the record.
     Probe(ProbeCmd),
     /// A trivial server answering each line as fast as it can (for measuring `load` itself).
@@ -405,7 +405,7 @@ enum Ready {
     Nearby(basic::NearbyArgs),
     Fence(fence::FenceArgs),
     Send(basic::SendArgs),
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     Probe(probe::ProbeArgs),
     EchoServer(echo::EchoArgs),
     Certs(certs::CertsArgs),
@@ -450,7 +450,7 @@ impl Cli {
                 };
                 let g = b.merge("load", takes, &after)?;
                 c.args.all |= b.all;
-                (g, Ready::Load(c.args))
+                (g, Ready::Load(Box::new(c.args)))
             }
             Command::Probe(c) => {
                 let takes = Takes {
@@ -518,7 +518,7 @@ fn report_failure(failure: &Failure, json: bool) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = fence::hoist_options(std::env::args_os().collect());
     let json = json_asked(&args);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
@@ -580,7 +580,7 @@ fn run(g: Global, command: Ready) -> Result<u8, Failure> {
             Ready::Nearby(a) => basic::nearby(&g, a).await,
             Ready::Fence(a) => fence::run(&g, a).await,
             Ready::Send(a) => basic::send(&g, a).await,
-            Ready::Load(a) => load::run(&g, a).await,
+            Ready::Load(a) => load::run(&g, *a).await,
             Ready::Probe(a) => probe::run(&g, a).await,
             Ready::EchoServer(a) => echo::run(&g, a).await,
             Ready::Certs(a) => certs::run(&g, a).await,

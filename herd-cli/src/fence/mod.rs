@@ -39,9 +39,67 @@ pub(crate) struct FenceArgs {
     duration: Option<Duration>,
 }
 
+/// The options of `fence` (and those before a command) that take a value.
+const VALUE_OPTIONS: [&str; 7] = [
+    "--server",
+    "--to",
+    "--config",
+    "--timeout",
+    "--ca",
+    "--count",
+    "--duration",
+];
+
+/// Whether `arg` is an option taking its value from the next argument.
+fn takes_value(arg: &std::ffi::OsStr) -> bool {
+    VALUE_OPTIONS.iter().any(|o| arg == *o)
+}
+
+/// `fence`'s fences are values that may start with `-` (a location like `-33.9+18.4`), so
+/// clap would take every argument after the first fence as one more value, options
+/// included. This moves the options given after the first fence before it and puts `--`
+/// before the fences, so `fence f1 +34-118 1 --count 2` means what it says. Arguments of
+/// other commands, and everything after a `--` given by the caller, are left as they are.
+pub(crate) fn hoist_options(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_os_str();
+        if a == "--" || !a.to_string_lossy().starts_with('-') {
+            break;
+        }
+        i += if takes_value(a) { 2 } else { 1 };
+    }
+    if args.get(i).is_none_or(|a| a != "fence") {
+        return args;
+    }
+    let (head, tail) = args.split_at(i + 1);
+    let (mut options, mut values) = (Vec::new(), Vec::new());
+    let mut rest = tail.iter();
+    while let Some(a) = rest.next() {
+        let text = a.to_string_lossy();
+        if text == "--" {
+            values.extend(rest.by_ref().cloned());
+            break;
+        }
+        if text.starts_with("--") || text == "-h" {
+            options.push(a.clone());
+            if takes_value(a) {
+                options.extend(rest.next().cloned());
+            }
+        } else {
+            values.push(a.clone());
+        }
+    }
+    let mut out = head.to_vec();
+    out.extend(options);
+    out.push("--".into());
+    out.extend(values);
+    out
+}
+
 /// The fences of the command line, checked.
 fn fences_of(args: &[String]) -> Result<Vec<Fence>, Failure> {
-    if args.len() % 3 != 0 {
+    if !args.len().is_multiple_of(3) {
         return Err(Failure::usage(format!(
             "fences are given as ID LOCATION KM triples; {} value(s) is not a whole number of them",
             args.len()
@@ -230,6 +288,50 @@ pub(crate) async fn run(g: &Global, a: FenceArgs) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_after_the_fences_are_moved_before_them() {
+        let v = |s: &[&str]| s.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            hoist_options(v(&[
+                "herd-cli",
+                "--to",
+                "Hands",
+                "fence",
+                "a",
+                "-33.9+18.4",
+                "1",
+                "--count",
+                "2",
+                "--json",
+                "b",
+                "+1+1",
+                "0.5"
+            ])),
+            v(&[
+                "herd-cli",
+                "--to",
+                "Hands",
+                "fence",
+                "--count",
+                "2",
+                "--json",
+                "--",
+                "a",
+                "-33.9+18.4",
+                "1",
+                "b",
+                "+1+1",
+                "0.5"
+            ])
+        );
+        let other = v(&["herd-cli", "nearby", "--point", "-1+1", "1", "5"]);
+        assert_eq!(hoist_options(other.clone()), other);
+        assert_eq!(
+            hoist_options(v(&["herd-cli", "fence", "--", "--x", "+1+1", "1"])),
+            v(&["herd-cli", "fence", "--", "--x", "+1+1", "1"])
+        );
+    }
 
     #[test]
     fn fences_come_in_triples() {
