@@ -305,7 +305,7 @@ interleave() {
             bad=$("${TOOLS[@]}" screen "${args[@]}")
             [[ -n $bad && $try -lt $RETRIES ]] || break
             for r in $bad; do
-                retried+=" $r (${v[$t,$r]}/s, errors ${e[$t,$r]})"
+                retried+=" $r ($(printf '%.0f' "${v[$t,$r]}"), errors ${e[$t,$r]})"
                 XTRA=""
                 eval "${cmds[$i]}"
                 v[$t,$r]=$VAL; e[$t,$r]=$ERRS; x[$t,$r]=$XTRA
