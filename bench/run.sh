@@ -3,17 +3,17 @@
 # as a Markdown table to bench/results.md and printed. See bench/README.md.
 #
 #   bench/run.sh              full run (about 10 minutes on 2 cores, build included when incremental)
-#   QUICK=1 bench/run.sh      quick run: every row, small (about 2 minutes)
+#   QUICK=1 bench/run.sh      quick run: every row, small (about 1.5 minutes)
 #
 # Environment (defaults in brackets, QUICK values after the slash):
 #   ROUNDS [5/3]         rounds per throughput figure (median reported)
 #   ROUND_S [3/1]        seconds per throughput round
 #   PROBE_ROUNDS [300/100] propagation probe rounds
 #   STARTUP_RUNS [10/5]  start-up runs
-#   MEM_CLIENTS [1000000/100000] clients stored for the memory figure
-#   NEAR_CLIENTS [1000000/100000] clients in the dense area of the NEARBY and memory rows
+#   MEM_CLIENTS [1000000/50000] clients stored for the memory figure
+#   NEAR_CLIENTS [1000000/50000] clients in the dense area of the NEARBY and memory rows
 #   FENCES [10000/1000]  fences open on one server in the fence rows
-#   CLASSIC_N [30000/10000] connections per classic-client round
+#   CLASSIC_N [30000/5000] connections per classic-client round
 #   WARN_ROWS [1]        also measure with RUST_LOG=warn (per-message logging off)
 #   JOURNAL_ROWS [1]     also measure T1/T2 with the journal on (--data-dir; durability cost)
 #   TLS_ROWS [1]         also measure T1/T2/T4 with TLS on the peer links (herd-cli certs)
@@ -28,10 +28,10 @@ REPO=$(cd "$HERE/.." && pwd)
 TOOLS=(python3 "$HERE/tools.py")
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-    ROUNDS=${ROUNDS:-3}; ROUND_S=${ROUND_S:-0.5}; PROBE_ROUNDS=${PROBE_ROUNDS:-50}
-    STARTUP_RUNS=${STARTUP_RUNS:-3}; BG_S=${BG_S:-8}
-    MEM_CLIENTS=${MEM_CLIENTS:-100000}; NEAR_CLIENTS=${NEAR_CLIENTS:-100000}
-    FENCES=${FENCES:-1000}; CLASSIC_N=${CLASSIC_N:-10000}
+    ROUNDS=${ROUNDS:-3}; ROUND_S=${ROUND_S:-0.3}; PROBE_ROUNDS=${PROBE_ROUNDS:-30}
+    STARTUP_RUNS=${STARTUP_RUNS:-3}; BG_S=${BG_S:-5}
+    MEM_CLIENTS=${MEM_CLIENTS:-50000}; NEAR_CLIENTS=${NEAR_CLIENTS:-50000}
+    FENCES=${FENCES:-1000}; CLASSIC_N=${CLASSIC_N:-5000}
 else
     ROUNDS=${ROUNDS:-5}; ROUND_S=${ROUND_S:-3}; PROBE_ROUNDS=${PROBE_ROUNDS:-300}
     STARTUP_RUNS=${STARTUP_RUNS:-10}; BG_S=${BG_S:-30}
@@ -55,7 +55,7 @@ LAT=34.068930
 COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS NEAR_CLIENTS=$NEAR_CLIENTS FENCES=$FENCES CLASSIC_N=$CLASSIC_N WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS TLS_ROWS=$TLS_ROWS bench/run.sh"
 T_START=$(date +%s)
 
-log() { printf 'bench: %s\n' "$*" >&2; }
+log() { printf 'bench: [+%ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---- temp dir, processes, cleanup -------------------------------------------------------
