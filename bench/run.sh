@@ -2,7 +2,7 @@
 # herd benchmark (issue 6): every figure of the issue in one run on one machine, written
 # as a Markdown table to bench/results.md and printed. See bench/README.md.
 #
-#   bench/run.sh              full run (about 10 minutes on 2 cores, build included when incremental)
+#   bench/run.sh              full run (about 12 minutes on 2 cores, build included when incremental)
 #   QUICK=1 bench/run.sh      quick run: every row, small (about 1.5 minutes)
 #
 # Environment (defaults in brackets, QUICK values after the slash):
@@ -616,13 +616,16 @@ bench_nearby() {
     stop_tagged near
 }
 
-nearby_rb_round() {
+NRB_N=100
+nearby_rb_round() { # redis-benchmark GEOSEARCH at the centre; -n sized from the last round to last ROUND_S
     local out
     VAL=0; ERRS=1
-    out=$(timeout 120 redis-benchmark -p "$RPORT" -c 8 -n "$(python3 -c "print(max(200, int(2000 * $ROUND_S)))")" --csv \
+    out=$(timeout 120 redis-benchmark -p "$RPORT" -c 8 -n "$NRB_N" --csv \
         GEOSEARCH near FROMLONLAT "$LON" "$LAT" BYRADIUS 1 km COUNT 50 ASC 2>"$TMP/rb.err") || return 0
     VAL=$(printf '%s\n' "$out" | tail -1 | cut -d, -f2 | tr -d '"')
-    [[ $VAL =~ ^[0-9.]+$ ]] && ERRS=0 || VAL=0
+    [[ $VAL =~ ^[0-9.]+$ ]] || { VAL=0; return 0; }
+    ERRS=0
+    NRB_N=$(python3 -c "print(max(50, int(float('$VAL') * $ROUND_S)))")
 }
 
 # ---- fences ----------------------------------------------------------------------------
