@@ -219,6 +219,99 @@ def cmd_startup(args):
     print(json.dumps({"ports_ms": ports_ms, "whatsat_ms": whatsat_ms, "errors": errors}))
 
 
+def cmd_wait_equal(args):
+    """wait-equal CONFIG TIMEOUT_S: poll every server's stats (10 ms apart) until all hold the
+    same record count and digest; prints the seconds it took (from the call), or fails."""
+    cfg = load_config(args[0])
+    timeout = float(args[1])
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        stats = read_stats(cfg)
+        if len({(s["records"], s["digest"]) for s in stats.values()}) == 1:
+            print(json.dumps({"equal": True, "waited_s": time.monotonic() - t0,
+                              "records": next(iter(stats.values()))["records"]}))
+            return
+        time.sleep(0.01)
+    print(json.dumps({"equal": False, "waited_s": time.monotonic() - t0,
+                      "records": {n: s["records"] for n, s in read_stats(cfg).items()}}))
+
+
+# ---- CPU used by other processes ---------------------------------------------------------
+
+def busy_jiffies():
+    """Busy CPU time of the whole machine, in clock ticks (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+
+
+def tree_jiffies(root):
+    """CPU time of `root` and its live descendants, each with the children it waited for
+    (utime + stime + cutime + cstime): every process the benchmark ran, exited ones
+    included once their parent waited for them."""
+    parent, times = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parent[int(d)] = int(fields[1])
+        times[int(d)] = sum(int(x) for x in fields[11:15])
+    total = 0
+    for pid, t in times.items():
+        p = pid
+        for _ in range(64):
+            if p == root:
+                total += t
+                break
+            p = parent.get(p, 0)
+            if p <= 1:
+                break
+    return total
+
+
+def cmd_cpu_snap(args):
+    """cpu-snap ROOT_PID OUT: the machine's busy ticks and the benchmark's, now."""
+    with open(args[1], "w") as f:
+        json.dump({"busy": busy_jiffies(), "bench": tree_jiffies(int(args[0])),
+                   "t": time.monotonic()}, f)
+
+
+def cmd_cpu_other(args):
+    """cpu-other ROOT_PID SNAP: cores other processes used on average since the snapshot
+    (the machine's busy time minus the benchmark's own processes'); '' without one."""
+    try:
+        with open(args[1]) as f:
+            a = json.load(f)
+    except OSError:
+        print("")
+        return
+    hz = os.sysconf("SC_CLK_TCK")
+    wall = max(1e-3, time.monotonic() - a["t"])
+    other = (busy_jiffies() - a["busy"]) - (tree_jiffies(int(args[0])) - a["bench"])
+    print(f"{max(0.0, other / hz / wall):.2f}")
+
+
+def cmd_screen(args):
+    """screen VALUE:ERRORS...: the 1-based numbers of the rounds not to fold into a median:
+    with errors, no value, or below half the median of the other rounds."""
+    rounds = []
+    for a in args:
+        v, _, e = a.partition(":")
+        rounds.append((float(v) if v else 0.0, float(e or 0)))
+    bad = []
+    for i, (v, e) in enumerate(rounds):
+        others = [x for j, (x, ee) in enumerate(rounds) if j != i and ee == 0 and x > 0]
+        if e > 0 or v <= 0 or (others and v < 0.5 * statistics.median(others)):
+            bad.append(str(i + 1))
+    print(" ".join(bad))
+
+
 def cmd_median(args):
     vals = [float(v) for v in args]
     print(statistics.median(vals) if vals else "nan")
@@ -246,6 +339,10 @@ def fmt(v, unit):
         return f"{v:.1f} ms"
     if unit == "MB":
         return f"{v:.1f} MB"
+    if unit == "B":
+        return f"{v:,.0f} B"
+    if unit == "x":
+        return f"{v:.2f}×"
     if float(v).is_integer():
         return f"{int(v)}"
     return f"{v:.3f}"
@@ -255,8 +352,10 @@ def cmd_row(args):
     """row RESULTS key=value...: median the rounds, decide met?, append one JSON row.
 
     keys: order (sort key in the table), figure, herd (space-separated rounds), ref (rounds), ref_label, unit,
-    kind (ratio_ge | abs_ge | abs_le | eq | info), target (number), target_text,
-    check (ok | fail: reason), note."""
+    kind (ratio_ge | ratio_le | abs_ge | abs_le | eq | info | skipped), target (number),
+    target_text, check (ok | fail: reason), note, broken (why the rounds could not be folded
+    into a figure: the row then shows that instead of a number), other_cpu (cores other
+    processes used during the row)."""
     results = args[0]
     kv = {}
     for a in args[1:]:
@@ -265,7 +364,8 @@ def cmd_row(args):
     unit = kv.get("unit", "")
     herd_vals = [float(x) for x in kv.get("herd", "").split()]
     ref_vals = [float(x) for x in kv.get("ref", "").split()]
-    herd = statistics.median(herd_vals) if herd_vals else None
+    broken = kv.get("broken", "").strip()
+    herd = statistics.median(herd_vals) if herd_vals and not broken else None
     ref = statistics.median(ref_vals) if ref_vals else None
     ref_fixed = kv.get("ref_fixed")
     ratio = herd / ref if herd is not None and ref else None
@@ -275,6 +375,8 @@ def cmd_row(args):
     if herd is not None and target is not None:
         if kind == "ratio_ge":
             met = ratio is not None and ratio >= target
+        elif kind == "ratio_le":
+            met = ratio is not None and ratio <= target
         elif kind == "abs_ge":
             met = herd >= target
         elif kind == "abs_le":
@@ -284,12 +386,15 @@ def cmd_row(args):
     check = kv.get("check", "ok")
     if check != "ok":
         met = False
-    if herd is None:
+    if herd is None and kind != "skipped":
         met = False
+    if kind == "skipped":
+        met = None
     row = {
         "order": float(kv.get("order", "1000")),
         "figure": kv["figure"],
-        "herd": fmt(herd, unit) if herd is not None else "not measured",
+        "herd": fmt(herd, unit) if herd is not None
+        else ("skipped" if kind == "skipped" else (f"broken: {broken}" if broken else "not measured")),
         "herd_raw": herd,
         "rounds": herd_vals,
         "reference": (fmt(ref, unit) + (f" ({kv['ref_label']})" if kv.get("ref_label") else ""))
@@ -299,6 +404,7 @@ def cmd_row(args):
         "target": kv.get("target_text", "—"),
         "met": "—" if met is None else ("yes" if met else "**no**"),
         "note": kv.get("note", "") + ("" if check == "ok" else f" CHECK FAILED: {check}"),
+        "other_cpu": kv.get("other_cpu", ""),
     }
     with open(results, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -327,16 +433,22 @@ def cmd_render(args):
     out.append(f"- logging: {h['logging']}")
     out.append(f"- duration of the run: {h['elapsed']}")
     out.append("")
-    out.append("| # | figure | herd | reference | ratio | target | met? |")
-    out.append("|---|---|---|---|---|---|---|")
+    out.append("| # | figure | herd | reference | ratio | target | met? | other CPU |")
+    out.append("|---|---|---|---|---|---|---|---|")
     notes = []
     for i, r in enumerate(rows, 1):
         out.append("| " + " | ".join(cell(x) for x in
-                   [i, r["figure"], r["herd"], r["reference"], r["ratio"], r["target"], r["met"]]) + " |")
+                   [i, r["figure"], r["herd"], r["reference"], r["ratio"], r["target"], r["met"],
+                    (r.get("other_cpu") or "—")]) + " |")
         if r.get("note"):
             notes.append(f"{i}. {r['note']}")
     out.append("")
-    out.append("Medians of the rounds; ratio = herd ÷ reference, both measured in this run.")
+    out.append("Medians of the rounds; ratio = herd ÷ reference, both measured in this run. A round "
+               "with errors, or below half the median of its row's other rounds, is not folded into "
+               "a median: it is retried (at most twice) and named in the row's note; a row whose "
+               "rounds stay broken says so instead of a number. Other CPU: cores used on average "
+               "by processes other than the benchmark's own during the row (/proc/stat minus the "
+               "benchmark's processes); above ~0.2 the row shared the machine. MB = 10^6 bytes.")
     out.append("")
     if notes:
         out.append("Notes per row:\n")
@@ -354,6 +466,10 @@ COMMANDS = {
     "gen-iamats": cmd_gen_iamats,
     "startup": cmd_startup,
     "median": cmd_median,
+    "wait-equal": cmd_wait_equal,
+    "cpu-snap": cmd_cpu_snap,
+    "cpu-other": cmd_cpu_other,
+    "screen": cmd_screen,
     "json": cmd_json,
     "row": cmd_row,
     "render": cmd_render,

@@ -97,8 +97,13 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
         }
     }
 
+    /// Sets the bound on each later read (a fence watcher waits for events unbounded).
+    pub(crate) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The next line without its terminator; `None` at a clean end of stream.
-    async fn line(&mut self) -> Result<Option<Vec<u8>>, Failure> {
+    pub(crate) async fn line(&mut self) -> Result<Option<Vec<u8>>, Failure> {
         loop {
             if let Some(pos) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
                 let end = self.start + pos;

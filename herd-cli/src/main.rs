@@ -4,7 +4,9 @@
 //! Layout: [`config`] reads a herd config (server name → dial address); [`reply`] is the one
 //! reply type (what a request gets, read, written, shown as JSON, answered by the echo server),
 //! built on herd-core's grammar; [`conn`] is one client connection that brings a reply's lines;
-//! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat` and `send`;
+//! [`output`] prints replies as text or JSON; [`basic`] holds `iamat`, `whatsat`, `nearby` and
+//! `send`; [`fence`] the geofence watcher (and, in [`fence::proto`], the fence lines `load`
+//! shares);
 //! [`load`] the benchmark client; [`echo`] the trivial in-process server that shows the load
 //! generator is not the bottleneck; [`probe`] measures propagation between two servers; [`certs`] makes the herd's TLS files.
 //!
@@ -26,6 +28,7 @@ mod config;
 mod conn;
 mod echo;
 mod error;
+mod fence;
 mod load;
 mod output;
 mod probe;
@@ -311,6 +314,15 @@ struct NearbyCmd {
     opts: RequestOpts,
 }
 
+/// `fence`.
+#[derive(Debug, Args)]
+struct FenceCmd {
+    #[command(flatten)]
+    args: fence::FenceArgs,
+    #[command(flatten)]
+    opts: RequestOpts,
+}
+
 /// `send`.
 #[derive(Debug, Args)]
 struct SendCmd {
@@ -370,10 +382,14 @@ enum Command {
     /// Which clients are near a client or a point (herd extension): sends NEARBY and prints
     /// the subject's AT line and the JSON of the clients found, nearest first.
     Nearby(NearbyCmd),
+    /// Geofences (herd extension): sends FENCE for each ID LOCATION KM, waits for each
+    /// FENCED, then prints the ENTER/EXIT events the server pushes until Ctrl-C, --count or
+    /// --duration.
+    Fence(FenceCmd),
     /// Send raw lines (the arguments, or stdin when none) and print each reply.
     Send(SendCmd),
     /// Benchmark client: many requests over many connections, then throughput and latency.
-    Load(LoadCmd),
+    Load(Box<LoadCmd>),
     /// Propagation latency: IAMAT at server A, then watch server B until it holds the record.
     Probe(ProbeCmd),
     /// A trivial server answering each line as fast as it can (for measuring `load` itself).
@@ -387,8 +403,9 @@ enum Ready {
     Iamat(basic::IamatArgs),
     Whatsat(basic::WhatsatArgs),
     Nearby(basic::NearbyArgs),
+    Fence(fence::FenceArgs),
     Send(basic::SendArgs),
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     Probe(probe::ProbeArgs),
     EchoServer(echo::EchoArgs),
     Certs(certs::CertsArgs),
@@ -416,6 +433,7 @@ impl Cli {
                 Ready::Whatsat(c.args),
             ),
             Command::Nearby(c) => (b.merge("nearby", REQUEST, &c.opts)?, Ready::Nearby(c.args)),
+            Command::Fence(c) => (b.merge("fence", REQUEST, &c.opts)?, Ready::Fence(c.args)),
             Command::Send(c) => (b.merge("send", REQUEST, &c.opts)?, Ready::Send(c.args)),
             Command::Load(mut c) => {
                 let takes = Takes {
@@ -432,7 +450,7 @@ impl Cli {
                 };
                 let g = b.merge("load", takes, &after)?;
                 c.args.all |= b.all;
-                (g, Ready::Load(c.args))
+                (g, Ready::Load(Box::new(c.args)))
             }
             Command::Probe(c) => {
                 let takes = Takes {
@@ -500,7 +518,7 @@ fn report_failure(failure: &Failure, json: bool) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = fence::hoist_options(std::env::args_os().collect());
     let json = json_asked(&args);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
@@ -560,8 +578,9 @@ fn run(g: Global, command: Ready) -> Result<u8, Failure> {
             Ready::Iamat(a) => basic::iamat(&g, a).await,
             Ready::Whatsat(a) => basic::whatsat(&g, a).await,
             Ready::Nearby(a) => basic::nearby(&g, a).await,
+            Ready::Fence(a) => fence::run(&g, a).await,
             Ready::Send(a) => basic::send(&g, a).await,
-            Ready::Load(a) => load::run(&g, a).await,
+            Ready::Load(a) => load::run(&g, *a).await,
             Ready::Probe(a) => probe::run(&g, a).await,
             Ready::EchoServer(a) => echo::run(&g, a).await,
             Ready::Certs(a) => certs::run(&g, a).await,

@@ -722,6 +722,12 @@ fn each_command_help_lists_only_its_own_options() {
         "--fresh",
         "--threads",
         "--whatsat-ratio",
+        "--nearby-ratio",
+        "--area",
+        "--resp",
+        "--fences",
+        "--fence-server",
+        "--warmup-only",
     ];
     let request = [
         "--server",
@@ -742,6 +748,20 @@ fn each_command_help_lists_only_its_own_options() {
         }
     }
     assert!(has(&help("iamat"), "--time"));
+    let fence = help("fence");
+    for flag in request.iter().chain(&["--count", "--duration"]) {
+        assert!(has(&fence, flag), "fence --help lacks {flag}:\n{fence}");
+    }
+    for flag in [
+        "--all",
+        "--connections",
+        "--fresh",
+        "--resp",
+        "--fences",
+        "--time",
+    ] {
+        assert!(!has(&fence, flag), "fence --help lists {flag}:\n{fence}");
+    }
     let load = help("load");
     for flag in load_only
         .iter()

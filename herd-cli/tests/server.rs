@@ -654,3 +654,144 @@ fn nearby_a_client_and_a_point_against_a_real_server() {
     let out = run(&["--server", addr, "nearby", "--point", "34-118", "1", "5"]);
     assert_eq!(code(&out), 64);
 }
+
+#[test]
+fn load_nearby_mix_in_an_area_against_a_real_server() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let a = herd.addr("Goloman");
+    let out = run(&[
+        "--server",
+        a,
+        "--json",
+        "load",
+        "-n",
+        "1500",
+        "-c",
+        "3",
+        "-d",
+        "4",
+        "-k",
+        "2000",
+        "--fresh",
+        "--area",
+        "4",
+        "--nearby-ratio",
+        "0.4",
+        "--nearby-km",
+        "1",
+        "--nearby-count",
+        "50",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["ok"], 1500, "{v}");
+    assert!(
+        v["errors"].as_object().unwrap().values().all(|n| n == 0),
+        "{v}"
+    );
+    let nearby = v["nearby"]["ok"].as_u64().unwrap();
+    assert!((300..1000).contains(&nearby), "{v}");
+    // The warm-up put 2000 clients in the 4 km square: a 1 km NEARBY at its centre finds 50.
+    let out = run(&[
+        "--server",
+        a,
+        "--json",
+        "nearby",
+        "--point",
+        "+34.068930-118.445127",
+        "1",
+        "50",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_lines(&out)[0]["nearby"]["count"], 50);
+}
+
+#[test]
+fn fence_reports_enter_and_exit_from_anywhere_in_the_herd() {
+    let herd = herd_or_skip!(Herd::start(&["A", "B"], &[("A", "B")]));
+    let mut child = cli()
+        .args(["--server", herd.addr("A"), "--json", "fence"])
+        .args(["ucla", "+34.068930-118.445127", "1", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start herd-cli fence");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Killer(Some(child));
+    let mut lines = BufReader::new(stdout).lines();
+    let ack: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ack["reply"], "fenced", "{ack}");
+    // A client inside the circle at B (another server), then far away.
+    let inside = run(&[
+        "--server",
+        herd.addr("B"),
+        "iamat",
+        "kiwi",
+        "+34.0690-118.4450",
+    ]);
+    assert_eq!(code(&inside), 0, "{}", stderr(&inside));
+    let outside = run(&["--server", herd.addr("B"), "iamat", "kiwi", "+35.0-118.0"]);
+    assert_eq!(code(&outside), 0, "{}", stderr(&outside));
+    let events: Vec<serde_json::Value> = lines
+        .take(2)
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    let out = guard.wait(Duration::from_secs(30));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (e, (kind, loc)) in events
+        .iter()
+        .zip([("enter", "+34.0690-118.4450"), ("exit", "+35.0-118.0")])
+    {
+        assert_eq!(e["kind"], kind, "{e}");
+        assert_eq!(e["fence"], "ucla");
+        assert_eq!(e["client"], "kiwi");
+        assert_eq!(e["server"], "B");
+        assert_eq!(e["location"], loc);
+    }
+}
+
+#[test]
+fn load_with_fences_matches_events_to_their_iamats() {
+    let herd = herd_or_skip!(Herd::one("Goloman"));
+    let a = herd.addr("Goloman");
+    // 40 fences of 300 m in a 2 km square, 200 clients moving at random in it: many
+    // crossings, each matched to the IAMAT whose AT reply it follows.
+    let out = run(&[
+        "--server",
+        a,
+        "--json",
+        "load",
+        "-n",
+        "3000",
+        "-c",
+        "4",
+        "-d",
+        "4",
+        "-k",
+        "200",
+        "--fresh",
+        "--area",
+        "2",
+        "--fences",
+        "40",
+        "--fences-per-conn",
+        "16",
+        "--fence-km",
+        "0.3",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = &json_lines(&out)[0];
+    let f = &v["fences"];
+    assert_eq!(
+        (f["open"].as_u64(), f["connections"].as_u64()),
+        (Some(40), Some(3)),
+        "{v}"
+    );
+    assert_eq!(f["lost_connections"], 0, "{v}");
+    let events = f["events"].as_u64().unwrap();
+    assert!(events > 100, "{v}");
+    assert_eq!(f["matched"].as_u64(), Some(events), "{v}");
+    assert_eq!(f["foreign"], 0, "{v}");
+    assert!(f["latency_us"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use super::args::{LoadArgs, Mode};
+use super::fences::FenceReport;
 use super::pace::Shared;
 use crate::config::Target;
 use crate::error::{Failure, EXIT_INVALID, EXIT_NET};
@@ -41,12 +42,34 @@ const KINDS: [(ErrorKind, &str); 6] = [
     (ErrorKind::Io, "io"),
 ];
 
+/// A latency histogram: nanoseconds from 1 ns to 1 hour at three significant figures.
+pub(super) fn histogram() -> Histogram<u64> {
+    // Fixed bounds, so creating it cannot fail.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// p50, p90, p99, p99.9 and the maximum of `h`, in µs.
+pub(super) fn quantiles_us(h: &Histogram<u64>) -> [f64; 5] {
+    let us = |v: u64| v as f64 / 1e3;
+    [
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.9)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+    ]
+}
+
 /// What one worker counted.
 #[derive(Debug)]
 pub(super) struct Stats {
     pub(super) ok: u64,
     errors: [u64; 6],
     pub(super) latency: Histogram<u64>,
+    /// Normal replies to NEARBY (or GEOSEARCH), also counted in `ok`.
+    pub(super) nearby_ok: u64,
+    /// Their latencies (also in `latency`).
+    pub(super) nearby: Histogram<u64>,
 }
 
 impl Stats {
@@ -54,10 +77,19 @@ impl Stats {
         Self {
             ok: 0,
             errors: [0; 6],
-            // Nanoseconds from 1 ns to 1 hour at three significant figures: fixed bounds, so
-            // creating it cannot fail.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .expect("static histogram bounds are valid"),
+            latency: histogram(),
+            nearby_ok: 0,
+            nearby: histogram(),
+        }
+    }
+
+    /// A normal reply to a request of `kind` after `ns` nanoseconds.
+    pub(super) fn ok_reply(&mut self, kind: super::gen::Kind, ns: u64) {
+        self.ok += 1;
+        self.latency.saturating_record(ns.max(1));
+        if kind == super::gen::Kind::Nearby {
+            self.nearby_ok += 1;
+            self.nearby.saturating_record(ns.max(1));
         }
     }
 
@@ -73,6 +105,8 @@ impl Stats {
         }
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.nearby_ok += other.nearby_ok;
+        let _ = self.nearby.add(&other.nearby);
     }
 
     fn errors_total(&self) -> u64 {
@@ -133,12 +167,22 @@ struct Summary<'a> {
     errors: Vec<(&'static str, u64)>,
     /// Latency in µs at p50, p90, p99, p99.9 and the maximum.
     latency_us: [f64; 5],
+    /// `herd` or `resp`.
+    protocol: &'static str,
+    /// NEARBY replies and their latency, when the mix has NEARBYs.
+    nearby: Option<(u64, [f64; 5])>,
+    /// The fences' figures, under `--fences`.
+    fences: Option<&'a FenceReport>,
 }
 
 impl<'a> Summary<'a> {
-    fn new(a: &LoadArgs, targets: &'a [Target], total: &Stats, elapsed: Duration) -> Self {
-        let h = &total.latency;
-        let us = |v: u64| v as f64 / 1e3;
+    fn new(
+        a: &LoadArgs,
+        targets: &'a [Target],
+        total: &Stats,
+        elapsed: Duration,
+        fences: Option<&'a FenceReport>,
+    ) -> Self {
         Self {
             mode: match a.mode {
                 Mode::Classic => "classic",
@@ -155,13 +199,10 @@ impl<'a> Summary<'a> {
                 .map(|(_, name)| *name)
                 .zip(total.errors)
                 .collect(),
-            latency_us: [
-                us(h.value_at_quantile(0.5)),
-                us(h.value_at_quantile(0.9)),
-                us(h.value_at_quantile(0.99)),
-                us(h.value_at_quantile(0.999)),
-                us(h.max()),
-            ],
+            latency_us: quantiles_us(&total.latency),
+            protocol: if a.resp { "resp" } else { "herd" },
+            nearby: (a.nearby_ratio > 0.0).then(|| (total.nearby_ok, quantiles_us(&total.nearby))),
+            fences,
         }
     }
 
@@ -176,7 +217,14 @@ impl<'a> Summary<'a> {
             .map(|(name, n)| ((*name).to_string(), json!(n)))
             .collect();
         let [p50, p90, p99, p99_9, max] = self.latency_us;
+        let nearby = self.nearby.map(|(ok, [p50, p90, p99, p99_9, max])| {
+            json!({"ok": ok, "requests_per_s": ok as f64 / self.secs,
+                   "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p99_9, "max": max}})
+        });
         json!({
+            "protocol": self.protocol,
+            "nearby": nearby,
+            "fences": self.fences.map(FenceReport::to_json),
             "mode": self.mode,
             "targets": self.targets,
             "connections": self.connections,
@@ -199,8 +247,13 @@ impl<'a> Summary<'a> {
             .rate_limit
             .map(|r| format!(", paced at {r} requests/s"))
             .unwrap_or_default();
+        let resp = if self.protocol == "resp" {
+            " (RESP)"
+        } else {
+            ""
+        };
         println!(
-            "load {} against {}: {} connections{depth}{paced}",
+            "load {}{resp} against {}: {} connections{depth}{paced}",
             self.mode,
             self.targets.join(", "),
             self.connections
@@ -228,6 +281,12 @@ impl<'a> Summary<'a> {
                 "latency µs: p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p99_9:.1}  max {max:.1}"
             );
         }
+        if let Some((ok, [p50, _, p99, _, max])) = self.nearby {
+            println!("nearby: {ok} ok, latency µs: p50 {p50:.1}  p99 {p99:.1}  max {max:.1}");
+        }
+        if let Some(f) = self.fences {
+            f.print_text();
+        }
     }
 }
 
@@ -239,8 +298,9 @@ pub(super) fn report(
     targets: &[Target],
     total: &Stats,
     elapsed: Duration,
+    fences: Option<&FenceReport>,
 ) -> Result<u8, Failure> {
-    let summary = Summary::new(a, targets, total, elapsed);
+    let summary = Summary::new(a, targets, total, elapsed, fences);
     if g.json {
         println!("{}", summary.to_json());
     } else {

@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::gen::Gen;
+use super::args::Proto;
+use super::fences::Acks;
+use super::gen::{self, Gen, Sent};
 use super::pace::{Pace, Shared};
 use super::report::{ErrorKind, Stats};
-use crate::reply::{self, Expect, Kind};
+use super::resp;
+use crate::reply::{self, Kind};
 
 /// Largest reply buffered before it is called malformed (a reply echoes at most one line).
 const MAX_REPLY: usize = 1 << 20;
@@ -29,9 +32,13 @@ enum Framed {
     Reply(usize, Option<ErrorKind>),
 }
 
-/// Frames with [`reply::frame`], then counts by the reply's kind.
-fn frame(buf: &[u8], expect: Expect) -> Framed {
-    match reply::frame(buf, expect) {
+/// Frames with [`reply::frame`] (or [`resp::frame`]), then counts by the reply's kind.
+fn frame(proto: &Proto, buf: &[u8], sent: Sent) -> Framed {
+    let framed = match proto {
+        Proto::Herd => reply::frame(buf, sent.expect),
+        Proto::Resp(_) => resp::frame(buf),
+    };
+    match framed {
         None => Framed::Partial,
         Some((len, Kind::At)) => Framed::Reply(len, None),
         Some((len, Kind::Invalid)) => Framed::Reply(len, Some(ErrorKind::Invalid)),
@@ -46,35 +53,55 @@ fn reserve_input(input: &mut Vec<u8>) {
     }
 }
 
+/// Counts one reply to `sent`, sent at `at`, complete at `now`; a fresh IAMAT's
+/// acknowledgement is noted in `acked` (for matching fence events to it).
+fn count(
+    stats: &mut Stats,
+    sent: Sent,
+    at: Instant,
+    now: Instant,
+    error: Option<ErrorKind>,
+    acked: &mut Vec<(u64, Instant)>,
+) {
+    match error {
+        None => {
+            let ns = u64::try_from((now - at).as_nanos()).unwrap_or(u64::MAX);
+            stats.ok_reply(sent.kind, ns);
+            if sent.kind == gen::Kind::Iamat && sent.n > 0 {
+                acked.push((sent.n, now));
+            }
+        }
+        Some(kind) => stats.error(kind, 1),
+    }
+}
+
 /// Counts the whole replies at the start of `input` against the oldest requests in flight
 /// (latency up to now) and drops them from `input`.
 fn settle(
+    worker: &Worker,
     input: &mut Vec<u8>,
-    inflight: &mut VecDeque<(Expect, Instant)>,
+    inflight: &mut VecDeque<(Sent, Instant)>,
     stats: &mut Stats,
-    shared: &Shared,
+    acked: &mut Vec<(u64, Instant)>,
 ) -> Result<(), ErrorKind> {
     let now = Instant::now();
     let mut pos = 0;
     let mut done = 0;
-    while let Some(&(expect, sent)) = inflight.front() {
-        let Framed::Reply(len, error) = frame(&input[pos..], expect) else {
+    while let Some(&(sent, at)) = inflight.front() {
+        let Framed::Reply(len, error) = frame(&worker.proto, &input[pos..], sent) else {
             break;
         };
         pos += len;
         done += 1;
         inflight.pop_front();
-        match error {
-            None => {
-                stats.ok += 1;
-                let ns = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
-                stats.latency.saturating_record(ns.max(1));
-            }
-            Some(kind) => stats.error(kind, 1),
-        }
+        count(stats, sent, at, now, error, acked);
     }
     input.drain(..pos);
-    shared.done.fetch_add(done, Ordering::Relaxed);
+    worker.shared.done.fetch_add(done, Ordering::Relaxed);
+    if let Some(acks) = &worker.acks {
+        acks.record(acked);
+    }
+    acked.clear();
     if input.len() > MAX_REPLY {
         return Err(ErrorKind::Malformed);
     }
@@ -90,6 +117,10 @@ pub(super) struct Worker {
     pub(super) depth: usize,
     /// Set under `--rate`.
     pub(super) pace: Option<Pace>,
+    /// The protocol spoken.
+    pub(super) proto: Arc<Proto>,
+    /// Where fresh IAMATs' acknowledgements go, under `--fences`.
+    pub(super) acks: Option<Arc<Acks>>,
 }
 
 impl Worker {
@@ -116,7 +147,7 @@ impl Worker {
         let mut stats = Stats::new();
         let mut out = Vec::with_capacity(self.depth * 128);
         let mut input = Vec::with_capacity(64 * 1024);
-        let mut inflight: VecDeque<(Expect, Instant)> = VecDeque::with_capacity(self.depth);
+        let mut inflight: VecDeque<(Sent, Instant)> = VecDeque::with_capacity(self.depth);
         // Requests this worker issued (for --rate), over all its connections.
         let mut issued = 0u64;
         while self.shared.more() {
@@ -163,10 +194,11 @@ impl Worker {
         stats: &mut Stats,
         out: &mut Vec<u8>,
         input: &mut Vec<u8>,
-        inflight: &mut VecDeque<(Expect, Instant)>,
+        inflight: &mut VecDeque<(Sent, Instant)>,
         issued: &mut u64,
     ) -> Result<(), ErrorKind> {
         let (mut rd, mut wr) = stream.split();
+        let mut acked = Vec::with_capacity(self.depth);
         loop {
             if self.pace.is_some() {
                 // Paced: take the replies that are already here, at this turn, instead of
@@ -174,7 +206,7 @@ impl Worker {
                 reserve_input(input);
                 match rd.try_read_buf(input) {
                     Ok(0) => return Err(ErrorKind::Closed),
-                    Ok(_) => settle(input, inflight, stats, &self.shared)?,
+                    Ok(_) => settle(self, input, inflight, stats, &mut acked)?,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return Err(ErrorKind::Io),
                 }
@@ -224,7 +256,7 @@ impl Worker {
                 Ok(Err(_)) => return Err(ErrorKind::Io),
                 Err(_) => return Err(ErrorKind::Timeout),
             }
-            settle(input, inflight, stats, &self.shared)?;
+            settle(self, input, inflight, stats, &mut acked)?;
         }
     }
 
@@ -234,6 +266,7 @@ impl Worker {
         let mut out = Vec::with_capacity(256);
         let mut input = Vec::with_capacity(16 * 1024);
         let mut issued = 0u64;
+        let mut acked = Vec::with_capacity(1);
         loop {
             if let Some(p) = &self.pace {
                 p.wait_turn(issued, &self.shared).await;
@@ -244,7 +277,7 @@ impl Worker {
             issued += 1;
             let started = Instant::now();
             out.clear();
-            let expect = gen.write(&mut out);
+            let sent = gen.write(&mut out);
             let result = match self.connect(false).await {
                 Ok(stream) => self.one_shot(stream, &out, &mut input).await,
                 Err(kind) => Err(kind),
@@ -252,19 +285,16 @@ impl Worker {
             self.shared.done.fetch_add(1, Ordering::Relaxed);
             let error = match result {
                 Err(kind) => Some(kind),
-                Ok(()) => match frame(&input, expect) {
+                Ok(()) => match frame(&self.proto, &input, sent) {
                     Framed::Reply(len, error) if len == input.len() => error,
                     Framed::Reply(..) | Framed::Partial => Some(ErrorKind::Malformed),
                 },
             };
-            match error {
-                None => {
-                    stats.ok += 1;
-                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    stats.latency.saturating_record(ns.max(1));
-                }
-                Some(kind) => stats.error(kind, 1),
+            count(&mut stats, sent, started, Instant::now(), error, &mut acked);
+            if let Some(acks) = &self.acks {
+                acks.record(&acked);
             }
+            acked.clear();
         }
         stats
     }
@@ -326,23 +356,45 @@ async fn connect_spread(addr: &str) -> std::io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reply::Expect;
+
+    fn sent(expect: Expect) -> Sent {
+        Sent {
+            expect,
+            kind: gen::Kind::Iamat,
+            n: 0,
+        }
+    }
 
     #[test]
     fn framing_follows_the_request_kind() {
-        assert_eq!(frame(b"AT A +0.0", Expect::Line), Framed::Partial);
-        assert_eq!(frame(b"AT x\nAT y\n", Expect::Line), Framed::Reply(5, None));
+        let herd = |b: &[u8], e| frame(&Proto::Herd, b, sent(e));
+        assert_eq!(herd(b"AT A +0.0", Expect::Line), Framed::Partial);
+        assert_eq!(herd(b"AT x\nAT y\n", Expect::Line), Framed::Reply(5, None));
         assert_eq!(
-            frame(b"? WHATSAT x 1 1\nAT", Expect::Places),
+            herd(b"? WHATSAT x 1 1\nAT", Expect::Places),
             Framed::Reply(16, Some(ErrorKind::Invalid))
         );
-        assert_eq!(frame(b"AT x\n{\n}\n", Expect::Places), Framed::Partial);
+        assert_eq!(herd(b"AT x\n{\n}\n", Expect::Places), Framed::Partial);
         assert_eq!(
-            frame(b"AT x\n{\n}\n\nAT", Expect::Places),
+            herd(b"AT x\n{\n}\n\nAT", Expect::Places),
             Framed::Reply(10, None)
         );
         assert_eq!(
-            frame(b"HI\n", Expect::Line),
+            herd(b"HI\n", Expect::Line),
             Framed::Reply(3, Some(ErrorKind::Malformed))
         );
+        let point = Expect::Nearby { subject: false };
+        assert_eq!(herd(b"{\"count\":0}\n\nAT", point), Framed::Reply(13, None));
+        let resp = Proto::Resp(b"k".to_vec());
+        assert_eq!(
+            frame(&resp, b"-ERR x\r\n", sent(Expect::Line)),
+            Framed::Reply(8, Some(ErrorKind::Invalid))
+        );
+        assert_eq!(
+            frame(&resp, b":1\r\n", sent(Expect::Line)),
+            Framed::Reply(4, None)
+        );
+        assert_eq!(frame(&resp, b":1", sent(Expect::Line)), Framed::Partial);
     }
 }
