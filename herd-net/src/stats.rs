@@ -144,6 +144,12 @@ impl ServerStats {
             "fence_events": n.fence_events,
             "fences_refused": n.fences_refused,
             "fence_subscribers_dropped": self.fence_subscribers_dropped,
+            "payload_sent": n.payload_sent,
+            "announcements_sent": n.announcements_sent,
+            "announce_messages_sent": n.announce_messages_sent,
+            "announce_bytes_sent": n.announce_bytes_sent,
+            "prunes_sent": n.prunes_sent,
+            "grafts_sent": n.grafts_sent,
         });
         if let (Some(all), serde_json::Value::Object(more)) = (doc.as_object_mut(), more) {
             all.extend(more);
