@@ -459,6 +459,7 @@ bench_herd() {
     HERD_MAX=$HERD_T4
     bench_flood_count
     bench_probe_idle ""
+    bench_fence_idle
     bench_probe_loaded
     stop_herd
 
@@ -541,6 +542,23 @@ bench_flood_count() { # T6: exactly N distinct new clients, one IAMAT each, on w
     trim_logs
 }
 
+bench_fence_idle() { # the issue's idle event latency: fences at Hands, IAMATs to Welsh (3 hops)
+    cpu_mark
+    local rc=0 p50 p99 n
+    timeout 120 "$CLI" --config "$CFG" load --to Welsh --rate 2000 -c 1 -d 1 --duration "$((ROUND_S * 2))s" \
+        --fresh -k 10000 --area "$AREA_KM" --fences 100 --fence-km 1 --fence-to Hands --prefix fidle \
+        --json >"$TMP/fi.json" 2>"$TMP/fi.err" || rc=$?
+    p50=$(jq -r '.fences.latency_us.p50 // empty' "$TMP/fi.json" 2>/dev/null || true)
+    p99=$(jq -r '.fences.latency_us.p99 // empty' "$TMP/fi.json" 2>/dev/null || true)
+    n=$(jq -r '.fences.matched // 0' "$TMP/fi.json" 2>/dev/null || echo 0)
+    local broken=""
+    [[ $rc == 0 && -n $p99 && $n -gt 0 ]] || broken="load --fences failed (exit $rc): $(tail -c 200 "$TMP/fi.err")"
+    row order=44 "figure=fence event latency, idle herd: IAMAT acknowledged by Welsh → ENTER/EXIT at Hands (3 hops), p99" \
+        "herd=$p99" unit=us kind=abs_le target=2000 "target_text=≤ 2 ms" "broken=$broken" \
+        "note=herd-cli load --to Welsh --rate 2000 -c 1 -d 1 --area $AREA_KM with 100 fences of 1 km at Hands (--fence-to Hands); p50 $p50 µs over $n events matched to their IAMAT"
+    trim_logs
+}
+
 probe_json() { # probe_json OUT: Welsh → Hands
     timeout 300 "$CLI" --config "$CFG" probe Welsh Hands -r "$PROBE_ROUNDS" --json >"$1" ||
         die "herd-cli probe failed: $(cat "$1")"
@@ -589,7 +607,7 @@ bench_probe_loaded() { # p99 with a background load paced at half the herd's max
 rss_bytes() { echo $(($(awk '/VmRSS/ {print $2}' "/proc/$1/status") * 1024)); }
 
 near_round() { # near_round ADDR [--resp ...]: NEARBY (or GEOSEARCH) only; VAL = requests/s, XTRA = p50/p99 µs
-    load_round --server "$1" load -c 8 -d 1 --duration "${ROUND_S}s" --nearby-ratio 1 --nearby-km 1 \
+    load_round --server "$1" load -c 1 -d 1 --duration "${ROUND_S}s" --nearby-ratio 1 --nearby-km 1 \
         --nearby-count 50 --area "$AREA_KM" -k "$NEAR_CLIENTS" --prefix near --no-warmup "${@:2}"
     XTRA=$(jq -r '"\(.nearby.latency_us.p50)/\(.nearby.latency_us.p99)"' "$TMP/l.json" 2>/dev/null || echo "")
 }
@@ -620,7 +638,7 @@ bench_nearby() {
     local p50h p99h p50r p99r x
     p50h=""; p99h=""; for x in ${EXTRA[nherd]}; do p50h+=" ${x%/*}"; p99h+=" ${x#*/}"; done
     p50r=""; p99r=""; for x in ${EXTRA[nredis]}; do p50r+=" ${x%/*}"; p99r+=" ${x#*/}"; done
-    local note="$NEAR_CLIENTS clients at random points of a ${AREA_KM} km square around UCLA (~$((NEAR_CLIENTS / (AREA_KM * AREA_KM))) per km², so ~$((NEAR_CLIENTS * 314 / (AREA_KM * AREA_KM * 100))) within 1 km of a point); herd-cli load --nearby-ratio 1 --nearby-km 1 --nearby-count 50 -c 8 -d 1: NEARBY POINT <random point> 1 50 against herd, GEOSEARCH near FROMLONLAT <point> BYRADIUS 1 km COUNT 50 ASC against Redis (--resp), rounds interleaved"
+    local note="$NEAR_CLIENTS clients at random points of a ${AREA_KM} km square around UCLA (~$((NEAR_CLIENTS / (AREA_KM * AREA_KM))) per km², so ~$((NEAR_CLIENTS * 314 / (AREA_KM * AREA_KM * 100))) within 1 km of a point); herd-cli load --nearby-ratio 1 --nearby-km 1 --nearby-count 50 -c 1 -d 1 (one request at a time: the latency of one request, no queueing): NEARBY POINT <random point> 1 50 against herd, GEOSEARCH near FROMLONLAT <point> BYRADIUS 1 km COUNT 50 ASC against Redis (--resp), rounds interleaved"
     side_row nherd order=72 "figure=NEARBY at $NEAR_CLIENTS clients, radius 1 km, 50 results: requests/s" "ref=${VALS[nredis]}" unit=/s \
         "ref_label=Redis GEOSEARCH, same load generator" kind=info "target_text=(herd vs Redis)" "note=$note$(notes nherd nredis)"
     row order=73 "figure=NEARBY at $NEAR_CLIENTS clients: latency p50" "herd=$p50h" "ref=$p50r" unit=us "ref_label=Redis GEOSEARCH" kind=info "target_text=(lower is better)" "broken=${BROKEN[nherd]}"
