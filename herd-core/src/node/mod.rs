@@ -617,8 +617,8 @@ impl<S: PeerSink> Node<S> {
         if let Some(record) = self.store.get(req.client) {
             self.stats.whatsats_local += 1;
             return ClientAction::Places {
-                query: places_query(record, req.radius, req.max_items),
-                record: record.clone(),
+                query: places_query(&record, req.radius, req.max_items),
+                record: Arc::new(record),
             };
         }
         let asker = Asker {
@@ -691,7 +691,7 @@ impl<S: PeerSink> Node<S> {
             Refusal::Future
         } else if cfg
             .max_records
-            .is_some_and(|max| self.store.len() >= max && self.store.get(record.client()).is_none())
+            .is_some_and(|max| self.store.len() >= max && !self.store.contains(record.client()))
         {
             Refusal::Full
         } else {

@@ -1082,7 +1082,7 @@ impl Sim {
         }
         if self.cfg.journals {
             // Compacted, as herd-net rewrites it at start.
-            self.disks[i] = node.store().records().cloned().collect();
+            self.disks[i] = node.store().records().map(Arc::new).collect();
         }
         self.nodes[i] = Some(node);
         for l in self.links_of(i) {
@@ -1185,7 +1185,7 @@ impl Sim {
             }
         };
         for n in self.nodes.iter().flatten() {
-            n.store().records().for_each(&mut offer);
+            n.store().records().map(Arc::new).for_each(|r| offer(&r));
         }
         // A crashed node's disk comes back with it (every node restarts before settling).
         self.disks.iter().flatten().for_each(&mut offer);
