@@ -87,6 +87,69 @@ impl Slot {
     }
 }
 
+/// Slots a chunk of [`Slots`] holds.
+const SLOT_CHUNK: usize = 4096;
+
+/// The slots by index, in chunks of [`SLOT_CHUNK`]: the store grows by whole chunks instead
+/// of moving every slot to a vector twice the size (see `lines` for why that matters).
+#[derive(Clone, Default)]
+struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl Slots {
+    #[inline]
+    fn get(&self, i: u32) -> Option<Slot> {
+        let i = i as usize;
+        self.chunks
+            .get(i / SLOT_CHUNK)?
+            .get(i % SLOT_CHUNK)
+            .copied()
+    }
+
+    /// The slot at `i`, which is below [`Slots::len`].
+    #[inline]
+    fn at(&self, i: u32) -> Slot {
+        let i = i as usize;
+        self.chunks[i / SLOT_CHUNK][i % SLOT_CHUNK]
+    }
+
+    fn set(&mut self, i: u32, slot: Slot) {
+        let i = i as usize;
+        if let Some(s) = self
+            .chunks
+            .get_mut(i / SLOT_CHUNK)
+            .and_then(|c| c.get_mut(i % SLOT_CHUNK))
+        {
+            *s = slot;
+        }
+    }
+
+    fn push(&mut self, slot: Slot) {
+        if self.len % SLOT_CHUNK == 0 {
+            let cap = if self.chunks.is_empty() {
+                0
+            } else {
+                SLOT_CHUNK
+            };
+            self.chunks.push(Vec::with_capacity(cap));
+        }
+        if let Some(c) = self.chunks.last_mut() {
+            c.push(slot);
+        }
+        self.len += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.chunks.iter().flatten().copied()
+    }
+}
+
 /// A caller's source tag as the store keeps it: tags beyond 32 bits are kept as 0 (unknown),
 /// which only means such a record may be sent back where it came from, never that one is
 /// left out.
@@ -155,7 +218,7 @@ pub struct LocationStore {
     table: HashTable<u32>,
     /// One slot per client; a removed client's slot is free (in `free`) until reused, so a
     /// slot's index stays the client's while it is held.
-    slots: Vec<Slot>,
+    slots: Slots,
     /// The free slots.
     free: Vec<u32>,
     /// The packed AT lines.
@@ -240,7 +303,7 @@ impl LocationStore {
     pub fn new(seed: u64) -> Self {
         Self {
             table: HashTable::new(),
-            slots: Vec::new(),
+            slots: Slots::default(),
             free: Vec::new(),
             lines: Lines::default(),
             origins: Origins::default(),
@@ -271,7 +334,7 @@ impl LocationStore {
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.is_free())
-            .map(|(i, &s)| (u32::try_from(i).unwrap_or(u32::MAX), s))
+            .map(|(i, s)| (u32::try_from(i).unwrap_or(u32::MAX), s))
     }
 
     /// The record in `slot`, built from its packed line.
@@ -315,7 +378,7 @@ impl LocationStore {
         let Some(near) = &self.near else {
             return self.nearby_scan(q);
         };
-        let slot = |s: u32| self.slots[s as usize];
+        let slot = |s: u32| self.slots.at(s);
         let found = near.nearest(
             q.lat,
             q.lon,
@@ -417,7 +480,7 @@ impl LocationStore {
         let (slots, lines) = (&self.slots, &self.lines);
         self.table
             .find(self.hash(client), |&i| {
-                client_of(lines, slots[i as usize]) == client
+                client_of(lines, slots.at(i)) == client
             })
             .copied()
     }
@@ -442,13 +505,13 @@ impl LocationStore {
         let (slots, lines, hasher) = (&self.slots, &self.lines, self.hasher);
         let entry = self.table.entry(
             hash,
-            |&i| client_of(lines, slots[i as usize]) == client,
-            |&i| hasher.hash_one(client_of(lines, slots[i as usize])),
+            |&i| client_of(lines, slots.at(i)) == client,
+            |&i| hasher.hash_one(client_of(lines, slots.at(i))),
         );
         let index = match entry {
             Entry::Occupied(o) => {
                 let index = *o.get();
-                let slot = self.slots[index as usize];
+                let slot = self.slots.at(index);
                 let held = self.lines.get(slot.cell());
                 let held_time = held.time();
                 let mut old = std::mem::take(&mut self.unpacked);
@@ -482,7 +545,8 @@ impl LocationStore {
                 let span = record.client_span();
                 pack(record.at_line(), span, &mut self.origins, &mut self.packed);
                 let cell = self.lines.replace(slot.cell(), &self.packed);
-                self.slots[index as usize] = Slot::new(self.seq, cell, compact_source(source));
+                self.slots
+                    .set(index, Slot::new(self.seq, cell, compact_source(source)));
                 index
             }
             Entry::Vacant(v) => {
@@ -506,7 +570,7 @@ impl LocationStore {
                 let cell = self.lines.alloc(&self.packed);
                 let slot = Slot::new(self.seq, cell, compact_source(source));
                 if self.free.pop().is_some() {
-                    self.slots[index as usize] = slot;
+                    self.slots.set(index, slot);
                 } else {
                     self.slots.push(slot);
                 }
@@ -528,7 +592,7 @@ impl LocationStore {
         let (slots, lines) = (&self.slots, &self.lines);
         let entry = self
             .table
-            .find_entry(hash, |&i| client_of(lines, slots[i as usize]) == client)
+            .find_entry(hash, |&i| client_of(lines, slots.at(i)) == client)
             .ok()?;
         let (index, _) = entry.remove();
         Some(self.free_slot(index))
@@ -536,7 +600,7 @@ impl LocationStore {
 
     /// Empties slot `index` (already out of the table) and returns its record.
     fn free_slot(&mut self, index: u32) -> Record {
-        let slot = self.slots[index as usize];
+        let slot = self.slots.at(index);
         let record = self.record_of(slot);
         self.account_out(record.at_line(), record.time(), slot.seq());
         if let Some(near) = &mut self.near {
@@ -544,7 +608,7 @@ impl LocationStore {
             near.remove(index, lat, lon);
         }
         self.lines.free(slot.cell());
-        self.slots[index as usize] = Slot::FREE;
+        self.slots.set(index, Slot::FREE);
         self.free.push(index);
         record
     }
@@ -566,7 +630,7 @@ impl LocationStore {
             }
             let seq = entry.key().1;
             let index = entry.remove();
-            let Some(&slot) = self.slots.get(index as usize) else {
+            let Some(slot) = self.slots.get(index) else {
                 continue;
             };
             if slot.is_free() || slot.seq() != seq {
@@ -617,7 +681,7 @@ impl LocationStore {
         // Stage 2: the slots.
         let mut cells: [Option<Cell>; WARM_MAX] = [None; WARM_MAX];
         for (c, &i) in cells.iter_mut().zip(&index[..n]) {
-            *c = self.slots.get(i as usize).map(|s| s.cell());
+            *c = self.slots.get(i).map(|s| s.cell());
         }
         // Stage 3: the packed lines (their first bytes: origin and client id).
         let mut sum = 0u64;
@@ -632,8 +696,7 @@ impl LocationStore {
     /// The client's current record (built from the packed line: an AT line of everyday
     /// length needs no allocation).
     pub fn get(&self, client: &[u8]) -> Option<Record> {
-        self.find(client)
-            .map(|i| self.record_of(self.slots[i as usize]))
+        self.find(client).map(|i| self.record_of(self.slots.at(i)))
     }
 
     /// Whether the client is held (cheaper than [`LocationStore::get`]).
@@ -688,7 +751,7 @@ impl LocationStore {
     /// The record of change `change`, if it is still its client's latest (`None` once the
     /// client has a newer record, listed under a higher number, or is gone).
     pub fn change(&self, change: Change) -> Option<Record> {
-        let slot = *self.slots.get(change.slot as usize)?;
+        let slot = self.slots.get(change.slot)?;
         (!slot.is_free() && slot.seq() == change.seq).then(|| self.record_of(slot))
     }
 

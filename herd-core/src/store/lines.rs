@@ -333,11 +333,63 @@ pub(super) struct Cell {
     pub(super) index: u32,
 }
 
-/// Cells of one packed length.
+/// Cells a pool's chunk holds. Pools grow by whole chunks, never by moving what they hold:
+/// a vector that doubles leaves its old buffer behind, and under glibc's malloc that freed
+/// space stays resident (it is reused only by later allocations that fit it), which for a
+/// store of a million clients was as much again as the lines themselves.
+const CHUNK_CELLS: usize = 4096;
+
+/// Cells of one packed length, in chunks of [`CHUNK_CELLS`] (the first grows to that size
+/// as a vector does, so a pool of a few cells costs a few cells).
 #[derive(Clone, Default)]
 struct Pool {
-    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// Cells in use or free (the free ones listed in `free`).
+    cells: usize,
     free: Vec<u32>,
+}
+
+impl Pool {
+    #[inline]
+    fn cell(&self, len: usize, index: usize) -> Option<&[u8]> {
+        let chunk = self.chunks.get(index / CHUNK_CELLS)?;
+        let at = (index % CHUNK_CELLS) * len;
+        chunk.get(at..at + len)
+    }
+
+    fn cell_mut(&mut self, len: usize, index: usize) -> Option<&mut [u8]> {
+        let chunk = self.chunks.get_mut(index / CHUNK_CELLS)?;
+        let at = (index % CHUNK_CELLS) * len;
+        chunk.get_mut(at..at + len)
+    }
+
+    /// A new cell at the end holding `packed`.
+    fn push(&mut self, packed: &[u8]) -> usize {
+        if self.cells % CHUNK_CELLS == 0 && self.cells / CHUNK_CELLS == self.chunks.len() {
+            let cap = if self.chunks.is_empty() {
+                0
+            } else {
+                CHUNK_CELLS * packed.len()
+            };
+            self.chunks.push(Vec::with_capacity(cap));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.extend_from_slice(packed);
+        }
+        self.cells += 1;
+        self.cells - 1
+    }
+
+    /// Drops the last cell.
+    fn pop(&mut self, len: usize) {
+        self.cells -= 1;
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.truncate(chunk.len() - len);
+            if chunk.is_empty() {
+                self.chunks.pop();
+            }
+        }
+    }
 }
 
 /// Every packed line of a store.
@@ -361,7 +413,7 @@ impl Lines {
                 let len = usize::from(c);
                 self.pools
                     .get(len)
-                    .and_then(|p| p.bytes.get(i * len..(i + 1) * len))
+                    .and_then(|p| p.cell(len, i))
                     .unwrap_or_default()
             }
         };
@@ -379,15 +431,12 @@ impl Lines {
                 let pool = &mut self.pools[len];
                 let index = match pool.free.pop() {
                     Some(i) => {
-                        let at = i as usize * len;
-                        pool.bytes[at..at + len].copy_from_slice(packed);
+                        if let Some(dst) = pool.cell_mut(len, i as usize) {
+                            dst.copy_from_slice(packed);
+                        }
                         i
                     }
-                    None => {
-                        let i = u32::try_from(pool.bytes.len() / len).unwrap_or(u32::MAX);
-                        pool.bytes.extend_from_slice(packed);
-                        i
-                    }
+                    None => u32::try_from(pool.push(packed)).unwrap_or(u32::MAX),
                 };
                 Cell { class, index }
             }
@@ -419,9 +468,10 @@ impl Lines {
             c => {
                 let len = usize::from(c);
                 if let Some(pool) = self.pools.get_mut(len) {
-                    if (cell.index as usize + 1) * len == pool.bytes.len() {
-                        // The last cell: the pool shrinks instead.
-                        pool.bytes.truncate(cell.index as usize * len);
+                    if cell.index as usize + 1 == pool.cells {
+                        // The last cell: the pool shrinks instead (no free cell is at or
+                        // past it: the last cell was in use).
+                        pool.pop(len);
                     } else {
                         pool.free.push(cell.index);
                     }
@@ -435,12 +485,13 @@ impl Lines {
     pub(super) fn replace(&mut self, cell: Cell, packed: &[u8]) -> Cell {
         let len = usize::from(cell.class);
         if cell.class != 0 && packed.len() == len {
-            if let Some(pool) = self.pools.get_mut(len) {
-                let at = cell.index as usize * len;
-                if let Some(dst) = pool.bytes.get_mut(at..at + len) {
-                    dst.copy_from_slice(packed);
-                    return cell;
-                }
+            if let Some(dst) = self
+                .pools
+                .get_mut(len)
+                .and_then(|p| p.cell_mut(len, cell.index as usize))
+            {
+                dst.copy_from_slice(packed);
+                return cell;
             }
         }
         self.free(cell);
@@ -529,5 +580,18 @@ mod tests {
         assert_eq!(l.get(e).0, &big[..]);
         l.free(e);
         assert_eq!(l.alloc(b"x".repeat(400).as_slice()).index, e.index);
+        // Across chunks: cells keep their bytes, the last cell's removal shrinks the pool.
+        let many: Vec<Cell> = (0..3 * CHUNK_CELLS as u32 + 5)
+            .map(|i| l.alloc(&i.to_le_bytes()[..3]))
+            .collect();
+        for (i, &c) in many.iter().enumerate() {
+            assert_eq!(l.get(c).0, &(i as u32).to_le_bytes()[..3]);
+        }
+        for &c in many.iter().rev() {
+            l.free(c);
+        }
+        // Left: `a2`, the first cell.
+        assert_eq!((l.pools[3].cells, l.pools[3].chunks.len()), (1, 1));
+        assert_eq!(l.get(a2).0, b"aaa");
     }
 }
