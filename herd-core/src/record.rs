@@ -89,8 +89,8 @@ fn client_field(line: &[u8]) -> &[u8] {
 }
 
 impl Record {
-    fn build(line: &[u8], client_start: usize, time: TimeValue, position: (f64, f64)) -> Self {
-        let client_end = client_start + client_field(line).len();
+    fn build(line: &[u8], span: (usize, usize), time: TimeValue, position: (f64, f64)) -> Self {
+        let (client_start, client_end) = span;
         let client = match (u16::try_from(client_start), u16::try_from(client_end)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => (0, 0),
@@ -125,7 +125,8 @@ impl Record {
         line.extend_from_slice(req.location);
         line.push(b' ');
         line.extend_from_slice(req.time);
-        Self::build(&line, start, req.time_value, (req.lat, req.lon))
+        let span = (start, start + req.client.len());
+        Self::build(&line, span, req.time_value, (req.lat, req.lon))
     }
 
     /// Parses a stored AT line (`AT server diff client location time`, single spaces).
@@ -140,7 +141,7 @@ impl Record {
         if at != b"AT" || parts.next().is_some() {
             return Err(FieldError::ClientId);
         }
-        ServerName::from_bytes(server)?;
+        ServerName::check(server)?;
         TimeDiff::parse(diff)?;
         if client.is_empty() || client.iter().any(|&b| is_space(b)) {
             return Err(FieldError::ClientId);
@@ -148,15 +149,32 @@ impl Record {
         let position = Location::degrees(location)?;
         let time_value = TimeValue::parse(time)?;
         let start = at.len() + server.len() + diff.len() + 3;
-        Ok(Self::build(line, start, time_value, position))
+        Ok(Self::build(
+            line,
+            (start, start + client.len()),
+            time_value,
+            position,
+        ))
     }
 
     /// The record of an AT line the store kept (parsed when it was stored, so valid).
     pub(crate) fn from_stored(line: &[u8]) -> Self {
         Self::parse(line).unwrap_or_else(|_| {
             let start = client_start(line);
-            Self::build(line, start, TimeValue::default(), (0.0, 0.0))
+            let end = start + client_field(line).len();
+            Self::build(line, (start, end), TimeValue::default(), (0.0, 0.0))
         })
+    }
+
+    /// The record of an AT line the store kept, with the fields it read from its packed
+    /// form: where the client id lies, the client time and the position.
+    pub(crate) fn from_stored_parts(
+        line: &[u8],
+        client: (usize, usize),
+        time: TimeValue,
+        position: (f64, f64),
+    ) -> Self {
+        Self::build(line, client, time, position)
     }
 
     /// Where the client id lies in the line: `at_line()[start..end]`.

@@ -127,7 +127,7 @@ impl Slots {
     }
 
     fn push(&mut self, slot: Slot) {
-        if self.len % SLOT_CHUNK == 0 {
+        if self.len.is_multiple_of(SLOT_CHUNK) {
             let cap = if self.chunks.is_empty() {
                 0
             } else {
@@ -339,9 +339,17 @@ impl LocationStore {
 
     /// The record in `slot`, built from its packed line.
     fn record_of(&self, slot: Slot) -> Record {
+        let packed = self.lines.get(slot.cell());
         let mut line = Vec::with_capacity(128);
-        self.lines.get(slot.cell()).unpack(&self.origins, &mut line);
-        Record::from_stored(&line)
+        match packed.unpack(&self.origins, &mut line) {
+            // Where its fields are is known: only the time and the position are parsed.
+            Some(at) => {
+                let (a, b) = at.location;
+                let position = Location::degrees(&line[a..b]).unwrap_or((0.0, 0.0));
+                Record::from_stored_parts(&line, at.client, packed.time(), position)
+            }
+            None => Record::from_stored(&line),
+        }
     }
 
     /// The position of the record in `slot`.

@@ -119,13 +119,23 @@ impl ServerName {
     /// # Errors
     /// As [`ServerName::new`].
     pub fn from_bytes(b: &[u8]) -> Result<Self, FieldError> {
-        let ok =
-            !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
-        if !ok {
-            return Err(FieldError::ServerName);
-        }
+        Self::check(b)?;
         let s = std::str::from_utf8(b).map_err(|_| FieldError::ServerName)?;
         Ok(Self(s.into()))
+    }
+
+    /// Whether `b` is a valid server name, without making one (no allocation).
+    ///
+    /// # Errors
+    /// As [`ServerName::new`].
+    pub fn check(b: &[u8]) -> Result<(), FieldError> {
+        let ok =
+            !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
+        if ok {
+            Ok(())
+        } else {
+            Err(FieldError::ServerName)
+        }
     }
 
     /// The name as text.

@@ -52,6 +52,9 @@ fn nibble(b: u8) -> Option<u8> {
     }
 }
 
+/// The character of each nibble (the two marks have none).
+const CHARS: [u8; 16] = *b"0123456789+-. ??";
+
 fn unnibble(n: u8) -> u8 {
     match n {
         0..=9 => b'0' + n,
@@ -150,28 +153,28 @@ fn try_pack(
     out: &mut Vec<u8>,
 ) -> Option<()> {
     let (origin, diff, tail) = split_line(line, client)?;
-    let all_fit = |s: &[u8]| s.iter().all(|&b| nibble(b).is_some());
-    if !all_fit(diff) || !all_fit(tail) || diff.contains(&b' ') {
-        return None;
-    }
     let code = origins.code(origin)?;
     out.push(code);
     let id = &line[client.0..client.1];
     push_leb(out, id.len());
     out.extend_from_slice(id);
-    let nibbles = diff
-        .iter()
-        .map(|&b| nibble(b).unwrap_or(NIB_END))
-        .chain([NIB_CLIENT])
-        .chain(tail.iter().map(|&b| nibble(b).unwrap_or(NIB_END)))
-        .chain([NIB_END]);
-    let mut high = None;
-    for n in nibbles {
-        match high.take() {
-            None => high = Some(n),
-            Some(h) => out.push((h << 4) | n),
+    // Plain loops: this runs for every record stored, debug builds included.
+    let mut high: Option<u8> = None;
+    let mut put = |n: u8| match high.take() {
+        None => high = Some(n),
+        Some(h) => out.push((h << 4) | n),
+    };
+    for &b in diff {
+        match nibble(b) {
+            Some(NIB_SPACE) | None => return None,
+            Some(n) => put(n),
         }
     }
+    put(NIB_CLIENT);
+    for &b in tail {
+        put(nibble(b)?);
+    }
+    put(NIB_END);
     if let Some(h) = high {
         out.push((h << 4) | NIB_END);
     }
@@ -217,25 +220,48 @@ impl<'a> Packed<'a> {
             .take_while(|&n| n != NIB_END)
     }
 
-    /// The whole AT line, appended to `out`.
-    pub(super) fn unpack(self, origins: &Origins, out: &mut Vec<u8>) {
+    /// The whole AT line, appended to `out`; for a packed line, where its client id and its
+    /// location lie in it (`None` for a line kept whole).
+    pub(super) fn unpack(self, origins: &Origins, out: &mut Vec<u8>) -> Option<Unpacked> {
         if self.code() == 0 {
             out.extend_from_slice(self.raw());
-            return;
+            return None;
         }
+        let base = out.len();
+        let (client, nibbles) = self.parts();
+        let name = origins.name(self.code());
+        out.reserve(6 + name.len() + client.len() + 2 * nibbles.len());
         out.extend_from_slice(b"AT ");
-        out.extend_from_slice(origins.name(self.code()));
+        out.extend_from_slice(name);
         out.push(b' ');
-        let client = self.parts().0;
-        for n in self.nibbles() {
-            if n == NIB_CLIENT {
-                out.push(b' ');
-                out.extend_from_slice(client);
-                out.push(b' ');
-            } else {
-                out.push(unnibble(n));
+        let (mut start, mut space) = (0, 0);
+        // Two characters a byte; the client id goes back at its mark, the end mark stops.
+        // (Plain index loops: this runs for every record read, debug builds included.)
+        let mut i = 0;
+        while i < 2 * nibbles.len() {
+            let n = nibble_at(nibbles, i);
+            i += 1;
+            match n {
+                NIB_END => break,
+                NIB_CLIENT => {
+                    out.push(b' ');
+                    start = out.len() - base;
+                    out.extend_from_slice(client);
+                    out.push(b' ');
+                }
+                n => {
+                    if n == NIB_SPACE {
+                        space = out.len() - base;
+                    }
+                    out.push(CHARS[usize::from(n)]);
+                }
             }
         }
+        let client = (start, start + client.len());
+        Some(Unpacked {
+            client,
+            location: (client.1 + 1, space.max(client.1 + 1)),
+        })
     }
 
     /// The client time (the last field), read without unpacking the line. A line kept
@@ -245,63 +271,69 @@ impl<'a> Packed<'a> {
             let field = self.raw().rsplit(|&b| b == b' ').next().unwrap_or_default();
             return TimeValue::parse(field).unwrap_or_default();
         }
-        // Digits after the last space, the location's end: whole seconds, then up to nine
+        // Digits after the space (the location's end): whole seconds, then up to nine
         // digits of the fraction (the rest truncated), exactly as `TimeValue::parse`.
-        let (mut secs, mut nanos, mut frac, mut in_frac) = (0u128, 0u32, 0u32, false);
-        let mut in_time = false;
-        for n in self.nibbles() {
-            if n == NIB_SPACE {
-                (secs, nanos, frac, in_frac, in_time) = (0, 0, 0, false, true);
-            } else if !in_time {
-            } else if n == NIB_DOT {
-                in_frac = true;
-            } else if in_frac {
-                if frac < 9 {
-                    nanos = nanos * 10 + u32::from(n);
-                    frac += 1;
+        let (mut secs, mut nanos, mut frac) = (0u128, 0u32, 0u32);
+        let (mut in_time, mut in_frac) = (false, false);
+        let nibbles = self.parts().1;
+        let mut i = 0;
+        while i < 2 * nibbles.len() {
+            let n = nibble_at(nibbles, i);
+            i += 1;
+            match n {
+                NIB_END => break,
+                NIB_SPACE => in_time = true,
+                _ if !in_time => {}
+                NIB_DOT => in_frac = true,
+                d if in_frac => {
+                    if frac < 9 {
+                        nanos = nanos * 10 + u32::from(d);
+                        frac += 1;
+                    }
                 }
-            } else {
-                secs = secs.saturating_mul(10).saturating_add(u128::from(n));
+                d => secs = secs.saturating_mul(10).saturating_add(u128::from(d)),
             }
         }
-        for _ in frac..9 {
+        while frac < 9 {
             nanos *= 10;
+            frac += 1;
         }
         TimeValue { secs, nanos }
     }
 
     /// The position (latitude, longitude) of the location field, parsed.
     pub(super) fn position(self) -> (f64, f64) {
+        let mut text = Vec::new();
         let mut buf = [0u8; 64];
         let mut len = 0;
-        let mut spill = Vec::new();
         if self.code() == 0 {
-            spill.clear();
-            self.location(&mut spill);
+            self.location(&mut text);
         } else {
-            let mut after_client = false;
-            for n in self.nibbles() {
-                if n == NIB_CLIENT {
-                    after_client = true;
-                } else if n == NIB_SPACE {
-                    break;
-                } else if after_client {
-                    if len < buf.len() {
-                        buf[len] = unnibble(n);
+            let nibbles = self.parts().1;
+            let (mut i, mut after_client) = (0, false);
+            while i < 2 * nibbles.len() {
+                let n = nibble_at(nibbles, i);
+                i += 1;
+                match n {
+                    NIB_CLIENT => after_client = true,
+                    NIB_SPACE | NIB_END => break,
+                    _ if !after_client => {}
+                    n if len < buf.len() => {
+                        buf[len] = CHARS[usize::from(n)];
                         len += 1;
-                    } else {
+                    }
+                    _ => {
                         // A location of over 64 characters: read it again into a vector.
-                        spill.clear();
-                        self.location(&mut spill);
+                        self.location(&mut text);
                         break;
                     }
                 }
             }
         }
-        let text = if spill.is_empty() {
+        let text = if text.is_empty() {
             &buf[..len]
         } else {
-            &spill[..]
+            &text[..]
         };
         crate::types::Location::degrees(text).unwrap_or((0.0, 0.0))
     }
@@ -324,6 +356,24 @@ impl<'a> Packed<'a> {
             }
         }
     }
+}
+
+/// The `i`th character code of a nibble stream (high nibble first).
+#[inline]
+fn nibble_at(nibbles: &[u8], i: usize) -> u8 {
+    let b = nibbles[i / 2];
+    if i.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0x0f
+    }
+}
+
+/// Where the fields of an unpacked line lie in it: `line[a..b]` for each (a, b).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Unpacked {
+    pub(super) client: (usize, usize),
+    pub(super) location: (usize, usize),
 }
 
 /// Where a packed line is kept: its pool (its packed length; 0 for one of its own) and cell.
@@ -365,7 +415,7 @@ impl Pool {
 
     /// A new cell at the end holding `packed`.
     fn push(&mut self, packed: &[u8]) -> usize {
-        if self.cells % CHUNK_CELLS == 0 && self.cells / CHUNK_CELLS == self.chunks.len() {
+        if self.cells.is_multiple_of(CHUNK_CELLS) && self.cells / CHUNK_CELLS == self.chunks.len() {
             let cap = if self.chunks.is_empty() {
                 0
             } else {
@@ -511,7 +561,10 @@ mod tests {
         pack(r.at_line(), span, origins, &mut packed);
         let p = Packed(&packed);
         let mut back = Vec::new();
-        p.unpack(origins, &mut back);
+        if let Some(got) = p.unpack(origins, &mut back) {
+            assert_eq!(got.client, span);
+            assert_eq!(&back[got.location.0..got.location.1], r.location_text());
+        }
         assert_eq!(back, line.as_bytes(), "{line}");
         assert_eq!(p.client(), r.client());
         assert_eq!(p.time(), r.time(), "{line}");
