@@ -734,7 +734,7 @@ impl Driver {
             }
             if any {
                 if j.wants_compaction(st.node.store().len()) {
-                    j.compact_in_background(st.node.store().records().map(Arc::new).collect());
+                    j.compact_in_background(st.node.store().snapshot());
                 }
                 if flush == Flush::Soon && st.journal_due.is_none() {
                     st.journal_due = Some(clock::now().plus(JOURNAL_PEER_FLUSH));

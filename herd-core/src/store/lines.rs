@@ -41,19 +41,34 @@ const POOL_MAX: usize = 255;
 /// Most origin names a table keeps (codes 1 to 255).
 const ORIGINS_MAX: usize = 255;
 
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'+' => Some(NIB_PLUS),
-        b'-' => Some(NIB_MINUS),
-        b'.' => Some(NIB_DOT),
-        b' ' => Some(NIB_SPACE),
-        _ => None,
-    }
-}
-
 /// The character of each nibble (the two marks have none).
 const CHARS: [u8; 16] = *b"0123456789+-. ??";
+
+/// The two characters of each byte of plain characters (both nibbles below `NIB_SPACE`).
+const PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [CHARS[b >> 4], CHARS[b & 0x0f]];
+        b += 1;
+    }
+    t
+};
+
+/// The nibble of each byte, or `NIB_END` for a byte outside the alphabet.
+const NIBBLES: [u8; 256] = {
+    let mut t = [NIB_END; 256];
+    let mut d = 0;
+    while d < 10 {
+        t[b'0' as usize + d] = d as u8;
+        d += 1;
+    }
+    t[b'+' as usize] = NIB_PLUS;
+    t[b'-' as usize] = NIB_MINUS;
+    t[b'.' as usize] = NIB_DOT;
+    t[b' ' as usize] = NIB_SPACE;
+    t
+};
 
 fn unnibble(n: u8) -> u8 {
     match n {
@@ -154,29 +169,48 @@ fn try_pack(
 ) -> Option<()> {
     let (origin, diff, tail) = split_line(line, client)?;
     let code = origins.code(origin)?;
-    out.push(code);
     let id = &line[client.0..client.1];
+    out.reserve(8 + id.len() + diff.len() / 2 + tail.len() / 2);
+    out.push(code);
     push_leb(out, id.len());
     out.extend_from_slice(id);
+    // The character codes first (on the stack for everyday lines), then two to a byte.
     // Plain loops: this runs for every record stored, debug builds included.
-    let mut high: Option<u8> = None;
-    let mut put = |n: u8| match high.take() {
-        None => high = Some(n),
-        Some(h) => out.push((h << 4) | n),
+    let count = diff.len() + 1 + tail.len() + 1;
+    let mut stack = [0u8; 160];
+    let mut heap = Vec::new();
+    let codes: &mut [u8] = if count <= stack.len() {
+        &mut stack[..count]
+    } else {
+        heap.resize(count, 0);
+        &mut heap
     };
+    let mut k = 0;
     for &b in diff {
-        match nibble(b) {
-            Some(NIB_SPACE) | None => return None,
-            Some(n) => put(n),
+        let n = NIBBLES[usize::from(b)];
+        if n >= NIB_SPACE {
+            return None;
         }
+        codes[k] = n;
+        k += 1;
     }
-    put(NIB_CLIENT);
+    codes[k] = NIB_CLIENT;
+    k += 1;
     for &b in tail {
-        put(nibble(b)?);
+        let n = NIBBLES[usize::from(b)];
+        if n == NIB_END {
+            return None;
+        }
+        codes[k] = n;
+        k += 1;
     }
-    put(NIB_END);
-    if let Some(h) = high {
-        out.push((h << 4) | NIB_END);
+    codes[k] = NIB_END;
+    let bytes = count.div_ceil(2);
+    let at = out.len();
+    out.resize(at + bytes, 0);
+    for (dst, pair) in out[at..].iter_mut().zip(codes.chunks(2)) {
+        let low = pair.get(1).copied().unwrap_or(NIB_END);
+        *dst = (pair[0] << 4) | low;
     }
     Some(())
 }
@@ -239,6 +273,15 @@ impl<'a> Packed<'a> {
         // (Plain index loops: this runs for every record read, debug builds included.)
         let mut i = 0;
         while i < 2 * nibbles.len() {
+            if i % 2 == 0 {
+                // A byte of two plain characters, the usual case: both at once.
+                let byte = nibbles[i / 2];
+                if byte >> 4 < NIB_SPACE && byte & 0x0f < NIB_SPACE {
+                    out.extend_from_slice(&PAIRS[usize::from(byte)]);
+                    i += 2;
+                    continue;
+                }
+            }
             let n = nibble_at(nibbles, i);
             i += 1;
             match n {
@@ -271,6 +314,27 @@ impl<'a> Packed<'a> {
             let field = self.raw().rsplit(|&b| b == b' ').next().unwrap_or_default();
             return TimeValue::parse(field).unwrap_or_default();
         }
+        // The time is the last field: its characters, read back from the end mark to the
+        // space before it, for everyday times (a longer one is read forwards below).
+        let nibbles = self.parts().1;
+        let mut back = [0u8; 48];
+        let (mut n, mut i) = (0, 2 * nibbles.len());
+        while i > 0 && n < back.len() {
+            i -= 1;
+            match nibble_at(nibbles, i) {
+                NIB_END => {}
+                NIB_SPACE | NIB_CLIENT => return time_of(back[..n].iter().rev().copied()),
+                c => {
+                    back[n] = c;
+                    n += 1;
+                }
+            }
+        }
+        self.time_forwards()
+    }
+
+    /// [`Packed::time`] of a packed line, read from the start.
+    fn time_forwards(self) -> TimeValue {
         // Digits after the space (the location's end): whole seconds, then up to nine
         // digits of the fraction (the rest truncated), exactly as `TimeValue::parse`.
         let (mut secs, mut nanos, mut frac) = (0u128, 0u32, 0u32);
@@ -367,6 +431,30 @@ fn nibble_at(nibbles: &[u8], i: usize) -> u8 {
     } else {
         b & 0x0f
     }
+}
+
+/// The value of a client time's character codes (digits and at most one dot): whole
+/// seconds, then up to nine digits of the fraction (the rest truncated), exactly as
+/// `TimeValue::parse`.
+fn time_of(codes: impl Iterator<Item = u8>) -> TimeValue {
+    let (mut secs, mut nanos, mut frac, mut in_frac) = (0u128, 0u32, 0u32, false);
+    for c in codes {
+        if c == NIB_DOT {
+            in_frac = true;
+        } else if in_frac {
+            if frac < 9 {
+                nanos = nanos * 10 + u32::from(c);
+                frac += 1;
+            }
+        } else {
+            secs = secs.saturating_mul(10).saturating_add(u128::from(c));
+        }
+    }
+    while frac < 9 {
+        nanos *= 10;
+        frac += 1;
+    }
+    TimeValue { secs, nanos }
 }
 
 /// Where the fields of an unpacked line lie in it: `line[a..b]` for each (a, b).
@@ -589,6 +677,7 @@ mod tests {
             "AT Hands +0.100000000 x +90-180 99999999999999999999.1234567891234",
             "AT B +0.000000000 kiwi.cs.ucla.edu +34.068930-118.445127 0001.000",
             "AT B +0.000000000 c +1+1 7.",
+            "AT B +0.000000000 c +1+1 12.000000000000000000000000000000000000000000000000000000009",
         ] {
             let _ = Record::parse(line.as_bytes()).map(|_| roundtrip(line, &mut o));
         }
