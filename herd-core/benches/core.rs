@@ -302,5 +302,62 @@ fn nearby(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, grammar, store, flood, nearby);
+/// A peer update received by a server: the line parsed (the AT line validated, its time and
+/// position read) and the record offered to a store of 100,000 clients that keeps the
+/// nearby index, each record newer than the one held (and moved by a few metres), as at
+/// every hop of a flood.
+fn peer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("peer");
+    let mut s = LocationStore::new(5);
+    s.set_nearby_index(true);
+    for r in city(100_000) {
+        s.offer(r);
+    }
+    let mut round = 0u64;
+    let mut next = 0usize;
+    let mut batch = move || {
+        round += 1;
+        (0..64)
+            .map(|_| {
+                next = (next + 7_919) % 100_000;
+                let lat = 34.0 + (next % 1000) as f64 * 1.8e-4 + (round % 5) as f64 * 1e-5;
+                let lon = -118.55 + (next / 1000) as f64 * 2.17e-3;
+                let r = placed(&format!("c{next}"), lat, lon, 10_000_000 + round);
+                PeerMsg::Update {
+                    seq: round,
+                    record: r,
+                }
+                .to_line()
+            })
+            .collect::<Vec<_>>()
+    };
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("parse_64_updates", |b| {
+        b.iter_batched(
+            &mut batch,
+            |lines| {
+                for l in &lines {
+                    black_box(PeerMsg::parse(&l[..l.len() - 1]).is_ok());
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("parse_and_store_64_newer_updates_in_100k", |b| {
+        b.iter_batched(
+            &mut batch,
+            |lines| {
+                for l in &lines {
+                    if let Ok(PeerMsg::Update { record, .. }) = PeerMsg::parse(&l[..l.len() - 1]) {
+                        black_box(s.offer(record));
+                    }
+                }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, grammar, store, flood, nearby, peer);
 criterion_main!(benches);

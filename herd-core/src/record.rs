@@ -48,9 +48,10 @@ const SECS_IN_LINE: u64 = u64::MAX;
 
 /// One client's location report as the herd keeps it: the origin's whole AT line.
 ///
-/// Kept compact (a million clients are a normal load): the line, the client time for
-/// ordering, and where the client id lies in the line. The location is read from the line
-/// when a WHATSAT needs it.
+/// The line and what is read from it once, when it is built or parsed: the client time for
+/// ordering, where the client id lies in the line, and the position. A record lives while
+/// it is handled or queued for a peer; the store keeps its own compact copy of the line
+/// (see [`crate::store`]) and gives back records built from it.
 #[derive(Clone)]
 pub struct Record {
     /// Whole seconds of the client time, or [`SECS_IN_LINE`] when they do not fit below it.
@@ -58,7 +59,15 @@ pub struct Record {
     nanos: u32,
     /// The client id's span in the line, or `(0, 0)` when it does not fit in 16 bits.
     client: (u16, u16),
+    /// Latitude and longitude in degrees, read from the location field.
+    position: (f64, f64),
     line: Line,
+}
+
+impl AsRef<Record> for Record {
+    fn as_ref(&self) -> &Record {
+        self
+    }
 }
 
 impl PartialEq for Record {
@@ -80,8 +89,8 @@ fn client_field(line: &[u8]) -> &[u8] {
 }
 
 impl Record {
-    fn build(line: &[u8], client_start: usize, time: TimeValue) -> Self {
-        let client_end = client_start + client_field(line).len();
+    fn build(line: &[u8], span: (usize, usize), time: TimeValue, position: (f64, f64)) -> Self {
+        let (client_start, client_end) = span;
         let client = match (u16::try_from(client_start), u16::try_from(client_end)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => (0, 0),
@@ -94,6 +103,7 @@ impl Record {
             secs,
             nanos: time.nanos,
             client,
+            position,
             line: Line::new(line),
         }
     }
@@ -115,7 +125,8 @@ impl Record {
         line.extend_from_slice(req.location);
         line.push(b' ');
         line.extend_from_slice(req.time);
-        Self::build(&line, start, req.time_value)
+        let span = (start, start + req.client.len());
+        Self::build(&line, span, req.time_value, (req.lat, req.lon))
     }
 
     /// Parses a stored AT line (`AT server diff client location time`, single spaces).
@@ -130,15 +141,51 @@ impl Record {
         if at != b"AT" || parts.next().is_some() {
             return Err(FieldError::ClientId);
         }
-        ServerName::from_bytes(server)?;
+        ServerName::check(server)?;
         TimeDiff::parse(diff)?;
         if client.is_empty() || client.iter().any(|&b| is_space(b)) {
             return Err(FieldError::ClientId);
         }
-        Location::degrees(location)?;
+        let position = Location::degrees(location)?;
         let time_value = TimeValue::parse(time)?;
         let start = at.len() + server.len() + diff.len() + 3;
-        Ok(Self::build(line, start, time_value))
+        Ok(Self::build(
+            line,
+            (start, start + client.len()),
+            time_value,
+            position,
+        ))
+    }
+
+    /// The record of an AT line the store kept (parsed when it was stored, so valid).
+    pub(crate) fn from_stored(line: &[u8]) -> Self {
+        Self::parse(line).unwrap_or_else(|_| {
+            let start = client_start(line);
+            let end = start + client_field(line).len();
+            Self::build(line, (start, end), TimeValue::default(), (0.0, 0.0))
+        })
+    }
+
+    /// The record of an AT line the store kept, with the fields it read from its packed
+    /// form: where the client id lies, the client time and the position.
+    pub(crate) fn from_stored_parts(
+        line: &[u8],
+        client: (usize, usize),
+        time: TimeValue,
+        position: (f64, f64),
+    ) -> Self {
+        Self::build(line, client, time, position)
+    }
+
+    /// Where the client id lies in the line: `at_line()[start..end]`.
+    pub(crate) fn client_span(&self) -> (usize, usize) {
+        match self.client {
+            (0, 0) => {
+                let start = client_start(self.at_line());
+                (start, start + self.client().len())
+            }
+            (a, b) => (usize::from(a), usize::from(b)),
+        }
     }
 
     /// The whole AT line, without a newline.
@@ -155,13 +202,6 @@ impl Record {
             (0, 0) => client_field(line),
             (a, b) => line.get(usize::from(a)..usize::from(b)).unwrap_or_default(),
         }
-    }
-
-    /// The compact seconds field of the client time (what [`crate::LocationStore::warm`]
-    /// touches to load the record into the cache).
-    #[inline]
-    pub(crate) fn compact_secs(&self) -> u64 {
-        self.secs
     }
 
     /// The client time.
@@ -181,11 +221,6 @@ impl Record {
         })
     }
 
-    fn location(&self) -> (f64, f64) {
-        let field = location_field(self.at_line());
-        Location::degrees(field).unwrap_or((0.0, 0.0))
-    }
-
     /// The location field as the client sent it (ISO 6709).
     pub fn location_text(&self) -> &[u8] {
         let line = self.at_line();
@@ -201,18 +236,21 @@ impl Record {
     }
 
     /// Latitude and longitude in degrees, parsed once.
+    #[inline]
     pub fn position(&self) -> (f64, f64) {
-        self.location()
+        self.position
     }
 
     /// Latitude in degrees.
+    #[inline]
     pub fn lat(&self) -> f64 {
-        self.location().0
+        self.position.0
     }
 
     /// Longitude in degrees.
+    #[inline]
     pub fn lon(&self) -> f64 {
-        self.location().1
+        self.position.1
     }
 
     /// The name of the server that received the IAMAT (the AT line's second field).
@@ -232,6 +270,12 @@ impl Record {
         };
         time.then_with(|| self.at_line().cmp(other.at_line()))
     }
+}
+
+/// Where the 4th field of an AT line starts (the line's length when it has none).
+fn client_start(line: &[u8]) -> usize {
+    let mut spaces = line.iter().enumerate().filter(|&(_, &b)| b == b' ');
+    spaces.nth(2).map_or(line.len(), |(i, _)| i + 1)
 }
 
 /// The location field of an AT line: the 5th field.
@@ -293,9 +337,9 @@ mod tests {
     }
 
     #[test]
-    fn a_record_with_an_everyday_line_is_one_small_allocation() {
-        // Arc counts plus the record: 120 bytes, a 128-byte allocator chunk.
-        assert_eq!(std::mem::size_of::<Record>(), 104);
+    fn a_record_with_an_everyday_line_is_one_allocation() {
+        // Arc counts plus the record: one allocator chunk, the line inside.
+        assert_eq!(std::mem::size_of::<Record>(), 120);
         let r = rec(
             "Goloman",
             "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",

@@ -119,13 +119,23 @@ impl ServerName {
     /// # Errors
     /// As [`ServerName::new`].
     pub fn from_bytes(b: &[u8]) -> Result<Self, FieldError> {
-        let ok =
-            !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
-        if !ok {
-            return Err(FieldError::ServerName);
-        }
+        Self::check(b)?;
         let s = std::str::from_utf8(b).map_err(|_| FieldError::ServerName)?;
         Ok(Self(s.into()))
+    }
+
+    /// Whether `b` is a valid server name, without making one (no allocation).
+    ///
+    /// # Errors
+    /// As [`ServerName::new`].
+    pub fn check(b: &[u8]) -> Result<(), FieldError> {
+        let ok =
+            !b.is_empty() && b.len() <= Self::MAX_LEN && b.iter().all(|c| c.is_ascii_graphic());
+        if ok {
+            Ok(())
+        } else {
+            Err(FieldError::ServerName)
+        }
     }
 
     /// The name as text.
@@ -224,9 +234,37 @@ fn coordinate(s: &[u8], limit: u64) -> Option<(f64, usize)> {
     if cmp_decimal(int, frac, limit) == std::cmp::Ordering::Greater {
         return None;
     }
-    let text = std::str::from_utf8(body).ok()?;
-    let v: f64 = text.parse().ok()?;
+    let v = match fast_decimal(int, frac) {
+        Some(v) => v,
+        None => std::str::from_utf8(body).ok()?.parse().ok()?,
+    };
     Some((if sign == b'-' { -v } else { v }, 1 + body_len))
+}
+
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The value of the decimal digits `int.frac` when it can be had without a general parser:
+/// at most 19 digits whose whole number fits 53 bits (every coordinate with up to 15
+/// significant digits). Then the digits as an integer and the power of ten are both exact
+/// in an `f64`, and one division rounds correctly, so this is the very `f64` that
+/// `str::parse` gives (Clinger's fast path); `None` otherwise.
+fn fast_decimal(int: &[u8], frac: &[u8]) -> Option<f64> {
+    if int.len() + frac.len() > 19 {
+        return None;
+    }
+    let m = int
+        .iter()
+        .chain(frac)
+        .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+    if m > 1 << 53 {
+        return None;
+    }
+    // `m` < 2^53 is exact as an f64; `frac.len()` <= 19 indexes the table.
+    Some(m as f64 / POW10[frac.len()])
 }
 
 impl Location {
@@ -702,5 +740,36 @@ mod tests {
         for bad in ["0", "21", "-1", "1.0", "", "100000000000000000000000"] {
             assert!(MaxItems::parse(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_fast_coordinate_parse_gives_the_standard_parse() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let int_len = 1 + (r % 3) as usize;
+            let frac_len = ((r >> 8) % 18) as usize;
+            let digits: Vec<u8> = (0..int_len + frac_len)
+                .map(|i| b'0' + ((next() >> (i % 8)) % 10) as u8)
+                .collect();
+            let (int, frac) = digits.split_at(int_len);
+            let text = format!(
+                "{}.{}",
+                std::str::from_utf8(int).unwrap(),
+                std::str::from_utf8(frac).unwrap()
+            );
+            let want: f64 = text.parse().unwrap();
+            if let Some(got) = super::fast_decimal(int, frac) {
+                assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+            }
+        }
+        assert_eq!(super::fast_decimal(b"34", b"068930"), Some(34.06893));
+        assert_eq!(super::fast_decimal(b"1", b"00000000000000000001"), None);
     }
 }

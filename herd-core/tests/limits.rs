@@ -252,7 +252,7 @@ fn records_expire_by_their_client_time_and_leave_store_digest_queries_and_deltas
     assert_ne!(a.store().digest(), before);
     assert_eq!(
         a.store().digest(),
-        herd_core::store::digest_of(a.store().records().map(|r| &**r))
+        herd_core::store::digest_of(a.store().records())
     );
     assert_eq!(a.poll_timeout(), Some(Timestamp(109_500_000_000)));
     // A WHATSAT after the expiry, even before the timer ran, is as for an unknown client

@@ -1112,8 +1112,16 @@ fn a_crashed_server_inside_the_tree_is_routed_around_and_gets_everything_back_wh
     }
     for r in &records {
         for i in (0..5).filter(|&i| i != wilkes) {
-            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
-            assert_eq!(got, Some(r.at_line()), "server {i} got it without Wilkes");
+            let got = sim
+                .node(i)
+                .store()
+                .get(r.client())
+                .map(|x| x.at_line().to_vec());
+            assert_eq!(
+                got.as_deref(),
+                Some(r.at_line()),
+                "server {i} got it without Wilkes"
+            );
         }
     }
     sim.restart(wilkes);
@@ -1174,8 +1182,16 @@ fn on_a_1000_server_herd_lost_links_and_crashed_servers_are_routed_around_and_no
         // Before any link returns, every server the record can still reach holds it.
         let can = reachable(&sim, o);
         for i in (0..n).filter(|&i| can[i]) {
-            let got = sim.node(i).store().get(r.client()).map(|x| x.at_line());
-            assert_eq!(got, Some(r.at_line()), "server {i} missed record {k}");
+            let got = sim
+                .node(i)
+                .store()
+                .get(r.client())
+                .map(|x| x.at_line().to_vec());
+            assert_eq!(
+                got.as_deref(),
+                Some(r.at_line()),
+                "server {i} missed record {k}"
+            );
         }
         records.push(r);
         if k == origins.len() - 1 {

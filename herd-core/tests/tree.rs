@@ -161,8 +161,8 @@ fn a_prune_received_makes_that_origin_announced_on_that_link_and_announcements_a
     assert_eq!(seqs, [1, 2, 3]);
     for e in entries {
         let held = a.store().get(&e.client).unwrap();
-        assert!(e.is_covered_by(held));
-        assert_eq!(e.hash, record_hash(held));
+        assert!(e.is_covered_by(&held));
+        assert_eq!(e.hash, record_hash(&held));
     }
     assert_eq!(a.stats().announce_messages_sent, 1);
     assert_eq!(a.stats().announcements_sent, 3);

@@ -810,7 +810,7 @@ impl Driver {
             }
             if any {
                 if j.wants_compaction(st.node.store().len()) {
-                    j.compact_in_background(st.node.store().records().cloned().collect());
+                    j.compact_in_background(st.node.store().snapshot());
                 }
                 if flush == Flush::Soon && st.journal_due.is_none() {
                     st.journal_due = Some(clock::now().plus(JOURNAL_PEER_FLUSH));
@@ -957,7 +957,10 @@ impl Driver {
     pub(crate) fn sample_records(&self, max: usize) -> (Vec<Arc<Record>>, usize) {
         let st = lock(&self.state);
         let store = st.node.store();
-        (store.records().take(max).cloned().collect(), store.len())
+        (
+            store.records().take(max).map(Arc::new).collect(),
+            store.len(),
+        )
     }
 
     /// The client's newest record as this server holds it (its AT line).

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use herd_core::store::Snapshot;
 use herd_core::Record;
 use tracing::{error, info, warn};
 
@@ -308,15 +309,21 @@ impl Journal {
     ///
     /// # Errors
     /// The new file cannot be written or renamed; the old one is then kept.
-    pub fn compact_from(&self, snapshot: &[Arc<Record>], since: u64) -> std::io::Result<()> {
+    pub fn compact_from<R: AsRef<Record>>(
+        &self,
+        snapshot: impl IntoIterator<Item = R>,
+        since: u64,
+    ) -> std::io::Result<()> {
         let mut f = lock(&self.file);
         let tmp = self.path.with_extension("journal.tmp");
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        let mut bytes = 0u64;
+        let (mut bytes, mut records) = (0u64, 0u64);
         for r in snapshot {
+            let r = r.as_ref();
             out.write_all(r.at_line())?;
             out.write_all(b"\n")?;
             bytes += r.at_line().len() as u64 + 1;
+            records += 1;
         }
         // Records flushed to the old file after the snapshot was taken are in no snapshot:
         // copy them (records flushed before are in it; a few may be in both, which is harmless).
@@ -354,10 +361,8 @@ impl Journal {
         match result {
             Ok(file) => {
                 f.file = file;
-                self.lines.store(
-                    snapshot.len() as u64 + tail_lines + lines,
-                    Ordering::Relaxed,
-                );
+                self.lines
+                    .store(records + tail_lines + lines, Ordering::Relaxed);
                 self.file_len.store(bytes + n, Ordering::Release);
                 self.written.fetch_add(n, Ordering::Release);
                 Ok(())
@@ -381,7 +386,7 @@ impl Journal {
     /// Starts [`Journal::compact_from`] on its own thread (at most one at a time). Call it
     /// under the node's lock, right after taking `snapshot` there: the file's length is read
     /// now, so whatever is flushed after this call is copied into the new file.
-    pub fn compact_in_background(self: &Arc<Self>, snapshot: Vec<Arc<Record>>) {
+    pub fn compact_in_background(self: &Arc<Self>, snapshot: Snapshot) {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -391,7 +396,7 @@ impl Journal {
             .name("herd-journal".into())
             .spawn(move || {
                 let before = me.lines();
-                match me.compact_from(&snapshot, since) {
+                match me.compact_from(snapshot.records(), since) {
                     Ok(()) => info!(path = %me.path.display(), before, after = me.lines(), "journal compacted"),
                     Err(e) => warn!(path = %me.path.display(), error = %e, "journal compaction failed; kept the old file"),
                 }

@@ -304,7 +304,7 @@ fn restore(
     for r in restored.records {
         node.restore(now, r);
     }
-    let snapshot: Vec<Arc<Record>> = node.store().records().cloned().collect();
+    let snapshot: Vec<Arc<Record>> = node.store().records().map(Arc::new).collect();
     journal.compact(&snapshot).map_err(with_path)?;
     crate::scope::enter(log_index, || {
         info!(

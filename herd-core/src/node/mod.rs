@@ -713,8 +713,8 @@ impl<S: PeerSink> Node<S> {
         if let Some(record) = self.store.get(req.client) {
             self.stats.whatsats_local += 1;
             return ClientAction::Places {
-                query: places_query(record, req.radius, req.max_items),
-                record: record.clone(),
+                query: places_query(&record, req.radius, req.max_items),
+                record: Arc::new(record),
             };
         }
         let asker = Asker {
@@ -770,7 +770,7 @@ impl<S: PeerSink> Node<S> {
             return;
         }
         let mut gone = Vec::new();
-        let n = self.store.expire_each(now, |r| gone.push(r.clone()));
+        let n = self.store.expire_with(now, |r| gone.push(r));
         self.stats.expired += n as u64;
         for record in gone {
             self.fence_crossings(Some(record.position()), None, &record);
@@ -796,7 +796,7 @@ impl<S: PeerSink> Node<S> {
             Refusal::Future
         } else if cfg
             .max_records
-            .is_some_and(|max| self.store.len() >= max && self.store.get(record.client()).is_none())
+            .is_some_and(|max| self.store.len() >= max && !self.store.contains(record.client()))
         {
             Refusal::Full
         } else {
@@ -828,7 +828,7 @@ impl<S: PeerSink> Node<S> {
         // With fences, the position the record replaces decides what it crosses.
         let watching = !self.fences.is_empty();
         let old = watching
-            .then(|| self.store.get(record.client()).map(|r| r.position()))
+            .then(|| self.store.position(record.client()))
             .flatten();
         let Offer::Stored(seq) = self.store.offer_from(record.clone(), source) else {
             self.stats.stale += 1;

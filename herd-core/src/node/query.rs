@@ -122,7 +122,7 @@ impl<S: PeerSink> Node<S> {
             self.send(from, &answer(None));
             return;
         }
-        if let Some(record) = self.store.get(&client).cloned() {
+        if let Some(record) = self.store.get(&client).map(Arc::new) {
             self.send(from, &answer(Some(record)));
             self.forward_query(now, Parent::Peer(from), key, client, Vec::new());
             return;
@@ -165,7 +165,7 @@ impl<S: PeerSink> Node<S> {
         client: &[u8],
         answer: Option<Arc<Record>>,
     ) {
-        let record = self.store.get(client).cloned().or(answer);
+        let record = self.store.get(client).map(Arc::new).or(answer);
         match parent {
             Parent::Peer(p) => {
                 let msg = PeerMsg::Answer {

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use super::{LinkState, Node};
 use crate::peer::PeerMsg;
 use crate::ports::{PeerId, PeerSink};
-use crate::record::Record;
-use crate::store::is_expired;
+use crate::store::{is_expired, Change};
 use crate::types::Timestamp;
 
 /// A reconciliation delta on its way to a neighbour.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Resync {
-    /// Records still to send, in log order.
-    pending: VecDeque<(u64, Arc<Record>)>,
+    /// Changes still to send, in log order (each record is read from the store when it is
+    /// sent: a change superseded meanwhile is listed again under its new number).
+    pending: VecDeque<Change>,
     /// The highest log position covered so far: what changed after it is sent next.
     covered: u64,
 }
@@ -69,7 +69,7 @@ impl<S: PeerSink> Node<S> {
             if resync.pending.is_empty() {
                 // What changed since the last snapshot, leaving out what this incarnation of
                 // the peer sent us: it holds that (or something newer), so no echo.
-                let more = self.store.changed_since_except(resync.covered, link.source);
+                let more = self.store.changes_since_except(resync.covered, link.source);
                 if more.is_empty() {
                     link.resync = None;
                     link.state = LinkState::Up;
@@ -86,16 +86,20 @@ impl<S: PeerSink> Node<S> {
                 self.sink.notify_drained(peer);
                 return;
             }
-            let Some((seq, record)) = self.links[peer.0]
+            let Some(change) = self.links[peer.0]
                 .resync
                 .as_mut()
                 .and_then(|r| r.pending.pop_front())
             else {
                 return;
             };
+            let seq = change.seq;
             if let Some(r) = self.links[peer.0].resync.as_mut() {
                 r.covered = seq;
             }
+            let Some(record) = self.store.change(change) else {
+                continue;
+            };
             if self
                 .cfg
                 .record_ttl
@@ -105,6 +109,7 @@ impl<S: PeerSink> Node<S> {
             }
             self.stats.updates_sent += 1;
             self.stats.resync_records += 1;
+            let record = Arc::new(record);
             self.send(peer, &PeerMsg::Update { seq, record });
         }
     }

@@ -288,7 +288,7 @@ impl<S: PeerSink> Node<S> {
             if self
                 .store
                 .get(&a.client)
-                .is_some_and(|held| a.is_covered_by(held))
+                .is_some_and(|held| a.is_covered_by(&held))
             {
                 continue;
             }
@@ -340,7 +340,7 @@ impl<S: PeerSink> Node<S> {
         if self.links[from.0].state != LinkState::Up {
             return;
         }
-        let Some(record) = self.store.get(client).cloned() else {
+        let Some(record) = self.store.get(client).map(Arc::new) else {
             // Expired meanwhile: nothing to send, nobody keeps it.
             return;
         };
@@ -436,7 +436,7 @@ impl<S: PeerSink> Node<S> {
     /// and wait again. When none is left, the entry waits for an answer, a newer record or
     /// the announcers' next sessions (whose digests ask for what is missing).
     fn graft(&mut self, now: Timestamp, t: Timestamp, client: Box<[u8]>) {
-        let held = self.store.get(&client).cloned();
+        let held = self.store.get(&client);
         let timeout = self.cfg.graft_timeout;
         let Some(m) = self.tree.missing.get_mut(&client) else {
             return;

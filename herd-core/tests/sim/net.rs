@@ -361,6 +361,9 @@ impl Net {
     }
 }
 
+/// A node's records and the (digest, count) of its store when they were read.
+type HeldRecords = ((u64, usize), Vec<Arc<Record>>);
+
 /// The node's peer port: pushes into the simulated network.
 pub(crate) struct SimSink {
     node: usize,
@@ -587,6 +590,10 @@ pub(crate) struct Sim {
     ids: SeededIds,
     model: Model,
     losses_dirty: bool,
+    /// Each node's records as loss accounting last read them, by (digest, count): the store
+    /// builds a record from its packed line on every read, so an unchanged store is not read
+    /// again.
+    held: Vec<Option<HeldRecords>>,
     pending: HashMap<(usize, u64, u64), PendingQuery>,
     pub(crate) done: Vec<DoneQuery>,
     /// Partition: side of each node, while one is in force.
@@ -672,6 +679,7 @@ impl Sim {
                 ..Model::default()
             },
             losses_dirty: false,
+            held: vec![None; n],
             pending: HashMap::new(),
             done: Vec::new(),
             partition: None,
@@ -1206,7 +1214,7 @@ impl Sim {
         }
         if self.cfg.journals {
             // Compacted, as herd-net rewrites it at start.
-            self.disks[i] = node.store().records().cloned().collect();
+            self.disks[i] = node.store().records().map(Arc::new).collect();
         }
         self.nodes[i] = Some(node);
         for l in self.links_of(i) {
@@ -1349,8 +1357,13 @@ impl Sim {
                 best.insert(r.client().to_vec(), r.clone());
             }
         };
-        for n in self.nodes.iter().flatten() {
-            n.store().records().for_each(&mut offer);
+        for (n, held) in self.nodes.iter().zip(&mut self.held) {
+            let Some(n) = n else { continue };
+            let key = (n.store().digest(), n.store().len());
+            if held.as_ref().is_none_or(|(k, _)| *k != key) {
+                *held = Some((key, n.store().records().map(Arc::new).collect()));
+            }
+            held.iter().flat_map(|(_, rs)| rs).for_each(&mut offer);
         }
         // A crashed node's disk comes back with it (every node restarts before settling).
         self.disks.iter().flatten().for_each(&mut offer);
