@@ -108,7 +108,10 @@ impl Record {
         }
     }
 
-    /// The record an IAMAT received by `server` at `now` makes: builds its AT line.
+    /// The record an IAMAT received by `server` at `now` makes: builds its AT line. Its
+    /// position is the request's `lat` and `lon`, which must be what [`Location::degrees`]
+    /// gives for its location text (as [`crate::protocol::parse_client_line`] makes them):
+    /// the store's nearby index finds a record's old key from the text it keeps.
     pub fn from_iamat(server: &ServerName, now: Timestamp, req: &IAmAt<'_>) -> Self {
         let diff = TimeDiff::between(now, req.time_value);
         let len = 3 + server.as_str().len() + 1 + 24 + 1;
