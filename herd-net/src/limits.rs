@@ -49,9 +49,10 @@ pub const PEER_LINE_SLACK: usize = 1024;
 /// Default longest client id: 256 bytes ([`herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES`]).
 pub const DEFAULT_MAX_CLIENT_ID_BYTES: usize = herd_core::node::DEFAULT_MAX_CLIENT_ID_BYTES;
 /// Bytes of memory one stored record is assumed to cost when [`default_max_records`] sizes
-/// the store: 400, twice the ~190–200 bytes per client measured at a million clients
-/// (bench/README.md, T7: the store, its index and the allocator's slack), to leave room for
-/// long client ids and locations, the journal's buffers and peer queues.
+/// the store: 400, about 4.5 times the 85–90 bytes per client measured at a million clients
+/// (bench/README.md, T7: the store, its index and the allocator's slack; it was ~190 before
+/// the store packed its lines), to leave room for long client ids and locations, lines that do
+/// not pack, the journal's buffers, peer queues and a reconciliation's snapshot.
 pub const BYTES_PER_RECORD: u64 = 400;
 /// The share of the machine's memory [`default_max_records`] lets the store use: one half.
 pub const MEMORY_SHARE_DIVISOR: u64 = 2;

@@ -471,7 +471,8 @@ async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_reco
     let herd = loop {
         match herd_server::start(&config, &names, static_places(), "static").await {
             Ok(h) => break h,
-            Err(e) if e.to_string().contains("in use") && tries < 200 => {
+            // "in use" is in the error's cause, not its own line: read the whole chain.
+            Err(e) if error_chain(&e).contains("in use") && tries < 200 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -485,4 +486,16 @@ async fn the_journal_is_compacted_in_the_background_and_restores_the_newest_reco
     let first = String::from_utf8_lossy(lines(&reply)[0]).into_owned();
     assert!(first.ends_with(" jc7 +1+1 29\n"), "{first}");
     herd.shutdown().await;
+}
+
+/// An error and all its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
