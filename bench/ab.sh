@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A/B benchmark: two herd-server builds side by side in one run, rounds interleaved (A, B, A,
 # B, ...), both driven by the same herd-cli (B's). Rows T1 (one server, pipeline 1), T2 (one
-# server, pipeline 16), T3 (classic clients) and T4 (the default herd of five servers,
-# pipeline 16 over all), as in bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
+# server, pipeline 16), T3 (classic clients), T4 (the default herd of five servers in one
+# process, pipeline 16 over all) and T4P (the same herd as five processes, one per server, a
+# deployment's shape), as in bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
 #
 #   bench/ab.sh OLD_TARGET_DIR [NEW_TARGET_DIR]
 #
@@ -13,7 +14,7 @@
 #   bench/ab.sh /tmp/herd-old/target
 #
 # Environment: ROUNDS [5] rounds per build and row, ROUND_S [2] seconds per round,
-# ROWS ["T1 T2 T3 T4"] which rows (T3: classic clients, a new connection per IAMAT),
+# ROWS ["T1 T2 T3 T4"] which rows (T4P also exists) (T3: classic clients, a new connection per IAMAT),
 # RESULTS [bench/ab-results.md] where the table goes; LIMITS_A, LIMITS_B: JSON objects merged
 # into the config's "limits" of A's or B's servers (e.g. LIMITS_B='{"nearby_index": false}'
 # with the same build as A and B measures what one setting costs).
@@ -47,8 +48,9 @@ TMP=$(mktemp -d /tmp/herd-ab.XXXXXX)
 PID=""
 stop() {
     [[ -n $PID ]] || return 0
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    local p
+    for p in $PID; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $PID; do wait "$p" 2>/dev/null || true; done
     PID=""
 }
 trap 'stop; rm -rf "$TMP"' EXIT
@@ -57,7 +59,7 @@ trap 'exit 130' INT TERM
 start() { # start BINARY KIND(single|default) [LIMITS_JSON]: sets CFG, PID
     local bin=$1 kind=$2 limits=${3:-} want=1 i
     CFG=$TMP/herd-$kind.json
-    if [[ $kind == default ]]; then
+    if [[ $kind == default || $kind == five ]]; then
         "${TOOLS[@]}" config "$CFG" default "$REPO/deploy/herd.json"; want=5
     else
         "${TOOLS[@]}" config "$CFG" single Goloman
@@ -66,8 +68,19 @@ start() { # start BINARY KIND(single|default) [LIMITS_JSON]: sets CFG, PID
         python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c.setdefault("limits", {}).update(json.loads(sys.argv[2])); json.dump(c, open(sys.argv[1], "w"))' "$CFG" "$limits"
     fi
     rm -rf "$TMP/logs"; mkdir -p "$TMP/logs"
-    env -u RUST_LOG "$bin" --config "$CFG" --all --log-dir "$TMP/logs" 2>"$TMP/server.err" &
-    PID=$!
+    if [[ $kind == five ]]; then
+        # One process per server; their stderr together, for the "listening on" count.
+        : >"$TMP/server.err"
+        PID=""
+        local n
+        for n in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["servers"]))' "$CFG"); do
+            env -u RUST_LOG "$bin" --config "$CFG" --log-dir "$TMP/logs" "$n" 2>>"$TMP/server.err" &
+            PID+=" $!"
+        done
+    else
+        env -u RUST_LOG "$bin" --config "$CFG" --all --log-dir "$TMP/logs" 2>"$TMP/server.err" &
+        PID=$!
+    fi
     for ((i = 0; i < 150; i++)); do
         if [[ $(grep -c ' listening on ' "$TMP/server.err" 2>/dev/null || true) -ge $want ]]; then
             [[ $want == 1 ]] && return 0
@@ -134,7 +147,8 @@ for r in $ROWS; do
         T2) row "T2: 1 server, IAMAT, pipeline 16" single --to Goloman load -c "$CONNS" -d 16 ;;
         T3) row "T3: 1 server, classic clients (a connection per IAMAT)" single --to Goloman load --mode classic -c "$CONNS" ;;
         T4) row "T4: 5 servers, IAMAT, pipeline 16 over all" default load --all -c "$CONNS" -d 16 ;;
-        *) die "unknown row $r (T1 T2 T3 T4)" ;;
+        T4P) row "T4P: 5 servers as 5 processes, IAMAT, pipeline 16 over all" five load --all -c "$CONNS" -d 16 ;;
+        *) die "unknown row $r (T1 T2 T3 T4 T4P)" ;;
     esac
 done
 cat "$RESULTS"
