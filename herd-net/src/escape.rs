@@ -98,6 +98,88 @@ pub fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// What [`push_escaped_quoting`] saw in the bytes it wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// A space.
+    pub(crate) space: bool,
+    /// A `"` (written as `\"`).
+    pub(crate) quote: bool,
+}
+
+/// Appends `bytes` escaped as [`push_escaped`] does and with every `"` as `\"` (the inside of
+/// a quoted log value), in one pass that also notes whether a space or a quote was there.
+pub(crate) fn push_escaped_quoting(out: &mut Vec<u8>, bytes: &[u8]) -> Seen {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Whether any byte of `v` is zero (exact as a yes or no).
+    #[inline]
+    fn zero_bytes(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGH
+    }
+    out.reserve(bytes.len() + 2);
+    let mut seen = Seen::default();
+    let mut spaces = 0u64;
+    // Bytes from `plain` to `i` are copied as they are when the next escape (or the end) comes.
+    let mut plain = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let x = u64::from_le_bytes(word);
+            let flagged = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+                | (x & HIGH)
+                | zero_bytes(x ^ (ONES * 0x7f))
+                | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+                | zero_bytes(x ^ (ONES * u64::from(b'"')));
+            if flagged == 0 {
+                spaces |= zero_bytes(x ^ (ONES * u64::from(b' ')));
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        let esc: &[u8] = match b {
+            b' ' => {
+                seen.space = true;
+                i += 1;
+                continue;
+            }
+            b'"' => {
+                seen.quote = true;
+                b"\\\""
+            }
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            b'\\' => b"\\\\",
+            b if needs_escape(b) => b"",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        i += 1;
+        plain = i;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    seen.space |= spaces != 0;
+    seen
+}
+
 /// Bytes of the escaped form of byte `b` when it is escaped (`\n`: 2, `\xNN`: 4).
 #[inline]
 fn escaped_width(b: u8) -> usize {

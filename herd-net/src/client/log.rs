@@ -39,6 +39,8 @@ pub(super) struct BatchLog {
     prefix: Vec<u8>,
     /// The batch's log lines, formatted here and handed over in one call (reused).
     text: Vec<u8>,
+    /// The batch's timestamp, formatted (reused).
+    stamp: Vec<u8>,
 }
 
 impl BatchLog {
@@ -51,6 +53,7 @@ impl BatchLog {
             notes: Vec::new(),
             prefix: Vec::new(),
             text: Vec::new(),
+            stamp: Vec::with_capacity(32),
         }
     }
 
@@ -74,7 +77,8 @@ impl BatchLog {
         let mut notes = std::mem::take(&mut self.notes);
         let mut text = std::mem::take(&mut self.text);
         text.clear();
-        let mut stamp = Vec::with_capacity(32);
+        let mut stamp = std::mem::take(&mut self.stamp);
+        stamp.clear();
         let bulk = self.bulk.is_some();
         let max = self.max;
         if bulk {
@@ -130,6 +134,7 @@ impl BatchLog {
         self.text = text;
         notes.clear();
         self.notes = notes;
+        self.stamp = stamp;
     }
 }
 

@@ -102,6 +102,8 @@ struct Input {
     first: bool,
     /// When the bytes in `buf` arrived.
     now: Timestamp,
+    /// The same on the monotonic clock.
+    read_at: Instant,
     /// Lines taken from `buf` so far.
     lines: u64,
     /// The line in `buf` not complete yet must be by then (`None`: `buf` is empty).
@@ -205,6 +207,12 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Sets TCP_NODELAY on the socket underneath.
     fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
 
+    /// Writes what the socket takes of `bytes` now, without waiting and without the runtime's
+    /// future machinery; returns how many bytes it took (0: none, or not supported here).
+    fn write_now(&mut self, _bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+
     /// Whether closing must say so in the stream itself (TLS's close_notify), even after
     /// the client's end of stream.
     fn closes_in_band(&self) -> bool {
@@ -215,6 +223,20 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
 impl ClientStream for TcpStream {
     fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
         TcpStream::set_nodelay(self, on)
+    }
+
+    fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.try_write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
     }
 }
 
@@ -247,6 +269,7 @@ impl Conn {
                 stop: Stop::No,
                 first: true,
                 now: clock::now(),
+                read_at: Instant::now(),
                 lines: 0,
                 line_deadline: None,
                 held: false,
@@ -265,6 +288,10 @@ impl Conn {
     /// Runs until the connection is done; returns the first line if it is a peer handshake.
     async fn run<S: ClientStream>(&mut self, stream: &mut S) -> std::io::Result<Option<BytesMut>> {
         let idle_limit = self.settings.limits.idle_timeout;
+        // The idle timer is armed at a deadline and not moved by every read or write (that
+        // costs a timer update per message): activity only notes its time in `last_active`,
+        // and the timer, when it fires, checks it and re-arms at the deadline it implies.
+        let mut last_active = Instant::now();
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
         let line_limit = self.settings.limits.line_timeout;
@@ -273,6 +300,12 @@ impl Conn {
         tokio::pin!(line_timer);
         let mut line_armed: Option<Instant> = None;
         let token = self.driver.token().clone();
+        // Made once: a `cancelled()` future made anew per turn registers and unregisters a
+        // waiter (two locks) every time.
+        let shutdown = token.cancelled();
+        tokio::pin!(shutdown);
+        // Input arrived since the last write (whose time is `last_active` already).
+        let mut fresh_input = false;
         loop {
             let more = match self.process_lines() {
                 Ok(more) => more,
@@ -289,26 +322,35 @@ impl Conn {
                         warn!(addr = %self.addr, error = %e, "cannot set TCP_NODELAY");
                     }
                 }
-                // A client that reads nothing for the idle time loses its connection; one
-                // that holds fences, as soon as its events pile up.
-                let dropped = self.pushes.as_ref().map(|p| p.dropped.clone());
-                let write = timeout(idle_limit, write_flush(stream, &self.output.out));
-                tokio::select! {
-                    r = write => match r {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            info!(addr = %self.addr, "client does not read its replies; closing connection");
+                // The usual case: the socket takes it all at once.
+                let done = stream.write_now(&self.output.out)?;
+                if done < self.output.out.len() {
+                    // A client that reads nothing for the idle time loses its connection; one
+                    // that holds fences, as soon as its events pile up.
+                    let dropped = self.pushes.as_ref().map(|p| p.dropped.clone());
+                    let rest = &self.output.out[done..];
+                    let write = timeout(idle_limit, write_flush(stream, rest));
+                    tokio::select! {
+                        r = write => match r {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                info!(addr = %self.addr, "client does not read its replies; closing connection");
+                                return Ok(None);
+                            }
+                        },
+                        () = cancelled(dropped.as_ref()) => {
+                            self.input.stop = Stop::SlowSubscriber;
                             return Ok(None);
                         }
-                    },
-                    () = cancelled(dropped.as_ref()) => {
-                        self.input.stop = Stop::SlowSubscriber;
-                        return Ok(None);
                     }
+                    fresh_input = false;
                 }
                 self.output.out.clear();
-                // Idle means no input and no output: a slow reply restarts the clock.
-                idle.as_mut().reset(Instant::now() + idle_limit);
+                // Idle means no input and no output: a slow reply restarts the clock (a reply
+                // to input just read goes out within microseconds of its read time).
+                if !std::mem::take(&mut fresh_input) {
+                    last_active = Instant::now();
+                }
             }
             // Lines held back while too many replies waited go on as soon as there is room
             // (the waiting replies may all have finished by now).
@@ -334,13 +376,15 @@ impl Conn {
                     queue.pop_front();
                     self.output.out.extend_from_slice(&reply);
                 }
-                () = token.cancelled(), if input.stop == Stop::No => input.stop = Stop::Shutdown,
+                () = &mut shutdown, if input.stop == Stop::No => input.stop = Stop::Shutdown,
                 r = stream.read_buf(&mut input.buf), if input.stop == Stop::No && queue.len() < MAX_WAITING => {
                     if r? == 0 {
                         input.stop = Stop::Eof;
                     }
                     input.now = clock::now();
-                    idle.as_mut().reset(Instant::now() + idle_limit);
+                    input.read_at = Instant::now();
+                    last_active = input.read_at;
+                    fresh_input = true;
                     if input.buf.capacity() - input.buf.len() < READ_CHUNK / 4 {
                         input.buf.reserve(READ_CHUNK);
                     }
@@ -360,8 +404,13 @@ impl Conn {
                 },
                 // A connection holding fences waits for events: it is never idle.
                 () = &mut idle, if input.stop == Stop::No && queue.is_empty() && pushes.is_none() => {
-                    info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
-                    input.stop = Stop::Idle;
+                    let due = last_active + idle_limit;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                    } else {
+                        info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
+                        input.stop = Stop::Idle;
+                    }
                 }
                 () = &mut line_timer, if input.stop == Stop::No && line_armed.is_some() && queue.len() < MAX_WAITING => {
                     if let Some(suppressed) = self.driver.refusals().line_timeouts.hit() {
@@ -401,7 +450,7 @@ impl Conn {
         if input.buf.is_empty() {
             input.line_deadline = None;
         } else if input.line_deadline.is_none() || input.lines != lines_before {
-            input.line_deadline = Some(Instant::now() + self.settings.limits.line_timeout);
+            input.line_deadline = Some(input.read_at + self.settings.limits.line_timeout);
         }
     }
 
