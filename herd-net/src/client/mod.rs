@@ -25,13 +25,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use herd_core::{ClientAction, Timestamp};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
 use self::at_once::AtOnce;
@@ -97,6 +96,9 @@ enum Stop {
 struct Input {
     codec: LineCodec,
     buf: BytesMut,
+    /// Bytes at the front of `buf` handled in the batch under way: lines are handled (and
+    /// logged) where they lie, and taken out of `buf` all at once after the batch.
+    pos: usize,
     stop: Stop,
     /// The next line is the connection's first.
     first: bool,
@@ -266,6 +268,7 @@ impl Conn {
             input: Input {
                 codec: LineCodec::new(max),
                 buf: BytesMut::with_capacity(READ_CHUNK),
+                pos: 0,
                 stop: Stop::No,
                 first: true,
                 now: clock::now(),
@@ -437,7 +440,10 @@ impl Conn {
         // output is durable before the reply leaves.
         let lines_before = self.input.lines;
         let result = driver.client_batch(|turn| self.process_batch(turn));
-        self.log.write(self.input.now, &self.output.out);
+        self.log
+            .write(self.input.now, &self.input.buf, &self.output.out);
+        let handled = std::mem::take(&mut self.input.pos);
+        self.input.buf.advance(handled);
         self.arm_line_deadline(lines_before);
         result
     }
@@ -461,19 +467,19 @@ impl Conn {
         loop {
             let input = &mut self.input;
             if warm_left == 0 && matches!(input.stop, Stop::No | Stop::Shutdown | Stop::Eof) {
-                warm_left = turn.warm(&input.buf);
+                warm_left = turn.warm(input.buf.get(input.pos..).unwrap_or_default());
             }
             warm_left = warm_left.saturating_sub(1);
             let decoded = match input.stop {
-                Stop::Eof => input.codec.decode_eof(&mut input.buf),
+                Stop::Eof => input.codec.find_eof(&input.buf, input.pos),
                 // At shutdown, complete lines already received are still answered.
-                Stop::No | Stop::Shutdown => input.codec.decode(&mut input.buf),
+                Stop::No | Stop::Shutdown => input.codec.find(&input.buf, input.pos),
                 Stop::TooLong | Stop::Idle | Stop::LineTimeout | Stop::SlowSubscriber => {
                     return Ok(false)
                 }
             };
-            let line = match decoded {
-                Ok(Some(line)) => line,
+            let (end, next) = match decoded {
+                Ok(Some(found)) => found,
                 Ok(None) => return Ok(false),
                 Err(LineError::TooLong { max }) => {
                     warn!(addr = %self.addr, max, "client line over the length limit; closing connection");
@@ -487,10 +493,17 @@ impl Conn {
                 }
             };
             input.lines += 1;
-            if std::mem::take(&mut input.first) && herd_core::peer::is_handshake(&line) {
+            let start = input.pos;
+            if std::mem::take(&mut input.first)
+                && herd_core::peer::is_handshake(&input.buf[start..end])
+            {
+                input.buf.advance(start);
+                let mut line = input.buf.split_to(next - start);
+                line.truncate(end - start);
                 return Err(line);
             }
-            self.handle_line(turn, line);
+            input.pos = next;
+            self.handle_line(turn, start, end);
             if self.output.out.len() >= FLUSH_AT {
                 return Ok(true);
             }
@@ -502,38 +515,41 @@ impl Conn {
         }
     }
 
-    fn handle_line(&mut self, turn: &mut ClientTurn<'_>, line: BytesMut) {
+    /// Handles the line `input.buf[start..end]`.
+    fn handle_line(&mut self, turn: &mut ClientTurn<'_>, start: usize, end: usize) {
+        let line = &self.input.buf[start..end];
+        let span = (start, end);
         let output = &mut self.output;
         let direct = output.queue.is_empty();
         let mut side = Vec::new();
         let target = if direct { &mut output.out } else { &mut side };
-        let start = target.len();
-        if self.pushes.is_none() && names_fence(&line) {
+        let out_start = target.len();
+        if self.pushes.is_none() && names_fence(line) {
             let queue = self.settings.limits.fence_queue_lines;
             self.pushes = Some(turn.subscribe(&self.driver, queue));
         }
         let from = self.pushes.as_ref().map(Pushes::id);
-        let action = turn.line(self.input.now, from, &line, target);
+        let action = turn.line(self.input.now, from, line, target);
         let max = self.settings.limits.log_line_bytes;
         match action {
             ClientAction::Silent => {
-                debug!(addr = %self.addr, msg = %Clipped::new(&line, max), "blank line");
+                debug!(addr = %self.addr, msg = %Clipped::new(line, max), "blank line");
             }
             ClientAction::Replied if direct => {
-                let end = output.out.len();
-                self.log.note(line, Note::Replied(start, end));
+                let out_end = output.out.len();
+                self.log.note(span, Note::Replied(out_start, out_end));
             }
             ClientAction::Replied => {
                 info!(
                     addr = %self.addr,
-                    msg = %Clipped::new(&line, max),
+                    msg = %Clipped::new(line, max),
                     reply = %Clipped::new(&side, max),
                     "client message"
                 );
                 output.queue.push_back(Slot::Ready(side));
             }
             ClientAction::Places { record, query } => {
-                self.log.note(line, Note::Places);
+                self.log.note(span, Note::Places);
                 let (tx, rx) = oneshot::channel();
                 let driver = self.driver.clone();
                 let settings = self.settings.clone();
@@ -545,7 +561,7 @@ impl Conn {
                 output.queue.push_back(Slot::Waiting(rx));
             }
             ClientAction::Pending { ticket } => {
-                self.log.note(line, Note::Herd);
+                self.log.note(span, Note::Herd);
                 let answer = turn.wait_for(ticket);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let driver = self.driver.clone();
