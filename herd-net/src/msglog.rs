@@ -268,7 +268,7 @@ mod tests {
                     state ^= state >> 7;
                     state ^= state << 17;
                     // Mostly plain letters, so that whole plain words come up too.
-                    if state % 3 == 0 {
+                    if state.is_multiple_of(3) {
                         alphabet[(state >> 8) as usize % alphabet.len()]
                     } else {
                         b'a' + (state >> 16) as u8 % 26
