@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use herd_core::Timestamp;
 
-use crate::escape::{clip_len, push_escaped, push_escaped_quoting};
+use crate::escape::{clip_len, push_escaped};
 
 /// A sink for pre-formatted log lines of one server.
 pub trait MessageLog: Send + Sync {
@@ -24,19 +24,29 @@ pub fn push_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     let nanos = t.as_nanos();
     let secs = nanos / 1_000_000_000;
     let micros = (nanos % 1_000_000_000) / 1000;
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    // Once per batch of log lines: digits by hand, not through `fmt`. (Nanoseconds in a u64
-    // end in 2554: the year has four digits.)
-    let mut text = *b"0000-00-00T00:00:00.000000Z";
-    put_digits(&mut text[0..4], y);
-    put_digits(&mut text[5..7], m);
-    put_digits(&mut text[8..10], d);
-    put_digits(&mut text[11..13], sod / 3600);
-    put_digits(&mut text[14..16], sod % 3600 / 60);
-    put_digits(&mut text[17..19], sod % 60);
-    put_digits(&mut text[20..26], micros);
-    out.extend_from_slice(&text);
+    // Once per batch of log lines: digits by hand, not through `fmt`, and the part up to the
+    // second made once per second per thread. (Nanoseconds in a u64 end in 2554: the year has
+    // four digits.)
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
+    let (at, mut head) = SECOND.get();
+    if at != secs {
+        let (days, sod) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days);
+        head = *b"0000-00-00T00:00:00.";
+        put_digits(&mut head[0..4], y);
+        put_digits(&mut head[5..7], m);
+        put_digits(&mut head[8..10], d);
+        put_digits(&mut head[11..13], sod / 3600);
+        put_digits(&mut head[14..16], sod % 3600 / 60);
+        put_digits(&mut head[17..19], sod % 60);
+        SECOND.set((secs, head));
+    }
+    let mut tail = *b"000000Z";
+    put_digits(&mut tail[..6], micros);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&tail);
 }
 
 /// Writes the last `to.len()` decimal digits of `n` into `to`, zero-padded.
@@ -109,24 +119,29 @@ pub fn push_value(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
     let n = clip_len(bytes, max);
     let shown = &bytes[..n];
     let cut = n < bytes.len();
-    // One pass, as if quoted (the usual case: a protocol line holds spaces); the quotes are
-    // taken back when the value turns out not to need them.
-    let at = out.len();
+    if !cut && !shown.is_empty() && shown[0] != b'"' && memchr::memchr(b' ', shown).is_none() {
+        push_escaped(out, shown);
+        return;
+    }
+    // (Measured: a protocol line's first space is a few bytes in and the search for a quote
+    // is vectorised, so these two searches cost less than folding them into the escaping.)
     out.push(b'"');
-    let seen = push_escaped_quoting(out, shown);
-    if cut || seen.space || shown.first().is_none_or(|&b| b == b'"') {
-        if cut {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "…({} bytes)", bytes.len());
-        }
-        out.push(b'"');
-    } else if seen.quote {
-        // Unquoted, a `"` is written as it is.
-        out.truncate(at);
+    if memchr::memchr(b'"', shown).is_none() {
+        // The usual case (a protocol line holds no quote): one pass.
         push_escaped(out, shown);
     } else {
-        out.remove(at);
+        for (i, part) in shown.split(|&b| b == b'"').enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\\\"");
+            }
+            push_escaped(out, part);
+        }
     }
+    if cut {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "…({} bytes)", bytes.len());
+    }
+    out.push(b'"');
 }
 
 /// Appends one log line of another per-message event, in the layout `tracing` gives it:
@@ -233,55 +248,15 @@ mod tests {
         assert_eq!(value(b"say \"hi\"\\\n"), "\"say \\\"hi\\\"\\\\\\n\"");
     }
 
-    /// `push_value` as it was written first (three passes), to check the one-pass form.
-    fn value_reference(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
-        let n = clip_len(bytes, max);
-        let shown = &bytes[..n];
-        let cut = n < bytes.len();
-        if !cut && !shown.is_empty() && shown[0] != b'"' && !shown.contains(&b' ') {
-            push_escaped(out, shown);
-            return;
-        }
-        out.push(b'"');
-        for (i, part) in shown.split(|&b| b == b'"').enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b"\\\"");
-            }
-            push_escaped(out, part);
-        }
-        if cut {
-            let _ = write!(out, "…({} bytes)", bytes.len());
-        }
-        out.push(b'"');
-    }
-
     #[test]
-    fn the_one_pass_value_is_the_three_pass_value() {
-        let alphabet: &[u8] = b"a \"\\\n\r\t\x01\x7f\xc3Z=+-.9";
-        // A small deterministic generator: every length up to 40, bytes from the alphabet.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for round in 0..4000usize {
-            let len = round % 41;
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    // Mostly plain letters, so that whole plain words come up too.
-                    if state.is_multiple_of(3) {
-                        alphabet[(state >> 8) as usize % alphabet.len()]
-                    } else {
-                        b'a' + (state >> 16) as u8 % 26
-                    }
-                })
-                .collect();
-            for max in [usize::MAX, 64, 9, 4, 0] {
-                let (mut got, mut want) = (b"x".to_vec(), b"x".to_vec());
-                push_value(&mut got, &bytes, max);
-                value_reference(&mut want, &bytes, max);
-                assert_eq!(got, want, "{bytes:?} max {max}");
-            }
-        }
+    fn timestamps_in_the_same_second_differ_in_their_microseconds_only() {
+        let t = |nanos| stamp(Timestamp::from_parts(1_520_023_934, nanos));
+        assert_eq!(t(918_963_997), "2018-03-02T20:52:14.918963Z");
+        assert_eq!(t(5_000), "2018-03-02T20:52:14.000005Z");
+        assert_eq!(
+            stamp(Timestamp::from_parts(1_520_023_935, 0)),
+            "2018-03-02T20:52:15.000000Z"
+        );
     }
 
     #[test]
