@@ -59,49 +59,77 @@ impl Default for LineCodec {
     }
 }
 
+impl LineCodec {
+    /// Finds the next complete line in `buf[from..]` without taking it out: `(end, next)`,
+    /// the line being `buf[from..end]` (terminator excluded) and the one after it starting at
+    /// `next`. The search resumes where the previous call for the same line stopped (`from`
+    /// is where that line starts).
+    pub fn find(&mut self, buf: &[u8], from: usize) -> Result<Option<(usize, usize)>, LineError> {
+        let rest = buf.get(from..).unwrap_or_default();
+        // The longest acceptable line is `max` content bytes, `\r` and `\n`.
+        let window = rest.len().min(self.max.saturating_add(2));
+        let found = rest
+            .get(self.scanned..window)
+            .and_then(|tail| memchr::memchr(b'\n', tail));
+        let Some(offset) = found else {
+            if rest.len() >= self.max.saturating_add(2) {
+                return Err(self.too_long());
+            }
+            self.scanned = rest.len();
+            return Ok(None);
+        };
+        let newline = self.scanned + offset;
+        self.scanned = 0;
+        let end = if newline > 0 && rest[newline - 1] == b'\r' {
+            newline - 1
+        } else {
+            newline
+        };
+        if end > self.max {
+            return Err(self.too_long());
+        }
+        Ok(Some((from + end, from + newline + 1)))
+    }
+
+    /// [`LineCodec::find`] at end-of-stream: what is left without a terminator is a line too.
+    pub fn find_eof(
+        &mut self,
+        buf: &[u8],
+        from: usize,
+    ) -> Result<Option<(usize, usize)>, LineError> {
+        if let Some(found) = self.find(buf, from)? {
+            return Ok(Some(found));
+        }
+        self.scanned = 0;
+        let rest = buf.len().saturating_sub(from);
+        if rest == 0 {
+            return Ok(None);
+        }
+        if rest > self.max {
+            return Err(self.too_long());
+        }
+        // No terminator: the bytes are the line as received.
+        Ok(Some((buf.len(), buf.len())))
+    }
+}
+
+/// Takes the line that [`LineCodec::find`] found at the front of `buf` out of it.
+fn take(buf: &mut BytesMut, (end, next): (usize, usize)) -> BytesMut {
+    let mut line = buf.split_to(next);
+    line.truncate(end);
+    line
+}
+
 impl Decoder for LineCodec {
     type Item = BytesMut;
     type Error = LineError;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, LineError> {
-        // The longest acceptable line is `max` content bytes, `\r` and `\n`.
-        let window = buf.len().min(self.max.saturating_add(2));
-        let found = buf
-            .get(self.scanned..window)
-            .and_then(|tail| memchr::memchr(b'\n', tail));
-        let Some(offset) = found else {
-            if buf.len() >= self.max.saturating_add(2) {
-                return Err(self.too_long());
-            }
-            self.scanned = buf.len();
-            return Ok(None);
-        };
-        let end = self.scanned + offset;
-        self.scanned = 0;
-        let mut line = buf.split_to(end + 1);
-        line.truncate(end);
-        if line.last() == Some(&b'\r') {
-            line.truncate(end - 1);
-        }
-        if line.len() > self.max {
-            return Err(self.too_long());
-        }
-        Ok(Some(line))
+        Ok(self.find(buf, 0)?.map(|found| take(buf, found)))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, LineError> {
-        if let Some(line) = self.decode(buf)? {
-            return Ok(Some(line));
-        }
-        self.scanned = 0;
-        if buf.is_empty() {
-            return Ok(None);
-        }
-        if buf.len() > self.max {
-            return Err(self.too_long());
-        }
-        // No terminator: the bytes are the line as received.
-        Ok(Some(buf.split()))
+        Ok(self.find_eof(buf, 0)?.map(|found| take(buf, found)))
     }
 }
 

@@ -24,16 +24,38 @@ pub fn push_timestamp(out: &mut Vec<u8>, t: Timestamp) {
     let nanos = t.as_nanos();
     let secs = nanos / 1_000_000_000;
     let micros = (nanos % 1_000_000_000) / 1000;
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
+    // Once per batch of log lines: digits by hand, not through `fmt`, and the part up to the
+    // second made once per second per thread. (Nanoseconds in a u64 end in 2554: the year has
+    // four digits.)
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
+    let (at, mut head) = SECOND.get();
+    if at != secs {
+        let (days, sod) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days);
+        head = *b"0000-00-00T00:00:00.";
+        put_digits(&mut head[0..4], y);
+        put_digits(&mut head[5..7], m);
+        put_digits(&mut head[8..10], d);
+        put_digits(&mut head[11..13], sod / 3600);
+        put_digits(&mut head[14..16], sod % 3600 / 60);
+        put_digits(&mut head[17..19], sod % 60);
+        SECOND.set((secs, head));
+    }
+    let mut tail = *b"000000Z";
+    put_digits(&mut tail[..6], micros);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&tail);
+}
+
+/// Writes the last `to.len()` decimal digits of `n` into `to`, zero-padded.
+fn put_digits(to: &mut [u8], mut n: u64) {
+    for slot in to.iter_mut().rev() {
+        // A digit: below 10.
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date (H. Hinnant's algorithm).
@@ -101,21 +123,19 @@ pub fn push_value(out: &mut Vec<u8>, bytes: &[u8], max: usize) {
         push_escaped(out, shown);
         return;
     }
+    // (Measured: a protocol line's first space is a few bytes in and the search for a quote
+    // is vectorised, so these two searches cost less than folding them into the escaping.)
     out.push(b'"');
     if memchr::memchr(b'"', shown).is_none() {
         // The usual case (a protocol line holds no quote): one pass.
         push_escaped(out, shown);
-        if cut {
-            let _ = write!(out, "…({} bytes)", bytes.len());
+    } else {
+        for (i, part) in shown.split(|&b| b == b'"').enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\\\"");
+            }
+            push_escaped(out, part);
         }
-        out.push(b'"');
-        return;
-    }
-    for (i, part) in shown.split(|&b| b == b'"').enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b"\\\"");
-        }
-        push_escaped(out, part);
     }
     if cut {
         // Writing into a Vec cannot fail.
@@ -226,6 +246,17 @@ mod tests {
         assert_eq!(value(b""), "\"\"");
         assert_eq!(value(b"\"a"), "\"\\\"a\"");
         assert_eq!(value(b"say \"hi\"\\\n"), "\"say \\\"hi\\\"\\\\\\n\"");
+    }
+
+    #[test]
+    fn timestamps_in_the_same_second_differ_in_their_microseconds_only() {
+        let t = |nanos| stamp(Timestamp::from_parts(1_520_023_934, nanos));
+        assert_eq!(t(918_963_997), "2018-03-02T20:52:14.918963Z");
+        assert_eq!(t(5_000), "2018-03-02T20:52:14.000005Z");
+        assert_eq!(
+            stamp(Timestamp::from_parts(1_520_023_935, 0)),
+            "2018-03-02T20:52:15.000000Z"
+        );
     }
 
     #[test]

@@ -367,6 +367,40 @@ async fn an_idle_client_is_closed_after_the_idle_timeout() {
     herd.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
+    // The idle timer is not moved by every line: it re-arms itself from the last activity
+    // when it fires. Lines every 100 ms for twice the idle timeout keep the connection open.
+    let herd = start(&one("\"idle_timeout_ms\": 1500")).await;
+    let addr = herd.servers()[0].local_addr();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..30 {
+        let line = format!("hi{i}\n");
+        s.write_all(line.as_bytes()).await.unwrap();
+        let want = format!("? hi{i}\n");
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_ne!(n, 0, "closed while the client was talking (line {i})");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, want.as_bytes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then silence: closed after the idle timeout.
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.is_empty());
+    herd.shutdown().await;
+}
+
 /// A Places service that never answers.
 struct SilentPlaces;
 

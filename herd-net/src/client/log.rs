@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use herd_core::Timestamp;
 use tracing::info;
 
@@ -34,11 +33,14 @@ pub(super) struct BatchLog {
     /// Longest shown line or reply ([`crate::Limits::log_line_bytes`]).
     max: usize,
     enabled: bool,
-    notes: Vec<(BytesMut, Note)>,
+    /// The batch's lines, as where they lie in the connection's input.
+    notes: Vec<((usize, usize), Note)>,
     /// This connection's fixed part of its message log lines (made on first use).
     prefix: Vec<u8>,
     /// The batch's log lines, formatted here and handed over in one call (reused).
     text: Vec<u8>,
+    /// The batch's timestamp, formatted (reused).
+    stamp: Vec<u8>,
 }
 
 impl BatchLog {
@@ -51,6 +53,7 @@ impl BatchLog {
             notes: Vec::new(),
             prefix: Vec::new(),
             text: Vec::new(),
+            stamp: Vec::with_capacity(32),
         }
     }
 
@@ -60,21 +63,23 @@ impl BatchLog {
     }
 
     /// Notes a line for the log, written by [`BatchLog::write`].
-    pub(super) fn note(&mut self, line: BytesMut, note: Note) {
+    pub(super) fn note(&mut self, line: (usize, usize), note: Note) {
         if self.enabled {
             self.notes.push((line, note));
         }
     }
 
-    /// Logs the noted lines; `out` holds the replies that [`Note::Replied`] points into.
-    pub(super) fn write(&mut self, now: Timestamp, out: &[u8]) {
+    /// Logs the noted lines; `input` holds the lines noted, `out` the replies that
+    /// [`Note::Replied`] points into.
+    pub(super) fn write(&mut self, now: Timestamp, input: &[u8], out: &[u8]) {
         if self.notes.is_empty() {
             return;
         }
         let mut notes = std::mem::take(&mut self.notes);
         let mut text = std::mem::take(&mut self.text);
         text.clear();
-        let mut stamp = Vec::with_capacity(32);
+        let mut stamp = std::mem::take(&mut self.stamp);
+        stamp.clear();
         let bulk = self.bulk.is_some();
         let max = self.max;
         if bulk {
@@ -83,9 +88,10 @@ impl BatchLog {
                 self.prefix = msglog::message_prefix(self.addr);
             }
         }
-        for (line, note) in &notes {
+        for &((start, end), note) in &notes {
+            let line = input.get(start..end).unwrap_or_default();
             let msg = Clipped::new(line, max);
-            match *note {
+            match note {
                 Note::Replied(s, e) => {
                     let reply = out.get(s..e).unwrap_or_default();
                     if bulk {
@@ -130,6 +136,7 @@ impl BatchLog {
         self.text = text;
         notes.clear();
         self.notes = notes;
+        self.stamp = stamp;
     }
 }
 

@@ -25,13 +25,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use herd_core::{ClientAction, Timestamp};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::codec::Decoder;
 use tracing::{debug, info, warn};
 
 use self::at_once::AtOnce;
@@ -97,11 +96,16 @@ enum Stop {
 struct Input {
     codec: LineCodec,
     buf: BytesMut,
+    /// Bytes at the front of `buf` handled in the batch under way: lines are handled (and
+    /// logged) where they lie, and taken out of `buf` all at once after the batch.
+    pos: usize,
     stop: Stop,
     /// The next line is the connection's first.
     first: bool,
     /// When the bytes in `buf` arrived.
     now: Timestamp,
+    /// The same on the monotonic clock.
+    read_at: Instant,
     /// Lines taken from `buf` so far.
     lines: u64,
     /// The line in `buf` not complete yet must be by then (`None`: `buf` is empty).
@@ -205,6 +209,12 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Sets TCP_NODELAY on the socket underneath.
     fn set_nodelay(&self, on: bool) -> std::io::Result<()>;
 
+    /// Writes what the socket takes of `bytes` now, without waiting and without the runtime's
+    /// future machinery; returns how many bytes it took (0: none, or not supported here).
+    fn write_now(&mut self, _bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(0)
+    }
+
     /// Whether closing must say so in the stream itself (TLS's close_notify), even after
     /// the client's end of stream.
     fn closes_in_band(&self) -> bool {
@@ -215,6 +225,20 @@ pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
 impl ClientStream for TcpStream {
     fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
         TcpStream::set_nodelay(self, on)
+    }
+
+    fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.try_write(&bytes[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
     }
 }
 
@@ -244,9 +268,11 @@ impl Conn {
             input: Input {
                 codec: LineCodec::new(max),
                 buf: BytesMut::with_capacity(READ_CHUNK),
+                pos: 0,
                 stop: Stop::No,
                 first: true,
                 now: clock::now(),
+                read_at: Instant::now(),
                 lines: 0,
                 line_deadline: None,
                 held: false,
@@ -265,6 +291,10 @@ impl Conn {
     /// Runs until the connection is done; returns the first line if it is a peer handshake.
     async fn run<S: ClientStream>(&mut self, stream: &mut S) -> std::io::Result<Option<BytesMut>> {
         let idle_limit = self.settings.limits.idle_timeout;
+        // The idle timer is armed at a deadline and not moved by every read or write (that
+        // costs a timer update per message): activity only notes its time in `last_active`,
+        // and the timer, when it fires, checks it and re-arms at the deadline it implies.
+        let mut last_active = Instant::now();
         let idle = sleep(idle_limit);
         tokio::pin!(idle);
         let line_limit = self.settings.limits.line_timeout;
@@ -273,6 +303,12 @@ impl Conn {
         tokio::pin!(line_timer);
         let mut line_armed: Option<Instant> = None;
         let token = self.driver.token().clone();
+        // Made once: a `cancelled()` future made anew per turn registers and unregisters a
+        // waiter (two locks) every time.
+        let shutdown = token.cancelled();
+        tokio::pin!(shutdown);
+        // Input arrived since the last write (whose time is `last_active` already).
+        let mut fresh_input = false;
         loop {
             let more = match self.process_lines() {
                 Ok(more) => more,
@@ -289,26 +325,35 @@ impl Conn {
                         warn!(addr = %self.addr, error = %e, "cannot set TCP_NODELAY");
                     }
                 }
-                // A client that reads nothing for the idle time loses its connection; one
-                // that holds fences, as soon as its events pile up.
-                let dropped = self.pushes.as_ref().map(|p| p.dropped.clone());
-                let write = timeout(idle_limit, write_flush(stream, &self.output.out));
-                tokio::select! {
-                    r = write => match r {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            info!(addr = %self.addr, "client does not read its replies; closing connection");
+                // The usual case: the socket takes it all at once.
+                let done = stream.write_now(&self.output.out)?;
+                if done < self.output.out.len() {
+                    // A client that reads nothing for the idle time loses its connection; one
+                    // that holds fences, as soon as its events pile up.
+                    let dropped = self.pushes.as_ref().map(|p| p.dropped.clone());
+                    let rest = &self.output.out[done..];
+                    let write = timeout(idle_limit, write_flush(stream, rest));
+                    tokio::select! {
+                        r = write => match r {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                info!(addr = %self.addr, "client does not read its replies; closing connection");
+                                return Ok(None);
+                            }
+                        },
+                        () = cancelled(dropped.as_ref()) => {
+                            self.input.stop = Stop::SlowSubscriber;
                             return Ok(None);
                         }
-                    },
-                    () = cancelled(dropped.as_ref()) => {
-                        self.input.stop = Stop::SlowSubscriber;
-                        return Ok(None);
                     }
+                    fresh_input = false;
                 }
                 self.output.out.clear();
-                // Idle means no input and no output: a slow reply restarts the clock.
-                idle.as_mut().reset(Instant::now() + idle_limit);
+                // Idle means no input and no output: a slow reply restarts the clock (a reply
+                // to input just read goes out within microseconds of its read time).
+                if !std::mem::take(&mut fresh_input) {
+                    last_active = Instant::now();
+                }
             }
             // Lines held back while too many replies waited go on as soon as there is room
             // (the waiting replies may all have finished by now).
@@ -334,13 +379,15 @@ impl Conn {
                     queue.pop_front();
                     self.output.out.extend_from_slice(&reply);
                 }
-                () = token.cancelled(), if input.stop == Stop::No => input.stop = Stop::Shutdown,
+                () = &mut shutdown, if input.stop == Stop::No => input.stop = Stop::Shutdown,
                 r = stream.read_buf(&mut input.buf), if input.stop == Stop::No && queue.len() < MAX_WAITING => {
                     if r? == 0 {
                         input.stop = Stop::Eof;
                     }
                     input.now = clock::now();
-                    idle.as_mut().reset(Instant::now() + idle_limit);
+                    input.read_at = Instant::now();
+                    last_active = input.read_at;
+                    fresh_input = true;
                     if input.buf.capacity() - input.buf.len() < READ_CHUNK / 4 {
                         input.buf.reserve(READ_CHUNK);
                     }
@@ -360,8 +407,13 @@ impl Conn {
                 },
                 // A connection holding fences waits for events: it is never idle.
                 () = &mut idle, if input.stop == Stop::No && queue.is_empty() && pushes.is_none() => {
-                    info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
-                    input.stop = Stop::Idle;
+                    let due = last_active + idle_limit;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                    } else {
+                        info!(addr = %self.addr, idle_secs = idle_limit.as_secs_f64(), "client idle; closing connection");
+                        input.stop = Stop::Idle;
+                    }
                 }
                 () = &mut line_timer, if input.stop == Stop::No && line_armed.is_some() && queue.len() < MAX_WAITING => {
                     if let Some(suppressed) = self.driver.refusals().line_timeouts.hit() {
@@ -388,7 +440,10 @@ impl Conn {
         // output is durable before the reply leaves.
         let lines_before = self.input.lines;
         let result = driver.client_batch(|turn| self.process_batch(turn));
-        self.log.write(self.input.now, &self.output.out);
+        self.log
+            .write(self.input.now, &self.input.buf, &self.output.out);
+        let handled = std::mem::take(&mut self.input.pos);
+        self.input.buf.advance(handled);
         self.arm_line_deadline(lines_before);
         result
     }
@@ -401,7 +456,7 @@ impl Conn {
         if input.buf.is_empty() {
             input.line_deadline = None;
         } else if input.line_deadline.is_none() || input.lines != lines_before {
-            input.line_deadline = Some(Instant::now() + self.settings.limits.line_timeout);
+            input.line_deadline = Some(input.read_at + self.settings.limits.line_timeout);
         }
     }
 
@@ -412,19 +467,19 @@ impl Conn {
         loop {
             let input = &mut self.input;
             if warm_left == 0 && matches!(input.stop, Stop::No | Stop::Shutdown | Stop::Eof) {
-                warm_left = turn.warm(&input.buf);
+                warm_left = turn.warm(input.buf.get(input.pos..).unwrap_or_default());
             }
             warm_left = warm_left.saturating_sub(1);
             let decoded = match input.stop {
-                Stop::Eof => input.codec.decode_eof(&mut input.buf),
+                Stop::Eof => input.codec.find_eof(&input.buf, input.pos),
                 // At shutdown, complete lines already received are still answered.
-                Stop::No | Stop::Shutdown => input.codec.decode(&mut input.buf),
+                Stop::No | Stop::Shutdown => input.codec.find(&input.buf, input.pos),
                 Stop::TooLong | Stop::Idle | Stop::LineTimeout | Stop::SlowSubscriber => {
                     return Ok(false)
                 }
             };
-            let line = match decoded {
-                Ok(Some(line)) => line,
+            let (end, next) = match decoded {
+                Ok(Some(found)) => found,
                 Ok(None) => return Ok(false),
                 Err(LineError::TooLong { max }) => {
                     warn!(addr = %self.addr, max, "client line over the length limit; closing connection");
@@ -438,10 +493,17 @@ impl Conn {
                 }
             };
             input.lines += 1;
-            if std::mem::take(&mut input.first) && herd_core::peer::is_handshake(&line) {
+            let start = input.pos;
+            if std::mem::take(&mut input.first)
+                && herd_core::peer::is_handshake(&input.buf[start..end])
+            {
+                input.buf.advance(start);
+                let mut line = input.buf.split_to(next - start);
+                line.truncate(end - start);
                 return Err(line);
             }
-            self.handle_line(turn, line);
+            input.pos = next;
+            self.handle_line(turn, start, end);
             if self.output.out.len() >= FLUSH_AT {
                 return Ok(true);
             }
@@ -453,38 +515,41 @@ impl Conn {
         }
     }
 
-    fn handle_line(&mut self, turn: &mut ClientTurn<'_>, line: BytesMut) {
+    /// Handles the line `input.buf[start..end]`.
+    fn handle_line(&mut self, turn: &mut ClientTurn<'_>, start: usize, end: usize) {
+        let line = &self.input.buf[start..end];
+        let span = (start, end);
         let output = &mut self.output;
         let direct = output.queue.is_empty();
         let mut side = Vec::new();
         let target = if direct { &mut output.out } else { &mut side };
-        let start = target.len();
-        if self.pushes.is_none() && names_fence(&line) {
+        let out_start = target.len();
+        if self.pushes.is_none() && names_fence(line) {
             let queue = self.settings.limits.fence_queue_lines;
             self.pushes = Some(turn.subscribe(&self.driver, queue));
         }
         let from = self.pushes.as_ref().map(Pushes::id);
-        let action = turn.line(self.input.now, from, &line, target);
+        let action = turn.line(self.input.now, from, line, target);
         let max = self.settings.limits.log_line_bytes;
         match action {
             ClientAction::Silent => {
-                debug!(addr = %self.addr, msg = %Clipped::new(&line, max), "blank line");
+                debug!(addr = %self.addr, msg = %Clipped::new(line, max), "blank line");
             }
             ClientAction::Replied if direct => {
-                let end = output.out.len();
-                self.log.note(line, Note::Replied(start, end));
+                let out_end = output.out.len();
+                self.log.note(span, Note::Replied(out_start, out_end));
             }
             ClientAction::Replied => {
                 info!(
                     addr = %self.addr,
-                    msg = %Clipped::new(&line, max),
+                    msg = %Clipped::new(line, max),
                     reply = %Clipped::new(&side, max),
                     "client message"
                 );
                 output.queue.push_back(Slot::Ready(side));
             }
             ClientAction::Places { record, query } => {
-                self.log.note(line, Note::Places);
+                self.log.note(span, Note::Places);
                 let (tx, rx) = oneshot::channel();
                 let driver = self.driver.clone();
                 let settings = self.settings.clone();
@@ -496,7 +561,7 @@ impl Conn {
                 output.queue.push_back(Slot::Waiting(rx));
             }
             ClientAction::Pending { ticket } => {
-                self.log.note(line, Note::Herd);
+                self.log.note(span, Note::Herd);
                 let answer = turn.wait_for(ticket);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let driver = self.driver.clone();
