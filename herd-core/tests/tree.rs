@@ -599,3 +599,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_record_fetched_by_a_query_is_announced_and_its_push_arriving_after_does_not_prune() {
+    let mut a = node(Dissemination::Tree);
+    let mut out = Vec::new();
+    a.handle_client_line(at(1), b"WHATSAT kiwi 10 5", &mut out);
+    let sent = a.sink_mut().take();
+    let Some((asked, PeerMsg::Query { origin, qid, .. })) = sent
+        .iter()
+        .find(|(_, m)| matches!(m, PeerMsg::Query { .. }))
+        .cloned()
+    else {
+        panic!("no query sent: {sent:?}")
+    };
+    let other = if asked == B { C } else { B };
+    let r = record("D", "kiwi", "1700000001");
+    let answer = PeerMsg::Answer {
+        origin,
+        qid,
+        record: Some(r.clone()),
+    };
+    a.handle_peer_msg(at(2), asked, answer).unwrap();
+    // Stored off the tree: announced to the other neighbour, not pushed.
+    assert!(!kinds(&a.sink_mut().take()).contains(&(other, 'U')));
+    a.handle_timeout(at(10));
+    assert!(kinds(&a.sink_mut().take()).contains(&(other, 'I')));
+    // The tree's push of the same record arrives after: stale, but no prune.
+    a.handle_peer_msg(at(11), asked, update(1, &r)).unwrap();
+    assert!(!kinds(&a.sink_mut().take()).contains(&(asked, 'X')));
+    assert!(a.is_eager(asked, b"D"));
+    assert_eq!(a.stats().prunes_sent, 0);
+    // A second copy is a redundant path again: pruned.
+    a.handle_peer_msg(at(12), other, update(1, &r)).unwrap();
+    assert_eq!(kinds(&a.sink_mut().take()), [(other, 'X')]);
+    assert_eq!(a.stats().prunes_sent, 1);
+}

@@ -94,7 +94,16 @@ pub(super) struct TreeState {
     missing: HashMap<Box<[u8]>, Missing, foldhash::fast::FixedState>,
     /// Graft deadlines.
     timers: BTreeSet<(Timestamp, Box<[u8]>)>,
+    /// Set while the node stores a record from a herd query's answer ([`Node::off_tree`]).
+    off_tree: bool,
+    /// Clients whose record in the store came from a query's answer, not by the tree: the
+    /// tree's own copy of it, arriving after, is stale without the link being redundant.
+    answered: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
 }
+
+/// Most clients [`TreeState::answered`] remembers (their pushes normally arrive within a few
+/// milliseconds; past this bound the set is cleared, at worst costing a needless prune).
+const MAX_ANSWERED: usize = 4096;
 
 impl TreeState {
     fn link(&mut self, peer: PeerId) -> &mut LinkTree {
@@ -159,6 +168,20 @@ impl<S: PeerSink> Node<S> {
         self.cfg.dissemination == Dissemination::Tree
     }
 
+    /// Runs `f` (which stores a record a herd query fetched) off the tree: the record is
+    /// announced on every link, not pushed, and the tree's copy of it arriving later does not
+    /// prune the link it comes by. A query fetches a record out of the tree's order (a
+    /// WHATSAT at a server that does not know the client yet, say just after an IAMAT
+    /// elsewhere), so its copy often beats the tree's push; treated as a duplicate, that push
+    /// would prune the server's (and, if pushed on, its neighbours') eager link for the
+    /// origin, cutting them off the tree until a graft, 25 ms later, mends it.
+    pub(super) fn off_tree<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.tree.off_tree = self.tree_on();
+        let r = f(self);
+        self.tree.off_tree = false;
+        r
+    }
+
     /// Passes on `record`, just stored under log number `seq` (from `from`, if a peer): an
     /// update on every synchronised link but `from` (eager ones only, with the tree), an
     /// announcement on the lazy ones.
@@ -171,12 +194,21 @@ impl<S: PeerSink> Node<S> {
     ) {
         self.resolve_missing(record);
         let tree = self.tree_on();
+        let off_tree = tree && self.tree.off_tree;
+        if off_tree {
+            if self.tree.answered.len() >= MAX_ANSWERED {
+                self.tree.answered.clear();
+            }
+            self.tree.answered.insert(record.client().into());
+        } else if tree && !self.tree.answered.is_empty() {
+            self.tree.answered.remove(record.client());
+        }
         for i in 0..self.links.len() {
             let peer = PeerId(i);
             if Some(peer) == from || self.links[i].state != LinkState::Up {
                 continue;
             }
-            if tree && self.tree.is_lazy(peer, record.origin()) {
+            if off_tree || (tree && self.tree.is_lazy(peer, record.origin())) {
                 self.announce(now, peer, Announcement::of(seq, record));
             } else {
                 let msg = PeerMsg::Update {
@@ -264,6 +296,9 @@ impl<S: PeerSink> Node<S> {
         match applied {
             Applied::Stored | Applied::Refused(_) if lazy => {
                 self.tree.link(from).lazy.remove(origin);
+            }
+            Applied::Stale
+                if !self.tree.answered.is_empty() && self.tree.answered.remove(record.client()) => {
             }
             Applied::Stale => {
                 self.tree.link(from).lazy.insert(origin.into());
