@@ -38,6 +38,16 @@ pub const DEFAULT_ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 /// Default time a record announced but missing is waited for before a graft
 /// ([`super::NodeConfig::graft_timeout`]).
 pub const DEFAULT_GRAFT_TIMEOUT: Duration = Duration::from_millis(20);
+/// Longest wait before a graft when the tree's pushes run late ([`Lag`]).
+const MAX_GRAFT_WAIT: Duration = Duration::from_millis(100);
+/// Lateness last seen longer ago than this is forgotten: the graft wait is back to the
+/// configured timeout.
+const LAG_MEMORY: Duration = Duration::from_secs(1);
+/// A graft timer that runs this much after its deadline found the server stalled (its tasks
+/// did not run: a busy or descheduled process), so the push it waits for may be sitting
+/// unread in a socket: the graft is put off once, by as long as the timer was late (at most
+/// the graft wait), for the readers to run first.
+const STALL: Duration = Duration::from_millis(2);
 
 /// How a node passes on the records it stores ([`super::NodeConfig::dissemination`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +94,49 @@ struct Missing {
     announcers: Vec<Announcer>,
     /// When the next graft goes out (`None`: every reachable announcer has been asked).
     deadline: Option<Timestamp>,
+    /// When the first announcement arrived.
+    since: Option<Timestamp>,
+    /// Whether a graft was put off once because its timer ran late ([`STALL`]).
+    postponed: bool,
+}
+
+/// How late the tree's pushes have been lately: how long after its first announcement a
+/// record missing here arrived by a push over a link not grafted for it. Under load the
+/// queues along the eager path can hold a record longer than the graft timeout while the
+/// announcements on lazy links overtake it; a graft then only fetches a copy already on its
+/// way, makes one more link eager, and the duplicates that follow prune links again in
+/// whatever order the queues deliver them, which can cut a server off the tree until the next
+/// graft. So a graft waits at least twice the recent lateness (at most [`MAX_GRAFT_WAIT`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Lag {
+    /// A decaying maximum of the samples, in nanoseconds.
+    nanos: u64,
+    /// When the last sample was taken.
+    at: Option<Timestamp>,
+}
+
+impl Lag {
+    fn sample(&mut self, now: Timestamp, late: Duration) {
+        let s = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        let cur = self.current(now);
+        // Rises at once, falls by an eighth of the gap per sample.
+        self.nanos = if s >= cur { s } else { cur - (cur - s) / 8 };
+        self.at = Some(now);
+    }
+
+    fn current(&self, now: Timestamp) -> u64 {
+        match self.at {
+            Some(at) if now.since(at) < LAG_MEMORY => self.nanos,
+            _ => 0,
+        }
+    }
+
+    /// The wait before a graft: `base`, or twice the recent lateness (at most
+    /// [`MAX_GRAFT_WAIT`]) if longer.
+    fn graft_wait(&self, now: Timestamp, base: Duration) -> Duration {
+        let late = Duration::from_nanos(self.current(now).saturating_mul(2));
+        base.max(late.min(MAX_GRAFT_WAIT))
+    }
 }
 
 /// The node's broadcast tree state.
@@ -94,6 +147,8 @@ pub(super) struct TreeState {
     missing: HashMap<Box<[u8]>, Missing, foldhash::fast::FixedState>,
     /// Graft deadlines.
     timers: BTreeSet<(Timestamp, Box<[u8]>)>,
+    /// How late the tree's pushes have been lately.
+    lag: Lag,
     /// Set while the node stores a record from a herd query's answer ([`Node::off_tree`]).
     off_tree: bool,
     /// Clients whose record in the store came from a query's answer, not by the tree: the
@@ -192,7 +247,7 @@ impl<S: PeerSink> Node<S> {
         seq: u64,
         record: &Arc<Record>,
     ) {
-        self.resolve_missing(record);
+        self.resolve_missing(now, from, record);
         let tree = self.tree_on();
         let off_tree = tree && self.tree.off_tree;
         if off_tree {
@@ -250,14 +305,25 @@ impl<S: PeerSink> Node<S> {
         self.send(peer, &PeerMsg::Announce { entries });
     }
 
-    /// A record was stored: announcements it answers are no longer missing.
-    fn resolve_missing(&mut self, record: &Record) {
+    /// A record was stored (from `from`, if a peer): announcements it answers are no longer
+    /// missing. If it was pushed over a link not grafted for it (and not off the tree), how
+    /// late it came after the first announcement is a sample of the tree's lateness.
+    fn resolve_missing(&mut self, now: Timestamp, from: Option<PeerId>, record: &Record) {
         if self.tree.missing.is_empty() {
             return;
         }
         let Some(m) = self.tree.missing.get_mut(record.client()) else {
             return;
         };
+        let pushed = from.is_some_and(|p| !m.announcers.iter().any(|a| a.peer == p && a.grafted));
+        if let (true, false, Some(since)) = (pushed, self.tree.off_tree, m.since) {
+            if m.announcers
+                .iter()
+                .any(|a| a.announced.is_covered_by(record))
+            {
+                self.tree.lag.sample(now, now.since(since));
+            }
+        }
         m.announcers.retain(|a| !a.announced.is_covered_by(record));
         if m.announcers.is_empty() {
             self.tree.remove_missing(record.client());
@@ -330,8 +396,9 @@ impl<S: PeerSink> Node<S> {
             if !self.could_take(now, &a) {
                 continue;
             }
-            let timeout = self.cfg.graft_timeout;
+            let timeout = self.tree.lag.graft_wait(now, self.cfg.graft_timeout);
             let m = self.tree.missing.entry(a.client.clone()).or_default();
+            m.since.get_or_insert(now);
             match m.announcers.iter_mut().find(|x| x.peer == from) {
                 Some(x) => {
                     let seq = x.announced.seq;
@@ -472,7 +539,7 @@ impl<S: PeerSink> Node<S> {
     /// the announcers' next sessions (whose digests ask for what is missing).
     fn graft(&mut self, now: Timestamp, t: Timestamp, client: Box<[u8]>) {
         let held = self.store.get(&client).cloned();
-        let timeout = self.cfg.graft_timeout;
+        let timeout = self.tree.lag.graft_wait(now, self.cfg.graft_timeout);
         let Some(m) = self.tree.missing.get_mut(&client) else {
             return;
         };
@@ -482,6 +549,14 @@ impl<S: PeerSink> Node<S> {
         m.deadline = None;
         if let Some(held) = &held {
             m.announcers.retain(|a| !a.announced.is_covered_by(held));
+        }
+        let late = now.since(t);
+        if late > STALL && !m.postponed && !m.announcers.is_empty() {
+            m.postponed = true;
+            let t = now.plus(late.min(timeout));
+            m.deadline = Some(t);
+            self.tree.timers.insert((t, client));
+            return;
         }
         let links = &self.links;
         let next = m
