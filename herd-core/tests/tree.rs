@@ -604,7 +604,7 @@ proptest! {
 fn a_record_fetched_by_a_query_is_announced_and_its_push_arriving_after_does_not_prune() {
     let mut a = node(Dissemination::Tree);
     let mut out = Vec::new();
-    a.handle_client_line(at(1), b"WHATSAT kiwi 10 5", &mut out);
+    let _waiting = a.handle_client_line(at(1), b"WHATSAT kiwi 10 5", &mut out);
     let sent = a.sink_mut().take();
     let Some((asked, PeerMsg::Query { origin, qid, .. })) = sent
         .iter()
