@@ -8,7 +8,7 @@
 # Environment (defaults in brackets, QUICK values after the slash):
 #   ROUNDS [5/3]         rounds per throughput figure (median reported)
 #   ROUND_S [3/1]        seconds per throughput round
-#   PROBE_ROUNDS [300/100] propagation probe rounds
+#   PROBE_ROUNDS [1000/30] propagation probe rounds
 #   STARTUP_RUNS [10/5]  start-up runs
 #   MEM_CLIENTS [1000000/50000] clients stored for the memory figure
 #   NEAR_CLIENTS [1000000/50000] clients in the dense area of the NEARBY and memory rows
@@ -33,7 +33,7 @@ if [[ $QUICK == 1 ]]; then
     MEM_CLIENTS=${MEM_CLIENTS:-50000}; NEAR_CLIENTS=${NEAR_CLIENTS:-50000}
     FENCES=${FENCES:-1000}; CLASSIC_N=${CLASSIC_N:-5000}
 else
-    ROUNDS=${ROUNDS:-5}; ROUND_S=${ROUND_S:-3}; PROBE_ROUNDS=${PROBE_ROUNDS:-300}
+    ROUNDS=${ROUNDS:-5}; ROUND_S=${ROUND_S:-3}; PROBE_ROUNDS=${PROBE_ROUNDS:-1000}
     STARTUP_RUNS=${STARTUP_RUNS:-10}; BG_S=${BG_S:-30}
     MEM_CLIENTS=${MEM_CLIENTS:-1000000}; NEAR_CLIENTS=${NEAR_CLIENTS:-1000000}
     FENCES=${FENCES:-10000}; CLASSIC_N=${CLASSIC_N:-30000}

@@ -744,6 +744,13 @@ impl LocationStore {
         self.find(client).map(|i| self.record_of(self.slots.at(i)))
     }
 
+    /// The client time of the client's record, if held (cheaper than [`LocationStore::get`]:
+    /// read from the packed line, no record is built).
+    pub fn time_of(&self, client: &[u8]) -> Option<TimeValue> {
+        self.find(client)
+            .map(|i| self.lines.get(self.slots.at(i).cell()).time())
+    }
+
     /// The position of the client's record, if held (cheaper than [`LocationStore::get`]: no
     /// record is built).
     pub fn position(&self, client: &[u8]) -> Option<(f64, f64)> {

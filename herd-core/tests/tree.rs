@@ -599,3 +599,74 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_record_fetched_by_a_query_is_announced_and_its_push_arriving_after_does_not_prune() {
+    let mut a = node(Dissemination::Tree);
+    let mut out = Vec::new();
+    let _waiting = a.handle_client_line(at(1), b"WHATSAT kiwi 10 5", &mut out);
+    let sent = a.sink_mut().take();
+    let Some((asked, PeerMsg::Query { origin, qid, .. })) = sent
+        .iter()
+        .find(|(_, m)| matches!(m, PeerMsg::Query { .. }))
+        .cloned()
+    else {
+        panic!("no query sent: {sent:?}")
+    };
+    let other = if asked == B { C } else { B };
+    let r = record("D", "kiwi", "1700000001");
+    let answer = PeerMsg::Answer {
+        origin,
+        qid,
+        record: Some(r.clone()),
+    };
+    a.handle_peer_msg(at(2), asked, answer).unwrap();
+    // Stored off the tree: announced to the other neighbour, not pushed.
+    assert!(!kinds(&a.sink_mut().take()).contains(&(other, 'U')));
+    a.handle_timeout(at(10));
+    assert!(kinds(&a.sink_mut().take()).contains(&(other, 'I')));
+    // The tree's push of the same record arrives after: stale, but no prune.
+    a.handle_peer_msg(at(11), asked, update(1, &r)).unwrap();
+    assert!(!kinds(&a.sink_mut().take()).contains(&(asked, 'X')));
+    assert!(a.is_eager(asked, b"D"));
+    assert_eq!(a.stats().prunes_sent, 0);
+    // A second copy is a redundant path again: pruned.
+    a.handle_peer_msg(at(12), other, update(1, &r)).unwrap();
+    assert_eq!(kinds(&a.sink_mut().take()), [(other, 'X')]);
+    assert_eq!(a.stats().prunes_sent, 1);
+}
+
+fn grafts(sent: &[(PeerId, PeerMsg)]) -> usize {
+    sent.iter()
+        .filter(|(_, m)| matches!(m, PeerMsg::Graft { .. }))
+        .count()
+}
+
+#[test]
+fn a_graft_timer_that_runs_late_puts_the_graft_off_once_and_late_pushes_lengthen_the_wait() {
+    let mut a = node(Dissemination::Tree);
+    let r = record("D", "kiwi", "1700000003");
+    let ann = |r: &Arc<Record>| PeerMsg::Announce {
+        entries: vec![Announcement::of(1, r)],
+    };
+    a.handle_peer_msg(at(0), C, ann(&r)).unwrap();
+    // Due at 20 ms, run at 30 ms: the server was stalled, the push may be unread; put off
+    // by 10 ms, then grafted.
+    a.handle_timeout(at(30));
+    assert_eq!(grafts(&a.sink_mut().take()), 0);
+    assert_eq!(a.poll_timeout(), Some(at(40)));
+    a.handle_timeout(at(40));
+    assert_eq!(grafts(&a.sink_mut().take()), 1);
+    // The push comes over the tree 45 ms after the announcement (not from the grafted C).
+    a.handle_peer_msg(at(45), B, update(1, &r)).unwrap();
+    assert_eq!(a.announced_missing(), 0);
+    // The next missing record waits twice that before its graft.
+    let r2 = record("D", "lime", "1700000004");
+    a.handle_peer_msg(at(100), C, ann(&r2)).unwrap();
+    assert_eq!(a.poll_timeout(), Some(at(190)));
+    // Lateness is forgotten after a second: the configured timeout again.
+    a.handle_peer_msg(at(150), B, update(2, &r2)).unwrap();
+    let r3 = record("D", "fig", "1700000005");
+    a.handle_peer_msg(at(1500), C, ann(&r3)).unwrap();
+    assert_eq!(a.poll_timeout(), Some(at(1520)));
+}

@@ -198,14 +198,25 @@ fn config_err(e: impl Into<anyhow::Error>) -> Failure {
     Failure(EXIT_CONFIG, e.into())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// SIGHUP, SIGTERM, SIGINT and SIGUSR1, listened to from before the servers start: a signal
+/// that arrives as soon as "listening on" is printed must not find its default action (which
+/// for all four ends the process).
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            usr1: signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?,
+        })
     }
-    Ok(())
 }
 
 /// What SIGHUP does: reopens every log file (for logrotate and the like; the lines logged
@@ -243,16 +254,14 @@ fn source(cli: &Cli) -> reload::ConfigSource {
     }
 }
 
-/// `hup` is SIGHUP, listened to from before the start (so it never kills the process).
-async fn serve(herd: std::sync::Arc<Herd>, mut hup: Signal) -> anyhow::Result<bool> {
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
+/// Serves until SIGTERM or SIGINT; SIGUSR1 logs the stats, SIGHUP reloads.
+async fn serve(herd: std::sync::Arc<Herd>, mut sig: Signals) -> anyhow::Result<bool> {
     loop {
         tokio::select! {
-            r = &mut stop => { r?; break; }
-            _ = usr1.recv() => herd.log_stats(),
-            _ = hup.recv() => on_sighup(&herd),
+            _ = sig.term.recv() => { info!("SIGTERM received"); break; }
+            _ = sig.int.recv() => { info!("SIGINT received"); break; }
+            _ = sig.usr1.recv() => herd.log_stats(),
+            _ = sig.hup.recv() => on_sighup(&herd),
         }
     }
     Ok(herd.shutdown().await)
@@ -277,9 +286,7 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
     .map_err(config_err)?;
     let backend = pc.kind.name();
     let places = places::build(pc).map_err(config_err)?;
-    let hup = signal(SignalKind::hangup())
-        .context("cannot listen for SIGHUP")
-        .map_err(|e| Failure(EXIT_START, e))?;
+    let signals = Signals::listen().map_err(|e| Failure(EXIT_START, e))?;
     let settings = logging::LogSettings {
         rotation: rotation(&cli, &config),
         format: cli.log_format,
@@ -326,7 +333,9 @@ async fn main_async(cli: Cli) -> Result<(), Failure> {
             dir.display()
         );
     }
-    let in_time = serve(herd, hup).await.map_err(|e| Failure(EXIT_START, e))?;
+    let in_time = serve(herd, signals)
+        .await
+        .map_err(|e| Failure(EXIT_START, e))?;
     eprintln!(
         "herd-server: stopped{}",
         if in_time {

@@ -988,7 +988,9 @@ impl<S: PeerSink> Node<S> {
                 // A record the store cannot take only for want of room still answers the
                 // query; an expired one (or one with too long an id) counts as a "no".
                 let record = record.filter(|r| {
-                    match self.apply_update(now, Origin::Peer(from), r.clone()) {
+                    let applied =
+                        self.off_tree(|n| n.apply_update(now, Origin::Peer(from), r.clone()));
+                    match applied {
                         Applied::Stored | Applied::Stale | Applied::Refused(Refusal::Full) => true,
                         Applied::Refused(_) => false,
                     }

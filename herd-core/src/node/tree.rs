@@ -38,6 +38,16 @@ pub const DEFAULT_ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 /// Default time a record announced but missing is waited for before a graft
 /// ([`super::NodeConfig::graft_timeout`]).
 pub const DEFAULT_GRAFT_TIMEOUT: Duration = Duration::from_millis(20);
+/// Longest wait before a graft when the tree's pushes run late ([`Lag`]).
+const MAX_GRAFT_WAIT: Duration = Duration::from_millis(100);
+/// Lateness last seen longer ago than this is forgotten: the graft wait is back to the
+/// configured timeout.
+const LAG_MEMORY: Duration = Duration::from_secs(1);
+/// A graft timer that runs this much after its deadline found the server stalled (its tasks
+/// did not run: a busy or descheduled process), so the push it waits for may be sitting
+/// unread in a socket: the graft is put off once, by as long as the timer was late (at most
+/// the graft wait), for the readers to run first.
+const STALL: Duration = Duration::from_millis(2);
 
 /// How a node passes on the records it stores ([`super::NodeConfig::dissemination`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +94,49 @@ struct Missing {
     announcers: Vec<Announcer>,
     /// When the next graft goes out (`None`: every reachable announcer has been asked).
     deadline: Option<Timestamp>,
+    /// When the first announcement arrived.
+    since: Option<Timestamp>,
+    /// Whether a graft was put off once because its timer ran late ([`STALL`]).
+    postponed: bool,
+}
+
+/// How late the tree's pushes have been lately: how long after its first announcement a
+/// record missing here arrived by a push over a link not grafted for it. Under load the
+/// queues along the eager path can hold a record longer than the graft timeout while the
+/// announcements on lazy links overtake it; a graft then only fetches a copy already on its
+/// way, makes one more link eager, and the duplicates that follow prune links again in
+/// whatever order the queues deliver them, which can cut a server off the tree until the next
+/// graft. So a graft waits at least twice the recent lateness (at most [`MAX_GRAFT_WAIT`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Lag {
+    /// A decaying maximum of the samples, in nanoseconds.
+    nanos: u64,
+    /// When the last sample was taken.
+    at: Option<Timestamp>,
+}
+
+impl Lag {
+    fn sample(&mut self, now: Timestamp, late: Duration) {
+        let s = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        let cur = self.current(now);
+        // Rises at once, falls by an eighth of the gap per sample.
+        self.nanos = if s >= cur { s } else { cur - (cur - s) / 8 };
+        self.at = Some(now);
+    }
+
+    fn current(&self, now: Timestamp) -> u64 {
+        match self.at {
+            Some(at) if now.since(at) < LAG_MEMORY => self.nanos,
+            _ => 0,
+        }
+    }
+
+    /// The wait before a graft: `base`, or twice the recent lateness (at most
+    /// [`MAX_GRAFT_WAIT`]) if longer.
+    fn graft_wait(&self, now: Timestamp, base: Duration) -> Duration {
+        let late = Duration::from_nanos(self.current(now).saturating_mul(2));
+        base.max(late.min(MAX_GRAFT_WAIT))
+    }
 }
 
 /// The node's broadcast tree state.
@@ -94,7 +147,18 @@ pub(super) struct TreeState {
     missing: HashMap<Box<[u8]>, Missing, foldhash::fast::FixedState>,
     /// Graft deadlines.
     timers: BTreeSet<(Timestamp, Box<[u8]>)>,
+    /// How late the tree's pushes have been lately.
+    lag: Lag,
+    /// Set while the node stores a record from a herd query's answer ([`Node::off_tree`]).
+    off_tree: bool,
+    /// Clients whose record in the store came from a query's answer, not by the tree: the
+    /// tree's own copy of it, arriving after, is stale without the link being redundant.
+    answered: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
 }
+
+/// Most clients [`TreeState::answered`] remembers (their pushes normally arrive within a few
+/// milliseconds; past this bound the set is cleared, at worst costing a needless prune).
+const MAX_ANSWERED: usize = 4096;
 
 impl TreeState {
     fn link(&mut self, peer: PeerId) -> &mut LinkTree {
@@ -159,6 +223,20 @@ impl<S: PeerSink> Node<S> {
         self.cfg.dissemination == Dissemination::Tree
     }
 
+    /// Runs `f` (which stores a record a herd query fetched) off the tree: the record is
+    /// announced on every link, not pushed, and the tree's copy of it arriving later does not
+    /// prune the link it comes by. A query fetches a record out of the tree's order (a
+    /// WHATSAT at a server that does not know the client yet, say just after an IAMAT
+    /// elsewhere), so its copy often beats the tree's push; treated as a duplicate, that push
+    /// would prune the server's (and, if pushed on, its neighbours') eager link for the
+    /// origin, cutting them off the tree until a graft, 25 ms later, mends it.
+    pub(super) fn off_tree<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.tree.off_tree = self.tree_on();
+        let r = f(self);
+        self.tree.off_tree = false;
+        r
+    }
+
     /// Passes on `record`, just stored under log number `seq` (from `from`, if a peer): an
     /// update on every synchronised link but `from` (eager ones only, with the tree), an
     /// announcement on the lazy ones.
@@ -169,14 +247,23 @@ impl<S: PeerSink> Node<S> {
         seq: u64,
         record: &Arc<Record>,
     ) {
-        self.resolve_missing(record);
+        self.resolve_missing(now, from, record);
         let tree = self.tree_on();
+        let off_tree = tree && self.tree.off_tree;
+        if off_tree {
+            if self.tree.answered.len() >= MAX_ANSWERED {
+                self.tree.answered.clear();
+            }
+            self.tree.answered.insert(record.client().into());
+        } else if tree && !self.tree.answered.is_empty() {
+            self.tree.answered.remove(record.client());
+        }
         for i in 0..self.links.len() {
             let peer = PeerId(i);
             if Some(peer) == from || self.links[i].state != LinkState::Up {
                 continue;
             }
-            if tree && self.tree.is_lazy(peer, record.origin()) {
+            if off_tree || (tree && self.tree.is_lazy(peer, record.origin())) {
                 self.announce(now, peer, Announcement::of(seq, record));
             } else {
                 let msg = PeerMsg::Update {
@@ -218,14 +305,25 @@ impl<S: PeerSink> Node<S> {
         self.send(peer, &PeerMsg::Announce { entries });
     }
 
-    /// A record was stored: announcements it answers are no longer missing.
-    fn resolve_missing(&mut self, record: &Record) {
+    /// A record was stored (from `from`, if a peer): announcements it answers are no longer
+    /// missing. If it was pushed over a link not grafted for it (and not off the tree), how
+    /// late it came after the first announcement is a sample of the tree's lateness.
+    fn resolve_missing(&mut self, now: Timestamp, from: Option<PeerId>, record: &Record) {
         if self.tree.missing.is_empty() {
             return;
         }
         let Some(m) = self.tree.missing.get_mut(record.client()) else {
             return;
         };
+        let pushed = from.is_some_and(|p| !m.announcers.iter().any(|a| a.peer == p && a.grafted));
+        if let (true, false, Some(since)) = (pushed, self.tree.off_tree, m.since) {
+            if m.announcers
+                .iter()
+                .any(|a| a.announced.is_covered_by(record))
+            {
+                self.tree.lag.sample(now, now.since(since));
+            }
+        }
         m.announcers.retain(|a| !a.announced.is_covered_by(record));
         if m.announcers.is_empty() {
             self.tree.remove_missing(record.client());
@@ -265,6 +363,9 @@ impl<S: PeerSink> Node<S> {
             Applied::Stored | Applied::Refused(_) if lazy => {
                 self.tree.link(from).lazy.remove(origin);
             }
+            Applied::Stale
+                if !self.tree.answered.is_empty() && self.tree.answered.remove(record.client()) => {
+            }
             Applied::Stale => {
                 self.tree.link(from).lazy.insert(origin.into());
                 self.stats.prunes_sent += 1;
@@ -285,18 +386,24 @@ impl<S: PeerSink> Node<S> {
         for a in entries {
             let link = &mut self.links[from.0];
             link.seen = link.seen.max(a.seq);
-            if self
-                .store
-                .get(&a.client)
-                .is_some_and(|held| a.is_covered_by(&held))
-            {
+            // The held time decides unless it is the same; only then is the line needed.
+            let covered = match self.store.time_of(&a.client).map(|t| t.cmp(&a.time)) {
+                None | Some(std::cmp::Ordering::Less) => false,
+                Some(std::cmp::Ordering::Greater) => true,
+                Some(std::cmp::Ordering::Equal) => self
+                    .store
+                    .get(&a.client)
+                    .is_some_and(|held| a.is_covered_by(&held)),
+            };
+            if covered {
                 continue;
             }
             if !self.could_take(now, &a) {
                 continue;
             }
-            let timeout = self.cfg.graft_timeout;
+            let timeout = self.tree.lag.graft_wait(now, self.cfg.graft_timeout);
             let m = self.tree.missing.entry(a.client.clone()).or_default();
+            m.since.get_or_insert(now);
             match m.announcers.iter_mut().find(|x| x.peer == from) {
                 Some(x) => {
                     let seq = x.announced.seq;
@@ -330,7 +437,7 @@ impl<S: PeerSink> Node<S> {
         });
         let full = cfg
             .max_records
-            .is_some_and(|max| self.store.len() >= max && self.store.get(&a.client).is_none());
+            .is_some_and(|max| self.store.len() >= max && !self.store.contains(&a.client));
         !expired && !full && a.client.len() <= cfg.max_client_id_bytes
     }
 
@@ -437,7 +544,7 @@ impl<S: PeerSink> Node<S> {
     /// the announcers' next sessions (whose digests ask for what is missing).
     fn graft(&mut self, now: Timestamp, t: Timestamp, client: Box<[u8]>) {
         let held = self.store.get(&client);
-        let timeout = self.cfg.graft_timeout;
+        let timeout = self.tree.lag.graft_wait(now, self.cfg.graft_timeout);
         let Some(m) = self.tree.missing.get_mut(&client) else {
             return;
         };
@@ -447,6 +554,14 @@ impl<S: PeerSink> Node<S> {
         m.deadline = None;
         if let Some(held) = &held {
             m.announcers.retain(|a| !a.announced.is_covered_by(held));
+        }
+        let late = now.since(t);
+        if late > STALL && !m.postponed && !m.announcers.is_empty() {
+            m.postponed = true;
+            let t = now.plus(late.min(timeout));
+            m.deadline = Some(t);
+            self.tree.timers.insert((t, client));
+            return;
         }
         let links = &self.links;
         let next = m
