@@ -3,7 +3,8 @@
 # B, ...), both driven by the same herd-cli (B's). Rows T1 (one server, pipeline 1), T2 (one
 # server, pipeline 16), T3 (classic clients), T4 (the default herd of five servers in one
 # process, pipeline 16 over all) and T4P (the same herd as five processes, one per server, a
-# deployment's shape), as in bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
+# deployment's shape; acknowledged IAMATs over the load time plus the wait until every store
+# is equal), as in bench/run.sh. Use it to show a change is (or is not) within noise of the build before it.
 #
 #   bench/ab.sh OLD_TARGET_DIR [NEW_TARGET_DIR]
 #
@@ -109,6 +110,15 @@ round() { # round BINARY KIND LIMITS_JSON LOAD-ARGS...: prints requests/s of one
     local errs
     errs=$("${TOOLS[@]}" json "$TMP/l.json" errors | python3 -c 'import json,sys; print(sum(json.load(sys.stdin).values()))')
     [[ $errs == 0 ]] || die "round with $errs load errors against $bin"
+    if [[ $kind == five ]]; then
+        # The whole herd's figure: acknowledged IAMATs over the load time plus the time
+        # until every store holds every record (same record count and digest everywhere).
+        "${TOOLS[@]}" wait-equal "$CFG" 60 >"$TMP/eq.json"
+        [[ $("${TOOLS[@]}" json "$TMP/eq.json" equal) == True ]] || die "stores still differ after 60 s against $bin"
+        stop
+        python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); e=json.load(open(sys.argv[2])); print(l["ok"] / (l["elapsed_s"] + e["waited_s"]))' "$TMP/l.json" "$TMP/eq.json"
+        return
+    fi
     stop
     "${TOOLS[@]}" json "$TMP/l.json" requests_per_s
 }
@@ -147,7 +157,7 @@ for r in $ROWS; do
         T2) row "T2: 1 server, IAMAT, pipeline 16" single --to Goloman load -c "$CONNS" -d 16 ;;
         T3) row "T3: 1 server, classic clients (a connection per IAMAT)" single --to Goloman load --mode classic -c "$CONNS" ;;
         T4) row "T4: 5 servers, IAMAT, pipeline 16 over all" default load --all -c "$CONNS" -d 16 ;;
-        T4P) row "T4P: 5 servers as 5 processes, IAMAT, pipeline 16 over all" five load --all -c "$CONNS" -d 16 ;;
+        T4P) row "T4P: 5 servers as 5 processes, IAMAT, pipeline 16 over all, acks/s until every store holds every record" five load --all -c "$CONNS" -d 16 ;;
         *) die "unknown row $r (T1 T2 T3 T4 T4P)" ;;
     esac
 done
