@@ -49,6 +49,14 @@ pub trait PeerSink {
     /// The node paces a reconciliation by it, so that a large delta never fills the queue.
     fn backlog(&self, to: PeerId) -> usize;
 
+    /// Bytes sent to `to` and not yet through the transport: the backlog and what the
+    /// transport has taken but not written yet. When it passes
+    /// [`crate::node::NodeConfig::catch_up_bytes`] the node stops queuing live updates for
+    /// `to` and catches it up from its store instead. By default the backlog.
+    fn lag(&self, to: PeerId) -> usize {
+        self.backlog(to)
+    }
+
     /// Asks the adapter to call [`crate::Node::handle_link_drained`] for `to` once it has
     /// taken what is queued for `to` now (at most once per request; the request dies with
     /// the link's session).

@@ -326,3 +326,159 @@ fn a_whatsat_left_unanswered_by_the_herd_ends_with_its_question_mark_reply() {
     assert_eq!(a.poll_event(), None);
     assert_eq!(a.queries_in_flight(), 0);
 }
+
+/// The client ids and lines of the updates among `sent`.
+fn update_lines(sent: &[(PeerId, PeerMsg)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    sent.iter()
+        .filter_map(|(_, m)| match m {
+            PeerMsg::Update { record, .. } => {
+                Some((record.client().to_vec(), record.at_line().to_vec()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_link_that_falls_behind_is_caught_up_from_the_store_with_each_client_once() {
+    let mut a = node_with_records(0, 1_000);
+    let mut cfg_limits = a.limits();
+    cfg_limits.catch_up_bytes = 2_000;
+    a.set_limits(Timestamp(1), cfg_limits);
+    a.handle_link_up(Timestamp(2), PeerId(0));
+    a.handle_peer_msg(Timestamp(2), PeerId(0), first_digest())
+        .expect("the peer message is handled");
+    assert!(a.is_linked(PeerId(0)), "an empty store syncs at once");
+    a.sink_mut().take();
+    a.sink_mut().drain(PeerId(0));
+    let mut out = Vec::new();
+    let mut iamat = |a: &mut Node<RecordingPeerSink>, client: usize, t: usize| {
+        let line = format!("IAMAT c{client} +1+1 {t}");
+        let action = a.handle_client_line(Timestamp(3), line.as_bytes(), &mut out);
+        assert_eq!(action, ClientAction::Replied);
+    };
+    // Live updates until the link is 2,000 bytes behind: then `C`, and nothing more.
+    for c in 0..100 {
+        iamat(&mut a, c, 1);
+    }
+    let live = a.sink_mut().take();
+    let c_at = live
+        .iter()
+        .position(|(_, m)| *m == PeerMsg::CatchUp)
+        .expect("a link 2,000 bytes behind is caught up");
+    assert!(
+        encoded_len(&live[..c_at]) > 2_000 && encoded_len(&live[..c_at]) < 2_100,
+        "caught up once past the mark: {}",
+        encoded_len(&live[..c_at])
+    );
+    assert_eq!(
+        live.len(),
+        c_at + 1,
+        "nothing follows the C until the drain"
+    );
+    assert!(!a.is_linked(PeerId(0)));
+    let sent_live = update_lines(&live).len();
+    // Meanwhile some clients move again and again: only their latest records will go.
+    for t in 2..10 {
+        for c in 0..10 {
+            iamat(&mut a, c, t);
+        }
+    }
+    assert!(a.sink().sent.is_empty());
+    let mut delta = Vec::new();
+    let mut rounds = 0;
+    loop {
+        assert!(
+            a.sink_mut().drain(PeerId(0)),
+            "the node waits for the drain"
+        );
+        a.handle_link_drained(Timestamp(4), PeerId(0));
+        let batch = a.sink_mut().take();
+        assert!(encoded_len(&batch) < 1_100, "paced by the window");
+        let done = batch
+            .iter()
+            .any(|(_, m)| matches!(m, PeerMsg::Synced { .. }));
+        delta.extend(batch);
+        if done {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 100, "the catch-up never ends");
+    }
+    assert!(a.is_linked(PeerId(0)), "live again after the S");
+    assert_eq!(
+        delta.last().map(|(_, m)| m.clone()),
+        Some(PeerMsg::Synced {
+            seq: a.store().seq()
+        })
+    );
+    let lines = update_lines(&delta);
+    let mut clients: Vec<_> = lines.iter().map(|(c, _)| c.clone()).collect();
+    clients.sort();
+    clients.dedup();
+    assert_eq!(clients.len(), lines.len(), "each client once");
+    // Every client not sent live, and every client that moved, with its latest record.
+    assert_eq!(lines.len(), (100 - sent_live) + 10.min(sent_live));
+    for (client, line) in &lines {
+        let held = a.store().get(client).expect("held");
+        assert_eq!(&held.at_line().to_vec(), line, "the latest record");
+    }
+    let stats = a.stats();
+    assert_eq!(
+        (stats.catch_ups, stats.catch_up_records),
+        (1, lines.len() as u64)
+    );
+    // Live again: the next update goes out at once.
+    iamat(&mut a, 500, 1);
+    assert_eq!(update_lines(&a.sink_mut().take()).len(), 1);
+}
+
+#[test]
+fn updates_after_a_catch_up_line_are_a_delta_and_prune_nothing() {
+    // C's tree: B and D are both eager for A's records; a stale copy over an eager link
+    // prunes it, but not while the sender says it is catching C up.
+    let cfg = NodeConfig::new(name("C"), vec![name("B"), name("D")]);
+    let mut c = Node::new(cfg, RecordingPeerSink::default(), &mut SeededIds::new(3));
+    for p in [PeerId(0), PeerId(1)] {
+        c.handle_link_up(Timestamp(1), p);
+        c.handle_peer_msg(Timestamp(1), p, first_digest()).unwrap();
+        c.handle_peer_msg(Timestamp(1), p, PeerMsg::Synced { seq: 0 })
+            .unwrap();
+    }
+    let record = |t: u32| {
+        let line = format!("AT A +0.000000000 kiwi +1+1 {t}");
+        std::sync::Arc::new(herd_core::Record::parse(line.as_bytes()).unwrap())
+    };
+    let update = |seq, t| PeerMsg::Update {
+        seq,
+        record: record(t),
+    };
+    c.sink_mut().take();
+    c.handle_peer_msg(Timestamp(2), PeerId(1), update(1, 1))
+        .unwrap();
+    c.handle_peer_msg(Timestamp(2), PeerId(0), PeerMsg::CatchUp)
+        .unwrap();
+    c.handle_peer_msg(Timestamp(2), PeerId(0), update(1, 1))
+        .unwrap();
+    let prunes = |sent: &[(PeerId, PeerMsg)]| {
+        sent.iter()
+            .filter(|(_, m)| matches!(m, PeerMsg::Prune { .. }))
+            .count()
+    };
+    assert_eq!(
+        prunes(&c.sink_mut().take()),
+        0,
+        "a delta's duplicate is expected"
+    );
+    c.handle_peer_msg(Timestamp(2), PeerId(0), PeerMsg::Synced { seq: 1 })
+        .unwrap();
+    c.handle_peer_msg(Timestamp(3), PeerId(1), update(2, 2))
+        .unwrap();
+    c.handle_peer_msg(Timestamp(3), PeerId(0), update(2, 2))
+        .unwrap();
+    assert_eq!(
+        prunes(&c.sink_mut().take()),
+        1,
+        "live again: a duplicate over an eager link prunes it"
+    );
+}

@@ -93,12 +93,24 @@ fn a_stale_update_over_an_eager_link_prunes_it_for_that_origin_only() {
         )]
     );
     assert_eq!(a.stats().prunes_sent, 1);
-    assert!(!a.is_eager(C, b"D") && a.is_eager(C, b"E") && a.is_eager(B, b"D"));
+    assert!(!a.is_pushed_by(C, b"D") && a.is_pushed_by(C, b"E") && a.is_pushed_by(B, b"D"));
+    // The prune is for C's pushes to A; A's own pushes to C are C's to prune.
+    assert!(a.is_eager(C, b"D"));
     // Once more (C still pushes, its prune not yet taken): pruned again, idempotently.
     a.handle_peer_msg(at(3), C, update(1, &r)).unwrap();
     assert_eq!(kinds(&a.sink_mut().take()), [(C, 'X')]);
-    assert!(!a.is_eager(C, b"D"));
-    // D's next record goes to C as an announcement; another origin's is still pushed.
+    assert!(!a.is_pushed_by(C, b"D"));
+    // C prunes A for D too: D's next record goes to C as an announcement; another origin's
+    // is still pushed.
+    a.handle_peer_msg(
+        at(3),
+        C,
+        PeerMsg::Prune {
+            origin: b"D"[..].into(),
+        },
+    )
+    .unwrap();
+    assert!(!a.is_eager(C, b"D") && a.is_eager(C, b"E"));
     let r2 = record("D", "kiwi", "1700000002");
     a.handle_peer_msg(at(4), B, update(2, &r2)).unwrap();
     assert!(a.sink_mut().take().is_empty(), "the announcement waits");
@@ -130,6 +142,52 @@ fn a_stale_update_over_an_eager_link_prunes_it_for_that_origin_only() {
         sent[0].1.to_line().len() as u64
     );
     assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn prunes_from_both_neighbours_never_cut_a_server_off_and_it_keeps_its_last_pushing_link() {
+    let mut a = node(Dissemination::Tree);
+    let r1 = record("D", "kiwi", "1700000001");
+    a.handle_peer_msg(at(1), B, update(1, &r1)).unwrap();
+    a.sink_mut().take();
+    // B and C each got a record of D from A that they already held, and prune A: A announces
+    // D's records to both from now on.
+    for p in [B, C] {
+        let prune = PeerMsg::Prune {
+            origin: b"D"[..].into(),
+        };
+        a.handle_peer_msg(at(2), p, prune).unwrap();
+    }
+    assert!(!a.is_eager(B, b"D") && !a.is_eager(C, b"D"));
+    // Both still push D's records to A: their prunes were about A's pushes, not theirs.
+    assert!(a.is_pushed_by(B, b"D") && a.is_pushed_by(C, b"D"));
+    let r2 = record("D", "kiwi", "1700000002");
+    a.handle_peer_msg(at(3), C, update(2, &r2)).unwrap();
+    assert!(
+        a.sink_mut().take().is_empty(),
+        "stored, nothing to send yet"
+    );
+    assert_eq!(a.store().get(b"kiwi").unwrap().at_line(), r2.at_line());
+    // B's copy is a duplicate: B is pruned, C stays.
+    a.handle_peer_msg(at(4), B, update(2, &r2)).unwrap();
+    assert_eq!(kinds(&a.sink_mut().take()), [(B, 'X')]);
+    assert!(!a.is_pushed_by(B, b"D") && a.is_pushed_by(C, b"D"));
+    // A duplicate over C, the last link pushing D's records to A, does not prune it (under
+    // load the copies of a record arrive in any order).
+    let r3 = record("D", "kiwi", "1700000003");
+    a.handle_peer_msg(at(5), B, update(3, &r3)).unwrap();
+    assert_eq!(
+        kinds(&a.sink_mut().take()),
+        [(B, 'X')],
+        "B still pushes: again"
+    );
+    a.handle_peer_msg(at(6), C, update(3, &r3)).unwrap();
+    assert!(
+        a.sink_mut().take().is_empty(),
+        "no prune of the last pushing link"
+    );
+    assert!(a.is_pushed_by(C, b"D"));
+    assert_eq!(a.stats().prunes_sent, 2);
 }
 
 #[test]
@@ -173,12 +231,12 @@ fn a_prune_received_makes_that_origin_announced_on_that_link_and_announcements_a
 fn an_announced_record_still_missing_at_the_graft_timeout_is_grafted_and_the_answer_makes_the_link_eager(
 ) {
     let mut a = node(Dissemination::Tree);
-    // A prunes C for origin D first (C is lazy for D at both ends).
+    // A prunes C for origin D first (C announces D's records to A from then on).
     let old = record("D", "kiwi", "1700000001");
     a.handle_peer_msg(at(0), B, update(1, &old)).unwrap();
     a.handle_peer_msg(at(0), C, update(1, &old)).unwrap();
     a.sink_mut().take();
-    assert!(!a.is_eager(C, b"D"));
+    assert!(!a.is_pushed_by(C, b"D"));
     // C announces a newer record of kiwi that A lacks.
     let new = record("D", "kiwi", "1700000009");
     let ann = PeerMsg::Announce {
@@ -203,11 +261,11 @@ fn an_announced_record_still_missing_at_the_graft_timeout_is_grafted_and_the_ans
         )]
     );
     assert_eq!(a.stats().grafts_sent, 1);
-    // C answers with its record: stored, passed on to B, and the link is eager for D again.
+    // C answers with its record: stored, passed on to B, and C pushes D's records to A again.
     a.handle_peer_msg(at(22), C, update(6, &new)).unwrap();
     assert_eq!(a.store().get(b"kiwi").unwrap().at_line(), new.at_line());
     assert_eq!(kinds(&a.sink_mut().take()), [(B, 'U')]);
-    assert!(a.is_eager(C, b"D"));
+    assert!(a.is_pushed_by(C, b"D"));
     assert_eq!(a.announced_missing(), 0);
     assert_eq!(a.poll_timeout(), None, "no graft left to send");
 }

@@ -116,6 +116,7 @@ impl ClientCount {
 pub(crate) fn node_limits(limits: &Limits, base: NodeLimits) -> NodeLimits {
     NodeLimits {
         resync_window: limits.resync_window(),
+        catch_up_bytes: limits.peer_catch_up_bytes,
         max_client_id_bytes: limits.max_client_id_bytes,
         max_records: Some(limits.max_records),
         record_ttl: limits.record_ttl,

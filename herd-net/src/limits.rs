@@ -30,6 +30,10 @@ pub const DEFAULT_LOG_LINE_BYTES: usize = 512;
 ///
 /// A reconciliation delta does not count against it: it is queued a window at a time.
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Default lag (bytes sent to a neighbour and not yet written) past which a link stops
+/// taking live updates and is caught up from the store: 4 MiB (some forty thousand updates;
+/// above the reconciliation window, so a paced delta alone never sets it off).
+pub const DEFAULT_PEER_CATCH_UP_BYTES: usize = herd_core::node::DEFAULT_CATCH_UP_BYTES;
 /// Default reconciliation window: a delta is queued for a neighbour while less than 1 MiB is
 /// waiting for it; the rest follows as the link's writer takes the queue.
 pub const DEFAULT_RESYNC_WINDOW_BYTES: usize = herd_core::node::DEFAULT_RESYNC_WINDOW;
@@ -154,6 +158,12 @@ pub struct Limits {
     /// A reconciliation delta is queued for a peer only while less than this is waiting for
     /// it (in effect at most a quarter of `peer_queue_bytes`; see [`Limits::resync_window`]).
     pub resync_window_bytes: usize,
+    /// When more than this many bytes sent to a neighbour are not written yet (queued, or
+    /// taken by the link's writer), the link stops taking live updates: what the store takes
+    /// meanwhile goes as a paced delta from its log, as in a reconciliation, so a client
+    /// updated many times while the link is behind is sent once ([`herd_core::NodeConfig::catch_up_bytes`]).
+    /// 0: never.
+    pub peer_catch_up_bytes: usize,
     /// A journal is compacted when it holds more than twice the store's records and at
     /// least this many lines.
     pub journal_compact_lines: u64,
@@ -203,6 +213,7 @@ impl Default for Limits {
             log_line_bytes: DEFAULT_LOG_LINE_BYTES,
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             resync_window_bytes: DEFAULT_RESYNC_WINDOW_BYTES,
+            peer_catch_up_bytes: DEFAULT_PEER_CATCH_UP_BYTES,
             journal_compact_lines: DEFAULT_JOURNAL_COMPACT_LINES,
             places_timeout: DEFAULT_PLACES_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,

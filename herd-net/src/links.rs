@@ -223,6 +223,10 @@ impl PeerSink for LinkTable {
         self.queue(to).map_or(0, |q| q.queued())
     }
 
+    fn lag(&self, to: PeerId) -> usize {
+        self.queue(to).map_or(0, |q| q.pending())
+    }
+
     fn notify_drained(&mut self, to: PeerId) {
         if let Some(q) = self.queue(to) {
             q.want_drain();

@@ -11,7 +11,7 @@
 //! time (`PeerSink::backlog`) and asks to hear when the writer has taken the queue
 //! (`PeerSink::notify_drained`); the writer then calls `Node::handle_link_drained`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use herd_core::{PeerMsg, PeerSendError};
@@ -25,6 +25,8 @@ pub struct PeerQueue {
     max_bytes: usize,
     /// The node asked to hear when the writer has taken what is queued.
     drain_wanted: AtomicBool,
+    /// Bytes pushed and not yet written: queued, or taken by the writer and not through.
+    pending: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +59,23 @@ impl PeerQueue {
             wake: Notify::new(),
             max_bytes,
             drain_wanted: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
         })
+    }
+
+    /// Bytes pushed and not yet written: queued, or taken by the writer and not through
+    /// (what the link is behind by, short of the kernel's buffers).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The writer wrote `bytes` it had taken.
+    pub fn written(&self, bytes: usize) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(bytes))
+            });
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueInner> {
@@ -74,16 +92,20 @@ impl PeerQueue {
         if q.closed {
             return Err(PeerSendError::Down);
         }
+        let before = q.buf.len();
         msg.encode(&mut q.buf);
         if q.buf.len() > self.max_bytes {
             q.closed = true;
             q.overflowed = true;
             q.buf = Vec::new();
             drop(q);
+            self.pending.store(0, Ordering::Release);
             self.wake.notify_one();
             return Err(PeerSendError::Backlogged);
         }
+        let added = q.buf.len() - before;
         drop(q);
+        self.pending.fetch_add(added, Ordering::AcqRel);
         // `Notify` keeps at most one permit: waking an awake writer costs one atomic operation.
         self.wake.notify_one();
         Ok(())
@@ -147,5 +169,25 @@ mod tests {
         assert_eq!(out, b"S 1\nS 2\n");
         out.clear();
         assert_eq!(q.take(&mut out), Take::Empty);
+    }
+
+    #[test]
+    fn pending_counts_what_is_queued_or_taken_until_it_is_written() {
+        let q = PeerQueue::new(1000);
+        q.push(&PeerMsg::Synced { seq: 1 }).unwrap();
+        q.push(&PeerMsg::Synced { seq: 2 }).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out), Take::Data);
+        assert_eq!(q.pending(), 8, "taken is not written");
+        q.push(&PeerMsg::Synced { seq: 3 }).unwrap();
+        q.written(out.len());
+        assert_eq!(q.pending(), 4);
+        q.written(100);
+        assert_eq!(q.pending(), 0, "never below zero");
+        let small = PeerQueue::new(6);
+        small.push(&PeerMsg::Synced { seq: 1 }).unwrap();
+        assert_eq!(small.pending(), 4);
+        assert!(small.push(&PeerMsg::Synced { seq: 2 }).is_err());
+        assert_eq!(small.pending(), 0, "an overflowed queue holds nothing");
     }
 }

@@ -134,6 +134,9 @@ impl ServerStats {
             "whatsats_unknown": n.whatsats_unknown,
             "resyncs": n.resyncs,
             "resync_records": n.resync_records,
+            "catch_ups": n.catch_ups,
+            "catch_up_records": n.catch_up_records,
+            "catch_ups_received": n.catch_ups_received,
             "store_line_bytes": self.store_line_bytes,
             "links": links,
         });

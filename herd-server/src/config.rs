@@ -8,6 +8,7 @@
 //!  "limits": {"max_line_bytes": 65536, "max_clients": 10000, "idle_timeout_ms": 300000,
 //!             "line_timeout_ms": 10000, "max_clients_per_ip": 256, "log_line_bytes": 512,
 //!             "peer_queue_bytes": 67108864, "resync_window_bytes": 1048576,
+//!             "peer_catch_up_bytes": 4194304,
 //!             "journal_compact_lines": 100000,
 //!             "places_timeout_ms": 5000, "shutdown_grace_ms": 5000,
 //!             "heartbeat_ms": 250, "peer_timeout_ms": 1000, "max_client_id_bytes": 256,
@@ -264,6 +265,7 @@ struct RawLimits {
     log_line_bytes: Option<usize>,
     peer_queue_bytes: Option<usize>,
     resync_window_bytes: Option<usize>,
+    peer_catch_up_bytes: Option<usize>,
     journal_compact_lines: Option<u64>,
     places_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -470,6 +472,10 @@ impl RawLimits {
                 d::DEFAULT_RESYNC_WINDOW_BYTES,
                 "resync_window_bytes",
             )?,
+            // 0 is allowed: a link is never caught up.
+            peer_catch_up_bytes: self
+                .peer_catch_up_bytes
+                .unwrap_or(d::DEFAULT_PEER_CATCH_UP_BYTES),
             journal_compact_lines: positive(
                 self.journal_compact_lines,
                 d::DEFAULT_JOURNAL_COMPACT_LINES,
@@ -845,7 +851,7 @@ mod tests {
                 "limits": {"max_line_bytes": 10, "max_clients": 3, "idle_timeout_ms": 4,
                            "peer_queue_bytes": 5, "places_timeout_ms": 6, "shutdown_grace_ms": 7,
                            "resync_window_bytes": 8, "journal_compact_lines": 9,
-                           "line_timeout_ms": 11, "max_clients_per_ip": 12, "log_line_bytes": 13},
+                           "peer_catch_up_bytes": 14, "line_timeout_ms": 11, "max_clients_per_ip": 12, "log_line_bytes": 13},
                 "data_dir": "/d", "journal_fsync": true}"#,
         )
         .unwrap();
@@ -864,6 +870,7 @@ mod tests {
         assert_eq!(l.places_timeout, Duration::from_millis(6));
         assert_eq!(l.shutdown_grace, Duration::from_millis(7));
         assert_eq!(l.resync_window_bytes, 8);
+        assert_eq!(l.peer_catch_up_bytes, 14);
         assert_eq!(l.journal_compact_lines, 9);
         assert_eq!(l.line_timeout, Duration::from_millis(11));
         assert_eq!((l.max_clients_per_ip, l.log_line_bytes), (12, 13));
@@ -885,6 +892,11 @@ mod tests {
         .unwrap();
         let l = &c.limits;
         assert_eq!(l.dissemination, herd_core::Dissemination::Flood);
+        assert_eq!(
+            l.peer_catch_up_bytes,
+            herd_net::limits::DEFAULT_PEER_CATCH_UP_BYTES,
+            "4 MiB unless set"
+        );
         assert_eq!(l.heartbeat, Duration::from_millis(100));
         assert_eq!(l.peer_timeout, Duration::from_millis(400));
         assert_eq!((l.max_client_id_bytes, l.max_records), (64, 3));

@@ -520,7 +520,7 @@ pub fn describe(config: &HerdConfig) -> String {
     let ms = |d: std::time::Duration| d.as_millis().to_string();
     let off = |d: Option<std::time::Duration>| d.map_or_else(|| "off".to_owned(), ms);
     let l = &config.limits;
-    let limits: [(&str, String); 20] = [
+    let limits: [(&str, String); 21] = [
         ("max_line_bytes", l.max_line_bytes.to_string()),
         ("max_clients", l.max_clients.to_string()),
         ("idle_timeout_ms", ms(l.idle_timeout)),
@@ -529,6 +529,7 @@ pub fn describe(config: &HerdConfig) -> String {
         ("log_line_bytes", l.log_line_bytes.to_string()),
         ("peer_queue_bytes", l.peer_queue_bytes.to_string()),
         ("resync_window_bytes", l.resync_window_bytes.to_string()),
+        ("peer_catch_up_bytes", l.peer_catch_up_bytes.to_string()),
         ("journal_compact_lines", l.journal_compact_lines.to_string()),
         ("places_timeout_ms", ms(l.places_timeout)),
         ("shutdown_grace_ms", ms(l.shutdown_grace)),

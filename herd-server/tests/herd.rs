@@ -394,6 +394,52 @@ async fn a_resync_far_larger_than_the_peer_queue_is_paced_through_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_falls_behind_is_caught_up_from_the_store_and_keeps_every_latest_record() {
+    // A lag of one byte: every record A stores while its writer still holds an earlier one
+    // for B sets off a catch-up. The burst (40 clients, 200 updates each) goes through
+    // catch-ups, not an overflow, and B ends with every client's latest record.
+    let json = config_json(
+        &["A", "B"],
+        &[("A", "B")],
+        "\"limits\": {\"peer_catch_up_bytes\": 1}",
+    );
+    let herd = start(&json).await;
+    all_linked(&herd, &[("A", "B")]).await;
+    let mut input = Vec::new();
+    for i in 0..8000u32 {
+        input.extend_from_slice(format!("IAMAT c{} +1+1 {}\n", i % 40, 1_000 + i).as_bytes());
+    }
+    let a = herd.server("A").unwrap();
+    let b = herd.server("B").unwrap();
+    assert_eq!(lines(&exchange(a.local_addr(), &input).await).len(), 8000);
+    let converged = eventually(Duration::from_secs(10), || {
+        let sb = b.stats();
+        sb.records == 40 && sb.digest == a.stats().digest
+    })
+    .await;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(converged, "B holds {} of 40 records", sb.records);
+    assert!(sa.node.catch_ups > 0, "the link fell behind: {:?}", sa.node);
+    assert_eq!(sb.node.catch_ups_received, sa.node.catch_ups);
+    assert_eq!(sa.node.send_failures, 0, "the queue never overflowed");
+    assert!(
+        sa.node.updates_sent < 8000,
+        "records superseded while the link was behind were not sent: {}",
+        sa.node.updates_sent
+    );
+    assert_eq!(
+        (sa.links_up.len(), sb.links_up.len()),
+        (1, 1),
+        "the link stayed up"
+    );
+    // B's record of each client is A's latest: the last update of c0 is 1000 + 7960.
+    let reply = exchange(b.local_addr(), b"WHATSAT c0 10 1\n").await;
+    let first = String::from_utf8_lossy(lines(&reply)[0]).into_owned();
+    assert!(first.ends_with(" c0 +1+1 8960\n"), "{first}");
+    herd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_queue_overflow_drops_the_link_and_reconciliation_repairs_it() {
     // 4 KiB holds a resync of 40 clients but not a burst of updates.
     let json = config_json(

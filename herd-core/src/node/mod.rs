@@ -65,6 +65,9 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 pub const DEFAULT_MAX_QUERIES: usize = 4096;
 /// Default backlog (bytes) up to which a reconciliation delta is queued for a neighbour.
 pub const DEFAULT_RESYNC_WINDOW: usize = 1 << 20;
+/// Default lag (bytes) past which a neighbour is caught up from the store
+/// ([`NodeConfig::catch_up_bytes`]).
+pub const DEFAULT_CATCH_UP_BYTES: usize = 4 << 20;
 /// Default longest client id, in bytes, that the node accepts ([`NodeConfig::max_client_id_bytes`]).
 pub const DEFAULT_MAX_CLIENT_ID_BYTES: usize = 256;
 
@@ -84,6 +87,13 @@ pub struct NodeConfig {
     /// reports the queue taken ([`Node::handle_link_drained`]). Keep it well below the
     /// adapter's queue bound.
     pub resync_window: usize,
+    /// When a neighbour's lag ([`PeerSink::lag`]) passes this many bytes (0: never), its
+    /// link stops taking live updates and announcements: the node sends `C` and catches the
+    /// neighbour up with a delta from its log, paced like a reconciliation's (each client's
+    /// latest record, once), then `S` and live updates again. A link whose neighbour takes
+    /// updates slower than they come stays caught up this way, at the cost of a client's
+    /// intermediate records, which only the latest supersedes anyway.
+    pub catch_up_bytes: usize,
     /// Whether every record the store takes is also kept for [`Node::drain_journal`], so
     /// that an adapter can write it to durable storage (before acknowledging it).
     pub journal: bool,
@@ -140,6 +150,8 @@ pub struct NodeLimits {
     pub max_queries: usize,
     /// [`NodeConfig::resync_window`]: applies from the next pacing decision.
     pub resync_window: usize,
+    /// [`NodeConfig::catch_up_bytes`]: applies from the next record sent.
+    pub catch_up_bytes: usize,
     /// [`NodeConfig::max_client_id_bytes`]: applies to lines and records from then on;
     /// records already held with longer ids stay.
     pub max_client_id_bytes: usize,
@@ -164,6 +176,7 @@ impl NodeConfig {
             query_timeout: self.query_timeout,
             max_queries: self.max_queries,
             resync_window: self.resync_window,
+            catch_up_bytes: self.catch_up_bytes,
             max_client_id_bytes: self.max_client_id_bytes,
             max_records: self.max_records,
             record_ttl: self.record_ttl,
@@ -179,6 +192,7 @@ impl NodeConfig {
             query_timeout,
             max_queries,
             resync_window,
+            catch_up_bytes,
             max_client_id_bytes,
             max_records,
             record_ttl,
@@ -189,6 +203,7 @@ impl NodeConfig {
         self.query_timeout = query_timeout;
         self.max_queries = max_queries;
         self.resync_window = resync_window;
+        self.catch_up_bytes = catch_up_bytes;
         self.max_client_id_bytes = max_client_id_bytes;
         self.max_records = max_records;
         self.record_ttl = record_ttl;
@@ -205,6 +220,7 @@ impl NodeConfig {
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_queries: DEFAULT_MAX_QUERIES,
             resync_window: DEFAULT_RESYNC_WINDOW,
+            catch_up_bytes: DEFAULT_CATCH_UP_BYTES,
             journal: false,
             max_client_id_bytes: DEFAULT_MAX_CLIENT_ID_BYTES,
             max_records: None,
@@ -351,6 +367,12 @@ pub struct NodeStats {
     pub resyncs: u64,
     /// Records sent in reconciliation deltas.
     pub resync_records: u64,
+    /// Times a link fell behind and was caught up from the store (`C` sent).
+    pub catch_ups: u64,
+    /// Records sent in those catch-ups.
+    pub catch_up_records: u64,
+    /// `C` lines received: a neighbour caught this node up.
+    pub catch_ups_received: u64,
     /// FENCEs refused for a limit ([`NodeConfig::max_fences_per_subscriber`],
     /// [`NodeConfig::max_fences`]).
     pub fences_refused: u64,
@@ -998,6 +1020,10 @@ impl<S: PeerSink> Node<S> {
                 self.on_answer(now, from, (origin, qid), record);
             }
             PeerMsg::Ping => {}
+            PeerMsg::CatchUp => {
+                self.stats.catch_ups_received += 1;
+                self.tree_catch_up(from);
+            }
         }
         Ok(())
     }

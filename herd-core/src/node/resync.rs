@@ -18,6 +18,8 @@ pub(super) struct Resync {
     pending: VecDeque<Change>,
     /// The highest log position covered so far: what changed after it is sent next.
     covered: u64,
+    /// A catch-up of a link that fell behind, not a reconciliation after a link came up.
+    catch_up: bool,
 }
 
 impl<S: PeerSink> Node<S> {
@@ -43,8 +45,40 @@ impl<S: PeerSink> Node<S> {
         link.resync = Some(Resync {
             pending: VecDeque::new(),
             covered: since,
+            catch_up: false,
         });
         self.continue_resync(now, from);
+    }
+
+    /// `peer`'s link is too far behind ([`super::NodeConfig::catch_up_bytes`]): every change
+    /// up to `covered` has been queued for it (announcements flushed now); what follows goes
+    /// as a paced delta from the log, like a reconciliation's, ended by `S`.
+    pub(super) fn start_catch_up(&mut self, peer: PeerId, covered: u64) {
+        self.flush_announcements(peer);
+        self.stats.catch_ups += 1;
+        self.send(peer, &PeerMsg::CatchUp);
+        let link = &mut self.links[peer.0];
+        if link.state != LinkState::Up {
+            // The send failed: the link is down.
+            return;
+        }
+        link.state = LinkState::Syncing;
+        link.resync = Some(Resync {
+            pending: VecDeque::new(),
+            covered,
+            catch_up: true,
+        });
+        // Wait for the writer to take what is queued before adding to it.
+        self.sink.notify_drained(peer);
+    }
+
+    /// With `peer`'s link being caught up, the log number its delta has reached.
+    pub(super) fn catch_up_covered(&self, peer: PeerId) -> Option<u64> {
+        let link = &self.links[peer.0];
+        match (&link.resync, link.state) {
+            (Some(r), LinkState::Syncing) if r.catch_up => Some(r.covered),
+            _ => None,
+        }
     }
 
     /// The sink has taken what was queued for `peer` (after [`PeerSink::notify_drained`]):
@@ -108,7 +142,15 @@ impl<S: PeerSink> Node<S> {
                 continue;
             }
             self.stats.updates_sent += 1;
-            self.stats.resync_records += 1;
+            if self.links[peer.0]
+                .resync
+                .as_ref()
+                .is_some_and(|r| r.catch_up)
+            {
+                self.stats.catch_up_records += 1;
+            } else {
+                self.stats.resync_records += 1;
+            }
             let record = Arc::new(record);
             self.send(peer, &PeerMsg::Update { seq, record });
         }

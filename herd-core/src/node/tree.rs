@@ -2,16 +2,18 @@
 //! reconciliation as the backstop.
 //!
 //! With [`Dissemination::Tree`], each link is *eager* or *lazy* per origin server (the AT
-//! line's second field), so every origin has its own tree, the one its records first reached
-//! every server by. At link up every origin is eager. A record stored goes as an
-//! [`PeerMsg::Update`] on the links eager for its origin and as an [`Announcement`] on the
-//! lazy ones (batched per link for [`super::NodeConfig::announce_delay`]). A live update that
-//! is not new (stale in the store's order) over an eager link makes it lazy for that origin
-//! at both ends ([`PeerMsg::Prune`]). An announcement of a record newer than the store's is
-//! remembered; if it is still missing after [`super::NodeConfig::graft_timeout`], the node
-//! asks the announcer for it ([`PeerMsg::Graft`]), which answers with its record and makes
-//! the link eager for its origin again (at both ends). No announcer left: the record comes
-//! with the next reconciliation.
+//! line's second field) and per direction, so every origin has its own tree, the one its
+//! records first reached every server by. At link up every origin is eager both ways. A
+//! record stored goes as an [`PeerMsg::Update`] on the links eager (this way) for its origin
+//! and as an [`Announcement`] on the lazy ones (batched per link for
+//! [`super::NodeConfig::announce_delay`]). A live update that is not new (stale in the
+//! store's order) over a link that pushes it makes the receiver tell the sender to announce
+//! that origin's records instead ([`PeerMsg::Prune`]), unless that link is the last one
+//! pushing them to it. An announcement of a record newer than the store's is remembered; if
+//! it is still missing after [`super::NodeConfig::graft_timeout`], the node asks the
+//! announcer for it ([`PeerMsg::Graft`]), which answers with its record and pushes that
+//! origin's records on the link again. No announcer left: the record comes with the next
+//! reconciliation.
 //!
 //! Reconciliation stays exact: every change of a node's log goes to every neighbour as an
 //! update or an announcement, in log order, so the receiver's `seen` still counts "every
@@ -39,7 +41,7 @@ pub const DEFAULT_ANNOUNCE_DELAY: Duration = Duration::from_millis(5);
 /// ([`super::NodeConfig::graft_timeout`]).
 pub const DEFAULT_GRAFT_TIMEOUT: Duration = Duration::from_millis(20);
 /// Longest wait before a graft when the tree's pushes run late ([`Lag`]).
-const MAX_GRAFT_WAIT: Duration = Duration::from_millis(100);
+const MAX_GRAFT_WAIT: Duration = Duration::from_millis(1000);
 /// Lateness last seen longer ago than this is forgotten: the graft wait is back to the
 /// configured timeout.
 const LAG_MEMORY: Duration = Duration::from_secs(1);
@@ -64,8 +66,12 @@ pub enum Dissemination {
 /// Broadcast tree state of one link.
 #[derive(Debug, Clone, Default)]
 struct LinkTree {
-    /// Origins whose records this link carries as announcements (the rest are eager).
+    /// Origins whose records this end announces on the link rather than pushes: the peer
+    /// pruned them (the rest are eager this way).
     lazy: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+    /// Origins this end pruned: the peer announces their records to it (the rest the peer
+    /// pushes). A server never prunes the last link that pushes it an origin's records.
+    pruned: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
     /// Announcements waiting to go, in log order.
     batch: Vec<Announcement>,
     /// Encoded bytes of `batch`.
@@ -154,7 +160,14 @@ pub(super) struct TreeState {
     /// Clients whose record in the store came from a query's answer, not by the tree: the
     /// tree's own copy of it, arriving after, is stale without the link being redundant.
     answered: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+    /// Grafts sent and not answered yet: (link, client). The answer makes the link eager at
+    /// this end (the peer made it eager at its end when it took the graft).
+    grafted: HashSet<(usize, Box<[u8]>), foldhash::fast::FixedState>,
 }
+
+/// Most unanswered grafts [`TreeState::grafted`] remembers (past this bound the set is
+/// cleared: an answer then finds its link lazy and prunes it, and a later graft mends it).
+const MAX_GRAFTED: usize = 4096;
 
 /// Most clients [`TreeState::answered`] remembers (their pushes normally arrive within a few
 /// milliseconds; past this bound the set is cleared, at worst costing a needless prune).
@@ -172,6 +185,12 @@ impl TreeState {
         self.links
             .get(peer.0)
             .is_some_and(|l| !l.lazy.is_empty() && l.lazy.contains(origin))
+    }
+
+    fn is_pruned(&self, peer: PeerId, origin: &[u8]) -> bool {
+        self.links
+            .get(peer.0)
+            .is_some_and(|l| !l.pruned.is_empty() && l.pruned.contains(origin))
     }
 
     fn peer_synced(&self, peer: PeerId) -> bool {
@@ -219,6 +238,12 @@ impl<S: PeerSink> Node<S> {
         !self.tree_on() || !self.tree.is_lazy(peer, origin)
     }
 
+    /// Whether this node lets `peer` push it records of `origin` (it has not pruned that
+    /// direction of the link). Always `true` with [`Dissemination::Flood`].
+    pub fn is_pushed_by(&self, peer: PeerId, origin: &[u8]) -> bool {
+        !self.tree_on() || !self.tree.is_pruned(peer, origin)
+    }
+
     fn tree_on(&self) -> bool {
         self.cfg.dissemination == Dissemination::Tree
     }
@@ -263,6 +288,11 @@ impl<S: PeerSink> Node<S> {
             if Some(peer) == from || self.links[i].state != LinkState::Up {
                 continue;
             }
+            if self.cfg.catch_up_bytes > 0 && self.sink.lag(peer) > self.cfg.catch_up_bytes {
+                // This change (and what follows) goes in the catch-up delta.
+                self.start_catch_up(peer, seq.saturating_sub(1));
+                continue;
+            }
             if off_tree || (tree && self.tree.is_lazy(peer, record.origin())) {
                 self.announce(now, peer, Announcement::of(seq, record));
             } else {
@@ -289,7 +319,7 @@ impl<S: PeerSink> Node<S> {
         }
     }
 
-    fn flush_announcements(&mut self, peer: PeerId) {
+    pub(super) fn flush_announcements(&mut self, peer: PeerId) {
         let link = self.tree.link(peer);
         link.flush_at = None;
         let bytes = std::mem::take(&mut link.batch_bytes);
@@ -347,37 +377,70 @@ impl<S: PeerSink> Node<S> {
         }
     }
 
-    /// A live update from `from` did `applied` to the store. A push means the peer holds
-    /// the link eager for the record's origin, so both ends come to agree: a new record
-    /// makes it eager here too, a stale one prunes it (at both ends; again if the peer still
-    /// pushes, say after this end took a new record as a reason to be eager while its prune
-    /// was on the way, so a redundant path never stays eager at one end only).
+    /// A live update from `from` did `applied` to the store. Each direction of a link is
+    /// eager or lazy on its own, and only the receiving end changes it (a prune, or a graft):
+    /// so a server decides alone which of its links push it an origin's records, and never
+    /// gives up the last of them. (With one state per link, a prune from either end cut
+    /// both directions, and two neighbours that each saw a duplicate from a server could
+    /// prune both of its links at once, leaving it to grafts, which fetch only each client's
+    /// latest record, for as long as the race lasted.)
+    /// - over a link this end pruned, the answer to this end's graft makes it push again;
+    ///   any other push means the peer has not seen the prune yet (or its graft crossed it):
+    ///   it is pruned again;
+    /// - over a pushing link, a stale record (a redundant path) prunes it, unless it is this
+    ///   end's last pushing link for the origin: under load the copies of one record arrive
+    ///   in any order, and pruning whichever came second, record after record, would cut
+    ///   this server off the origin's tree until a graft.
     pub(super) fn on_payload(&mut self, from: PeerId, record: &Record, applied: Applied) {
         if !self.tree_on() || !self.tree.peer_synced(from) {
             // Flooding, or part of the peer's reconciliation delta (redundancy expected).
             return;
         }
         let origin = record.origin();
-        let lazy = self.tree.is_lazy(from, origin);
-        match applied {
-            Applied::Stored | Applied::Refused(_) if lazy => {
-                self.tree.link(from).lazy.remove(origin);
+        let grafted = !self.tree.grafted.is_empty()
+            && self
+                .tree
+                .grafted
+                .remove(&(from.0, Box::<[u8]>::from(record.client())));
+        if self.tree.is_pruned(from, origin) {
+            if grafted && applied != Applied::Stale {
+                self.tree.link(from).pruned.remove(origin);
+            } else {
+                self.prune(from, origin);
             }
-            Applied::Stale
-                if !self.tree.answered.is_empty() && self.tree.answered.remove(record.client()) => {
-            }
-            Applied::Stale => {
-                self.tree.link(from).lazy.insert(origin.into());
-                self.stats.prunes_sent += 1;
-                self.send(
-                    from,
-                    &PeerMsg::Prune {
-                        origin: origin.into(),
-                    },
-                );
-            }
-            Applied::Stored | Applied::Refused(_) => {}
+            return;
         }
+        if applied != Applied::Stale
+            || (!self.tree.answered.is_empty() && self.tree.answered.remove(record.client()))
+        {
+            return;
+        }
+        if self.eager_links(origin) >= 2 {
+            self.tree.link(from).pruned.insert(origin.into());
+            self.prune(from, origin);
+        }
+    }
+
+    /// Tells `from` to announce `origin`'s records from now on.
+    fn prune(&mut self, from: PeerId, origin: &[u8]) {
+        self.stats.prunes_sent += 1;
+        self.send(
+            from,
+            &PeerMsg::Prune {
+                origin: origin.into(),
+            },
+        );
+    }
+
+    /// How many links past their peer's reconciliation are eager for `origin` here.
+    fn eager_links(&self, origin: &[u8]) -> usize {
+        (0..self.links.len())
+            .filter(|&i| {
+                self.links[i].state == LinkState::Up
+                    && self.tree.peer_synced(PeerId(i))
+                    && !self.tree.is_pruned(PeerId(i), origin)
+            })
+            .count()
     }
 
     /// Announcements from `from`: what the store lacks waits for a graft.
@@ -444,7 +507,12 @@ impl<S: PeerSink> Node<S> {
     /// A graft from `from`: answer with the record and push its origin's records again.
     pub(super) fn on_graft(&mut self, from: PeerId, client: &[u8]) {
         self.stats.grafts_received += 1;
-        if self.links[from.0].state != LinkState::Up {
+        // While the link is caught up, a graft is for a change announced before the catch-up
+        // (the delta carries only what came after): it is answered, with the log number the
+        // delta has reached. During a reconciliation after a link came up, the peer's digest
+        // asked for what it misses.
+        let catching_up = self.catch_up_covered(from);
+        if self.links[from.0].state != LinkState::Up && catching_up.is_none() {
             return;
         }
         let Some(record) = self.store.get(client).map(Arc::new) else {
@@ -452,7 +520,7 @@ impl<S: PeerSink> Node<S> {
             return;
         };
         self.tree.link(from).lazy.remove(record.origin());
-        let seq = self.tree.covered(from, self.store.seq());
+        let seq = catching_up.unwrap_or_else(|| self.tree.covered(from, self.store.seq()));
         self.stats.updates_sent += 1;
         self.stats.payload_sent += 1;
         self.send(from, &PeerMsg::Update { seq, record });
@@ -466,6 +534,11 @@ impl<S: PeerSink> Node<S> {
         }
     }
 
+    /// The peer is catching this node up: until its `S`, its updates are a delta.
+    pub(super) fn tree_catch_up(&mut self, from: PeerId) {
+        self.tree.link(from).peer_synced = false;
+    }
+
     /// The peer's reconciliation delta is through.
     pub(super) fn tree_synced(&mut self, from: PeerId) {
         self.tree.link(from).peer_synced = true;
@@ -477,6 +550,7 @@ impl<S: PeerSink> Node<S> {
     /// forgotten).
     pub(super) fn tree_link_up(&mut self, peer: PeerId) -> u64 {
         *self.tree.link(peer) = LinkTree::default();
+        self.tree.grafted.retain(|(p, _)| *p != peer.0);
         let hole = self.forget_announcer(peer);
         let link = &mut self.links[peer.0];
         if let Some(first) = hole {
@@ -579,6 +653,10 @@ impl<S: PeerSink> Node<S> {
         let t = now.plus(timeout);
         m.deadline = Some(t);
         self.tree.timers.insert((t, client.clone()));
+        if self.tree.grafted.len() >= MAX_GRAFTED {
+            self.tree.grafted.clear();
+        }
+        self.tree.grafted.insert((peer.0, client.clone()));
         self.stats.grafts_sent += 1;
         self.send(peer, &PeerMsg::Graft { client });
     }

@@ -67,6 +67,11 @@ pub enum PeerMsg {
         /// The newest record found, if any.
         record: Option<Arc<Record>>,
     },
+    /// "I am behind with you: until my next [`PeerMsg::Synced`], my updates are a delta
+    /// from my log (each client's latest record), not live ones." Sent when the link's lag
+    /// passes [`crate::node::NodeConfig::catch_up_bytes`]; the receiver takes what follows
+    /// as it takes a reconciliation delta (no prunes: a delta carries every origin).
+    CatchUp,
     /// "I am here": sent by either side when its link has been quiet for the heartbeat
     /// interval. It needs no reply and changes nothing; any line received proves the
     /// sender alive, and a link silent for the peer timeout is dropped by the adapter.
@@ -206,6 +211,7 @@ impl PeerMsg {
                 }
             }
             PeerMsg::Ping => out.push(b'P'),
+            PeerMsg::CatchUp => out.push(b'C'),
             PeerMsg::Announce { entries } => tree::encode_announce(entries, out),
             PeerMsg::Graft { client } => {
                 out.extend_from_slice(b"G ");
@@ -270,6 +276,7 @@ impl PeerMsg {
             }
             b'R' => Self::parse_answer(line),
             b'P' if line == b"P" => Ok(PeerMsg::Ping),
+            b'C' if line == b"C" => Ok(PeerMsg::CatchUp),
             b'I' => match line.strip_prefix(b"I ") {
                 Some(rest) => Ok(PeerMsg::Announce {
                     entries: tree::parse_announce(rest)?,

@@ -219,6 +219,7 @@ pub(crate) enum Kind {
     Announce,
     Graft,
     Prune,
+    CatchUp,
 }
 
 fn kind(msg: &PeerMsg) -> Kind {
@@ -232,6 +233,7 @@ fn kind(msg: &PeerMsg) -> Kind {
         PeerMsg::Announce { .. } => Kind::Announce,
         PeerMsg::Graft { .. } => Kind::Graft,
         PeerMsg::Prune { .. } => Kind::Prune,
+        PeerMsg::CatchUp => Kind::CatchUp,
     }
 }
 

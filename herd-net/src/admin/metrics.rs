@@ -317,6 +317,16 @@ impl Collector for HerdCollector {
             n.resync_records,
         )?;
         e.counter(
+            "herd_catch_ups",
+            "Times a neighbour fell behind and was caught up from the store (peer_catch_up_bytes)",
+            n.catch_ups,
+        )?;
+        e.counter(
+            "herd_catch_up_records_sent",
+            "Records sent in catch-ups (each client's latest once)",
+            n.catch_up_records,
+        )?;
+        e.counter(
             "herd_payload_sent",
             "Update messages sent to pass a record on (pushed, or answering a graft)",
             n.payload_sent,
