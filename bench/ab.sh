@@ -35,7 +35,7 @@ CONNS=64
 KEYS=100000
 
 log() { printf 'ab: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+die() { log "error: $*"; stop; exit 1; }
 
 if [[ ${SKIP_BUILD:-0} != 1 && $NEW == "$REPO/target" ]]; then
     (cd "$REPO" && cargo build --release -p herd-server -p herd-cli)
@@ -70,12 +70,13 @@ start() { # start BINARY KIND(single|default) [LIMITS_JSON]: sets CFG, PID
     fi
     rm -rf "$TMP/logs"; mkdir -p "$TMP/logs"
     if [[ $kind == five ]]; then
-        # One process per server; their stderr together, for the "listening on" count.
-        : >"$TMP/server.err"
+        # One process per server, each with a stderr file of its own (lines written to one
+        # file at once by five processes can interleave and spoil the "listening on" count).
+        rm -f "$TMP"/server.err*
         PID=""
         local n
         for n in $(python3 -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["servers"]))' "$CFG"); do
-            env -u RUST_LOG "$bin" --config "$CFG" --log-dir "$TMP/logs" "$n" 2>>"$TMP/server.err" &
+            env -u RUST_LOG "$bin" --config "$CFG" --log-dir "$TMP/logs" "$n" 2>"$TMP/server.err.$n" &
             PID+=" $!"
         done
     else
@@ -83,7 +84,7 @@ start() { # start BINARY KIND(single|default) [LIMITS_JSON]: sets CFG, PID
         PID=$!
     fi
     for ((i = 0; i < 150; i++)); do
-        if [[ $(grep -c ' listening on ' "$TMP/server.err" 2>/dev/null || true) -ge $want ]]; then
+        if [[ $(cat "$TMP"/server.err* 2>/dev/null | grep -c ' listening on ' || true) -ge $want ]]; then
             [[ $want == 1 ]] && return 0
             # Every link up: the stats of each server list all its neighbours.
             if python3 - "$CFG" <<'EOF'
@@ -99,7 +100,7 @@ EOF
         fi
         sleep 0.1
     done
-    die "herd-server $bin did not start: $(cat "$TMP/server.err")"
+    die "herd-server $bin did not start: $(cat "$TMP"/server.err*)"
 }
 
 round() { # round BINARY KIND LIMITS_JSON LOAD-ARGS...: prints requests/s of one round (errors fail it)
@@ -115,6 +116,9 @@ round() { # round BINARY KIND LIMITS_JSON LOAD-ARGS...: prints requests/s of one
         # until every store holds every record (same record count and digest everywhere).
         "${TOOLS[@]}" wait-equal "$CFG" 60 >"$TMP/eq.json"
         [[ $("${TOOLS[@]}" json "$TMP/eq.json" equal) == True ]] || die "stores still differ after 60 s against $bin"
+        # Peer sessions beyond each link's first (a link dropped under the load and came
+        # back): every session start answers one digest at each end.
+        "${TOOLS[@]}" stats "$CFG" | python3 -c 'import json,sys; s=json.load(sys.stdin); c=json.load(open(sys.argv[1])); print(sum(v["resyncs"] for v in s.values()) // 2 - len(c["links"]))' "$CFG" >"$TMP/flaps"
         stop
         python3 -c 'import json,sys; l=json.load(open(sys.argv[1])); e=json.load(open(sys.argv[2])); print(l["ok"] / (l["elapsed_s"] + e["waited_s"]))' "$TMP/l.json" "$TMP/eq.json"
         return
@@ -136,12 +140,17 @@ round() { # round BINARY KIND LIMITS_JSON LOAD-ARGS...: prints requests/s of one
 
 row() { # row NAME KIND LOAD-ARGS...
     local name=$1 kind=$2; shift 2
-    local a="" b="" r
+    local a="" b="" fa="" fb="" r
     for ((r = 1; r <= ROUNDS; r++)); do
+        rm -f "$TMP/flaps"
         a+=" $(round "$OLD/release/herd-server" "$kind" "${LIMITS_A:-}" "$@")"
+        [[ -f $TMP/flaps ]] && fa+=" $(cat "$TMP/flaps")"
+        rm -f "$TMP/flaps"
         b+=" $(round "$NEW/release/herd-server" "$kind" "${LIMITS_B:-}" "$@")"
+        [[ -f $TMP/flaps ]] && fb+=" $(cat "$TMP/flaps")"
         log "$name round $r: A$a | B$b"
     done
+    [[ -z $fa ]] || FLAPS+="- ${name%%:*}: link sessions replaced per round (a link dropped under the load and came back), A:$fa; B:$fb"$'\n'
     python3 - "$name" "$a" "$b" >>"$RESULTS" <<'EOF'
 import statistics, sys
 name, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
@@ -151,6 +160,7 @@ print(f"| {name} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.3f} | {f(a)} | {f(b)} |")
 EOF
 }
 
+FLAPS=""
 for r in $ROWS; do
     case $r in
         T1) row "T1: 1 server, IAMAT, pipeline 1" single --to Goloman load -c "$CONNS" -d 1 ;;
@@ -161,4 +171,5 @@ for r in $ROWS; do
         *) die "unknown row $r (T1 T2 T3 T4 T4P)" ;;
     esac
 done
+[[ -z $FLAPS ]] || printf '\n%s' "$FLAPS" >>"$RESULTS"
 cat "$RESULTS"
