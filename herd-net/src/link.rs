@@ -518,29 +518,6 @@ async fn read_ready(read: &mut PeerRead, buf: &mut BytesMut) -> Option<std::io::
     .await
 }
 
-/// A link's reader that has bytes to feed the node lets the other tasks run once this long
-/// after it last did.
-const TURN: Duration = Duration::from_millis(100);
-
-/// Goes to the back of the worker's run queue once: the tasks ready now run before this one
-/// goes on. Not `tokio::task::yield_now`, which defers the task until the worker next polls
-/// its I/O driver: a worker that always has tasks to run did not do that for over a second
-/// under a saturating load, and the writer's silence then made its peer drop the link
-/// ("nothing received for 1000 ms") with megabytes queued for it.
-pub(crate) fn requeue() -> impl std::future::Future<Output = ()> {
-    let mut woken = false;
-    std::future::poll_fn(move |cx| {
-        if woken {
-            return Poll::Ready(());
-        }
-        woken = true;
-        // Woken while it runs, the task is put at the back of the run queue when it
-        // returns `Pending`.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-}
-
 /// One side (reader or writer) of a session.
 struct SessionTask {
     driver: Arc<Driver>,
@@ -568,8 +545,6 @@ impl SessionTask {
             Some(_) => (buf, BytesMut::with_capacity(64 * 1024)),
             None => (BytesMut::new(), buf),
         };
-        // When this task last let the others run.
-        let mut last_turn = std::time::Instant::now();
         let reason = loop {
             if let Some(o) = opener.as_mut() {
                 if let Err(e) = open_batches(o, &mut raw, &mut buf) {
@@ -577,20 +552,8 @@ impl SessionTask {
                     break e;
                 }
             }
-            let before = buf.len();
             if let Err(e) = self.feed(&mut codec, &mut buf) {
                 break e;
-            }
-            if before != buf.len() && last_turn.elapsed() >= TURN {
-                // A busy link always has bytes waiting, so its reads never return `Pending`
-                // and tokio's budget lets this task run some 128 reads in one go: with the
-                // node's work for each, hundreds of milliseconds in which this worker runs
-                // nothing else (seen: the link writers of a process not running for 1.5 s,
-                // their peers dropping the links as silent). Yielding after every read
-                // instead costs the batching that makes a busy server fast (measured: 0.56×
-                // the whole herd's throughput), so the reader yields at most once a turn.
-                requeue().await;
-                last_turn = std::time::Instant::now();
             }
             let into = if opener.is_some() { &mut raw } else { &mut buf };
             if into.capacity() - into.len() < 4096 {
@@ -682,7 +645,7 @@ impl SessionTask {
                     () = token.cancelled() => {}
                     // Let the tasks that are ready run before taking: updates queued by
                     // them meanwhile go out in the same write.
-                    () = queue.wait() => requeue().await,
+                    () = queue.wait() => tokio::task::yield_now().await,
                     // Quiet for a heartbeat: tell the peer this side is alive. A closed
                     // queue refuses it, and the next take sees why.
                     () = sleep_until(sent + heartbeat) => { let _ = queue.push(&PeerMsg::Ping); }

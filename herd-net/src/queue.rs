@@ -103,9 +103,12 @@ impl PeerQueue {
             self.wake.notify_one();
             return Err(PeerSendError::Backlogged);
         }
-        let added = q.buf.len() - before;
+        // Counted under the lock, so the writer, which takes under it, never subtracts bytes
+        // not yet added (that clamped at zero and left the count too high for good: the link
+        // looked ever further behind and was caught up with every record).
+        self.pending
+            .fetch_add(q.buf.len() - before, Ordering::AcqRel);
         drop(q);
-        self.pending.fetch_add(added, Ordering::AcqRel);
         // `Notify` keeps at most one permit: waking an awake writer costs one atomic operation.
         self.wake.notify_one();
         Ok(())

@@ -42,7 +42,7 @@ pub(super) async fn serve(conn: &mut Conn, stream: &std::net::TcpStream) -> AtOn
         }
         // Accepted before the request arrived (the client writes once its connect completes):
         // let the other tasks run and look again before registering the socket.
-        crate::link::requeue().await;
+        tokio::task::yield_now().await;
         at_once = answer(conn, stream);
     }
     at_once
