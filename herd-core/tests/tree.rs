@@ -145,6 +145,39 @@ fn a_stale_update_over_an_eager_link_prunes_it_for_that_origin_only() {
 }
 
 #[test]
+fn pushes_that_were_on_their_way_before_a_prune_repeat_it_at_doubling_intervals_only() {
+    let mut a = node(Dissemination::Tree);
+    let r = record("D", "kiwi", "1700000001");
+    a.handle_peer_msg(at(1), B, update(1, &r)).unwrap();
+    a.handle_peer_msg(at(2), C, update(1, &r)).unwrap();
+    assert_eq!(a.stats().prunes_sent, 1);
+    a.sink_mut().take();
+    // C's queue held 3,000 more of D's records when the prune reached it (each new here, so
+    // stored, and each a push over the pruned direction). The prune goes again at the 1st,
+    // 2nd, 4th ... 512th push, then at the 1,024th and 2,048th: 12 prunes in all, not 3,001.
+    let mut at_push = Vec::new();
+    for i in 1..=3000u64 {
+        let r = record("D", &format!("c{i}"), "1700000001");
+        a.handle_peer_msg(at(3), C, update(1 + i, &r)).unwrap();
+        let sent = a.sink_mut().take();
+        if sent
+            .iter()
+            .any(|(p, m)| *p == C && matches!(m, PeerMsg::Prune { .. }))
+        {
+            at_push.push(i);
+        }
+    }
+    assert_eq!(at_push, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]);
+    assert_eq!(a.stats().prunes_sent, 13);
+    assert!(!a.is_pushed_by(C, b"D") && a.is_pushed_by(B, b"D"));
+    assert_eq!(
+        a.store().len(),
+        3001,
+        "every pushed record is stored all the same"
+    );
+}
+
+#[test]
 fn prunes_from_both_neighbours_never_cut_a_server_off_and_it_keeps_its_last_pushing_link() {
     let mut a = node(Dissemination::Tree);
     let r1 = record("D", "kiwi", "1700000001");
@@ -268,6 +301,39 @@ fn an_announced_record_still_missing_at_the_graft_timeout_is_grafted_and_the_ans
     assert!(a.is_pushed_by(C, b"D"));
     assert_eq!(a.announced_missing(), 0);
     assert_eq!(a.poll_timeout(), None, "no graft left to send");
+}
+
+#[test]
+fn a_graft_answer_that_brings_nothing_new_prunes_again_at_once() {
+    let mut a = node(Dissemination::Tree);
+    let old = record("D", "kiwi", "1700000001");
+    a.handle_peer_msg(at(0), B, update(1, &old)).unwrap();
+    a.handle_peer_msg(at(0), C, update(1, &old)).unwrap();
+    // Pushes C sent before the prune reached it: the prune is repeated at the 1st and 2nd.
+    for i in 0..3u64 {
+        let r = record("D", &format!("c{i}"), "1700000001");
+        a.handle_peer_msg(at(0), C, update(2 + i, &r)).unwrap();
+    }
+    assert_eq!(a.stats().prunes_sent, 3);
+    a.sink_mut().take();
+    let new = record("D", "kiwi", "1700000009");
+    let ann = PeerMsg::Announce {
+        entries: vec![Announcement::of(9, &new)],
+    };
+    a.handle_peer_msg(at(1), C, ann).unwrap();
+    a.handle_timeout(at(21));
+    assert_eq!(kinds(&a.sink_mut().take()), [(C, 'G')]);
+    // The record comes over B first; C's answer (C pushes D's records again) is stale here,
+    // so C is pruned at once, though its count of pushes since the last prune is at 3.
+    a.handle_peer_msg(at(22), B, update(2, &new)).unwrap();
+    a.sink_mut().take();
+    a.handle_peer_msg(at(23), C, update(10, &new)).unwrap();
+    assert_eq!(kinds(&a.sink_mut().take()), [(C, 'X')]);
+    assert!(!a.is_pushed_by(C, b"D"));
+    // And the count starts again: the next push repeats it.
+    let r = record("D", "c9", "1700000001");
+    a.handle_peer_msg(at(24), C, update(11, &r)).unwrap();
+    assert_eq!(kinds(&a.sink_mut().take()), [(B, 'U'), (C, 'X')]);
 }
 
 #[test]

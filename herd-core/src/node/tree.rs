@@ -63,6 +63,21 @@ pub enum Dissemination {
     Tree,
 }
 
+/// Whether the `pushes`th push of an origin over a link this end pruned (counted since the
+/// prune) sends the prune again. The pushes the peer sent before the prune reached it are
+/// expected, and under load a link's queue can hold many thousands of them: a prune for each
+/// was once a fifth of a server's peer messages. But a push can also mean the prune was lost
+/// to a graft that crossed it (the peer became eager again after it), so the prune is
+/// repeated at the 1st, 2nd, 4th, 8th … push, and from the 1024th at every 1024th: at most
+/// about 11 + n / 1024 prunes for n pushes, and a crossed graft is still answered.
+fn reprune(pushes: u32) -> bool {
+    if pushes < 1024 {
+        pushes.is_power_of_two()
+    } else {
+        pushes.is_multiple_of(1024)
+    }
+}
+
 /// Broadcast tree state of one link.
 #[derive(Debug, Clone, Default)]
 struct LinkTree {
@@ -71,7 +86,9 @@ struct LinkTree {
     lazy: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
     /// Origins this end pruned: the peer announces their records to it (the rest the peer
     /// pushes). A server never prunes the last link that pushes it an origin's records.
-    pruned: HashSet<Box<[u8]>, foldhash::fast::FixedState>,
+    /// Each counts the pushes of that origin received since the last prune (the ones the
+    /// peer sent before the prune reached it): see [`reprune`].
+    pruned: HashMap<Box<[u8]>, u32, foldhash::fast::FixedState>,
     /// Announcements waiting to go, in log order.
     batch: Vec<Announcement>,
     /// Encoded bytes of `batch`.
@@ -190,7 +207,7 @@ impl TreeState {
     fn is_pruned(&self, peer: PeerId, origin: &[u8]) -> bool {
         self.links
             .get(peer.0)
-            .is_some_and(|l| !l.pruned.is_empty() && l.pruned.contains(origin))
+            .is_some_and(|l| !l.pruned.is_empty() && l.pruned.contains_key(origin))
     }
 
     fn peer_synced(&self, peer: PeerId) -> bool {
@@ -385,8 +402,9 @@ impl<S: PeerSink> Node<S> {
     /// prune both of its links at once, leaving it to grafts, which fetch only each client's
     /// latest record, for as long as the race lasted.)
     /// - over a link this end pruned, the answer to this end's graft makes it push again;
-    ///   any other push means the peer has not seen the prune yet (or its graft crossed it):
-    ///   it is pruned again;
+    ///   an answer that brings nothing new is pruned at once; any other push means the peer
+    ///   has not seen the prune yet (or a graft crossed it): it is pruned again, at the
+    ///   pushes [`reprune`] picks;
     /// - over a pushing link, a stale record (a redundant path) prunes it, unless it is this
     ///   end's last pushing link for the origin: under load the copies of one record arrive
     ///   in any order, and pruning whichever came second, record after record, would cut
@@ -405,8 +423,15 @@ impl<S: PeerSink> Node<S> {
         if self.tree.is_pruned(from, origin) {
             if grafted && applied != Applied::Stale {
                 self.tree.link(from).pruned.remove(origin);
-            } else {
+            } else if grafted {
+                // The answer to a graft (the peer pushes again) brought nothing new.
+                self.tree.link(from).pruned.insert(origin.into(), 0);
                 self.prune(from, origin);
+            } else if let Some(pushes) = self.tree.link(from).pruned.get_mut(origin) {
+                *pushes = pushes.saturating_add(1);
+                if reprune(*pushes) {
+                    self.prune(from, origin);
+                }
             }
             return;
         }
@@ -416,7 +441,7 @@ impl<S: PeerSink> Node<S> {
             return;
         }
         if self.eager_links(origin) >= 2 {
-            self.tree.link(from).pruned.insert(origin.into());
+            self.tree.link(from).pruned.insert(origin.into(), 0);
             self.prune(from, origin);
         }
     }
