@@ -518,6 +518,34 @@ async fn read_ready(read: &mut PeerRead, buf: &mut BytesMut) -> Option<std::io::
     .await
 }
 
+/// A link's reader that keeps finding bytes to feed the node lets the other tasks run once
+/// this long after it last did. A busy link always has bytes waiting, so its reads never
+/// return `Pending`, and tokio's budget lets the task go on for some 128 reads of up to
+/// 128 KiB, each fed to the node: under a saturating load on shared cores one such poll was
+/// measured at up to 1.15 s, in which that worker ran nothing else. The link writers of the
+/// process then sat with megabytes queued, their peers dropped the links as silent (nothing
+/// received for `peer_timeout`), and the queues that grew meanwhile set off catch-ups. With
+/// this turn, polls stay near the turn plus one feed. Yielding after every read instead
+/// loses the batching that keeps a busy server fast.
+const READER_TURN: Duration = Duration::from_millis(5);
+
+/// Goes to the back of the worker's run queue once, so that the tasks ready now run first.
+/// Not `tokio::task::yield_now`, which defers the task until the worker next polls its I/O
+/// driver, which a worker that always has tasks ready does only every 61 polls.
+fn requeue() -> impl std::future::Future<Output = ()> {
+    let mut woken = false;
+    std::future::poll_fn(move |cx| {
+        if woken {
+            return Poll::Ready(());
+        }
+        woken = true;
+        // A task woken while it runs goes to the back of the run queue once it returns
+        // `Pending`.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+}
+
 /// One side (reader or writer) of a session.
 struct SessionTask {
     driver: Arc<Driver>,
@@ -545,6 +573,8 @@ impl SessionTask {
             Some(_) => (buf, BytesMut::with_capacity(64 * 1024)),
             None => (BytesMut::new(), buf),
         };
+        // When this task last let the others run.
+        let mut last_turn = std::time::Instant::now();
         let reason = loop {
             if let Some(o) = opener.as_mut() {
                 if let Err(e) = open_batches(o, &mut raw, &mut buf) {
@@ -552,8 +582,13 @@ impl SessionTask {
                     break e;
                 }
             }
+            let before = buf.len();
             if let Err(e) = self.feed(&mut codec, &mut buf) {
                 break e;
+            }
+            if before != buf.len() && last_turn.elapsed() >= READER_TURN {
+                requeue().await;
+                last_turn = std::time::Instant::now();
             }
             let into = if opener.is_some() { &mut raw } else { &mut buf };
             if into.capacity() - into.len() < 4096 {
