@@ -55,8 +55,7 @@ async fn default_herd_iamat_at_welsh_then_whatsat_at_hands_returns_the_identical
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatsat_for_a_client_known_only_elsewhere_is_answered() {
-    let herd = start(&config_json(&["A", "B"], &[("A", "B")], "")).await;
-    all_linked(&herd, &[("A", "B")]).await;
+    let herd = start_linked(&["A", "B"], &[("A", "B")], "").await;
     let a = herd.server("A").unwrap().local_addr();
     let b = herd.server("B").unwrap().local_addr();
     let at = exchange(a, b"IAMAT far +10-20 100\n").await;
@@ -398,13 +397,12 @@ async fn a_link_that_falls_behind_is_caught_up_from_the_store_and_keeps_every_la
     // A lag of one byte: every record A stores while its writer still holds an earlier one
     // for B sets off a catch-up. The burst (40 clients, 200 updates each) goes through
     // catch-ups, not an overflow, and B ends with every client's latest record.
-    let json = config_json(
+    let herd = start_linked(
         &["A", "B"],
         &[("A", "B")],
         "\"limits\": {\"peer_catch_up_bytes\": 1}",
-    );
-    let herd = start(&json).await;
-    all_linked(&herd, &[("A", "B")]).await;
+    )
+    .await;
     let mut input = Vec::new();
     for i in 0..8000u32 {
         input.extend_from_slice(format!("IAMAT c{} +1+1 {}\n", i % 40, 1_000 + i).as_bytes());
@@ -442,13 +440,12 @@ async fn a_link_that_falls_behind_is_caught_up_from_the_store_and_keeps_every_la
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_queue_overflow_drops_the_link_and_reconciliation_repairs_it() {
     // 4 KiB holds a resync of 40 clients but not a burst of updates.
-    let json = config_json(
+    let herd = start_linked(
         &["A", "B"],
         &[("A", "B")],
         "\"limits\": {\"peer_queue_bytes\": 4096}",
-    );
-    let herd = start(&json).await;
-    all_linked(&herd, &[("A", "B")]).await;
+    )
+    .await;
     let mut input = Vec::new();
     for i in 0..8000u32 {
         input.extend_from_slice(format!("IAMAT q{} +1+1 {i}\n", i % 40).as_bytes());

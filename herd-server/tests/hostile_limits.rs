@@ -92,13 +92,12 @@ async fn a_full_store_answers_a_new_client_but_does_not_store_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_expire_on_every_server_at_their_ttl() {
-    let json = config_json(
+    let herd = start_linked(
         &["Goloman", "Hands"],
         &[("Goloman", "Hands")],
         "\"limits\": {\"record_ttl_ms\": 300}",
-    );
-    let herd = start(&json).await;
-    all_linked(&herd, &[("Goloman", "Hands")]).await;
+    )
+    .await;
     let (g, h) = (&herd.servers()[0], &herd.servers()[1]);
     let reply = exchange(
         g.local_addr(),

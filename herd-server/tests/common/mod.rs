@@ -108,6 +108,14 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Starts the herd of `names` and `links` (with `extra` in its config, as [`config_json`])
+/// and waits until every link is up.
+pub async fn start_linked(names: &[&str], links: &[(&str, &str)], extra: &str) -> Herd {
+    let herd = start(&config_json(names, links, extra)).await;
+    all_linked(&herd, links).await;
+    herd
+}
+
 /// Waits until every server of `herd` has all its links up.
 pub async fn all_linked(herd: &Herd, links: &[(&str, &str)]) {
     let ok = eventually(Duration::from_secs(10), || {
