@@ -170,6 +170,16 @@ fn store(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // What one pass of a catch-up asks at a million clients: the changes of the last 40,000
+    // log numbers (a link some 4 MiB behind), each still its client's latest.
+    for i in 0..40_000u64 {
+        big.offer(record(&format!("client{}", i * 25), 20_000_000 + i));
+    }
+    let since = big.seq() - 40_000;
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("changes_since_last_40k_of_1m", |b| {
+        b.iter(|| black_box(big.changes_since_except(black_box(since), 0)))
+    });
     g.finish();
 }
 

@@ -22,7 +22,7 @@ mod lines;
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,7 +277,18 @@ pub struct LocationStore {
     /// Scratch for packing an offered line and unpacking a held one (no allocation each).
     packed: Vec<u8>,
     unpacked: Vec<u8>,
+    /// The latest changes, in log order with no gaps (at most [`RECENT_CHANGES`]): what
+    /// [`LocationStore::changes_since_except`] reads when they reach back far enough.
+    recent: VecDeque<Change>,
 }
+
+/// How many of its latest changes a store lists in log order, so that
+/// [`LocationStore::changes_since_except`] reads those instead of scanning every slot: 16
+/// bytes each, 2 MiB when full. A catch-up (a link some MiB behind: tens of thousands of
+/// changes) or a reconciliation after a short drop asks for fewer; one after a longer absence
+/// scans the store as before. Each pass of a delta asks again for what changed meanwhile,
+/// under the node's lock, and at a million clients a scan takes milliseconds.
+const RECENT_CHANGES: usize = 1 << 17;
 
 /// A record found by [`LocationStore::nearby`] and its distance in metres.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +364,7 @@ impl LocationStore {
             near: None,
             packed: Vec::new(),
             unpacked: Vec::new(),
+            recent: VecDeque::new(),
         }
     }
 
@@ -500,6 +512,10 @@ impl LocationStore {
     /// Notes a line of client time `time` newly held in slot `index` under log number `seq`
     /// (digest and expiry index).
     fn account_in(&mut self, line: &[u8], time: TimeValue, seq: u64, index: u32) {
+        if self.recent.len() == RECENT_CHANGES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Change { seq, slot: index });
         self.digest = self.digest.wrapping_add(line_hash(line));
         self.line_bytes += line.len() as u64;
         if let Some(ttl) = self.ttl {
@@ -798,6 +814,36 @@ impl LocationStore {
     /// from `source` (when non-zero): 16 bytes a change, the records read with
     /// [`LocationStore::change`] when they are sent.
     pub fn changes_since_except(&self, seq: u64, source: u64) -> Vec<Change> {
+        if seq >= self.seq {
+            return Vec::new();
+        }
+        // Every change is listed in `recent` as it is made, so when its first entry is at
+        // most `seq + 1`, it holds every change above `seq`: those still their client's
+        // latest are the answer, already in log order.
+        if self
+            .recent
+            .front()
+            .is_some_and(|c| c.seq <= seq.saturating_add(1))
+        {
+            let from = self.recent.partition_point(|c| c.seq <= seq);
+            return self
+                .recent
+                .range(from..)
+                .filter(|c| {
+                    self.slots.get(c.slot).is_some_and(|s| {
+                        !s.is_free()
+                            && s.seq() == c.seq
+                            && (source == 0 || u64::from(s.source) != source)
+                    })
+                })
+                .copied()
+                .collect();
+        }
+        self.scan_changes_since_except(seq, source)
+    }
+
+    /// [`LocationStore::changes_since_except`] by a scan of every slot.
+    fn scan_changes_since_except(&self, seq: u64, source: u64) -> Vec<Change> {
         let mut out: Vec<Change> = self
             .live()
             .filter(|(_, s)| s.seq() > seq && (source == 0 || u64::from(s.source) != source))
@@ -853,6 +899,56 @@ mod tests {
             Timestamp(now),
             &req,
         ))
+    }
+
+    #[test]
+    fn the_changes_since_a_number_are_the_same_from_the_recent_list_as_from_a_scan() {
+        let mut s = LocationStore::new(7);
+        let mut x: u64 = 1;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            x >> 33
+        };
+        let check = |s: &LocationStore, seqs: &[u64]| {
+            for &seq in seqs {
+                for source in 0..3 {
+                    assert_eq!(
+                        s.changes_since_except(seq, source),
+                        s.scan_changes_since_except(seq, source),
+                        "since {seq}, source {source}"
+                    );
+                }
+            }
+        };
+        // Replacements, removals (a freed slot reused by another client) and three sources.
+        for t in 1..=3000u64 {
+            let client = format!("c{}", next() % 300);
+            if next() % 10 == 0 {
+                s.remove(client.as_bytes());
+                continue;
+            }
+            let r = rec("A", &format!("IAMAT {client} +1+1 {t}"), 0);
+            s.offer_from(r, next() % 3);
+            if t % 250 == 0 {
+                let top = s.seq();
+                check(
+                    &s,
+                    &[0, top / 2, top.saturating_sub(1), top, next() % (top + 1)],
+                );
+            }
+        }
+        assert!(s.recent.front().is_some_and(|c| c.seq == 1));
+        // Past the list's length its first entry moves on: older numbers are answered by the
+        // scan, recent ones by the list, alike.
+        for t in 0..(RECENT_CHANGES as u64 + 1000) {
+            let r = rec("A", &format!("IAMAT c{} +1+1 {}", t % 300, 10_000 + t), 0);
+            s.offer_from(r, t % 3);
+        }
+        let top = s.seq();
+        let first = s.recent.front().unwrap().seq;
+        assert_eq!(top - first + 1, RECENT_CHANGES as u64);
+        check(&s, &[0, first - 2, first - 1, first, top - 500, top]);
+        assert_eq!(s.changes_since_except(top - 300, 0).len(), 300);
     }
 
     #[test]
