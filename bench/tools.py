@@ -99,23 +99,35 @@ def cmd_stats(args):
     print(json.dumps(read_stats(load_config(args[0]))))
 
 
+QUIET_S = 1.5
+
+
 def cmd_wait_quiet(args):
-    """wait-quiet CONFIG TIMEOUT_S: poll the stats until nothing changes for two polls
-    and report whether every server holds the same records (count and digest)."""
+    """wait-quiet CONFIG TIMEOUT_S: poll the stats until nothing changes (for one poll
+    when every store is equal, else for QUIET_S) and report whether every server holds the
+    same records (count and digest). QUIET_S outlasts the longest wait before a graft
+    (1 s, docs/peer-protocol.md): a record announced but not yet grafted changes nothing
+    for that long, and a shorter quiet took such a herd for one that had settled unequal."""
     cfg = load_config(args[0])
     timeout = float(args[1])
     t0 = time.monotonic()
     prev = None
+    since = None
     quiet = False
     stats = {}
     while time.monotonic() - t0 < timeout:
         stats = read_stats(cfg)
         snap = {n: (s["records"], s["digest"], s["updates_received"], s["stored"])
                 for n, s in stats.items()}
+        now = time.monotonic()
         if snap == prev:
-            quiet = True
-            break
-        prev = snap
+            equal = (len({v[0] for v in snap.values()}) == 1
+                     and len({v[1] for v in snap.values()}) == 1)
+            if equal or now - since >= QUIET_S:
+                quiet = True
+                break
+        else:
+            prev, since = snap, now
         time.sleep(0.3)
     records = {n: s["records"] for n, s in stats.items()}
     digests = {n: s["digest"] for n, s in stats.items()}
