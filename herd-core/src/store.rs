@@ -290,6 +290,11 @@ pub struct LocationStore {
 /// under the node's lock, and at a million clients a scan takes milliseconds.
 const RECENT_CHANGES: usize = 1 << 17;
 
+/// Whether the record in `slot` did not come from `source` (a tag of 0 matches nothing).
+fn not_from(slot: Slot, source: u64) -> bool {
+    source == 0 || u64::from(slot.source) != source
+}
+
 /// A record found by [`LocationStore::nearby`] and its distance in metres.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nearby {
@@ -830,11 +835,9 @@ impl LocationStore {
                 .recent
                 .range(from..)
                 .filter(|c| {
-                    self.slots.get(c.slot).is_some_and(|s| {
-                        !s.is_free()
-                            && s.seq() == c.seq
-                            && (source == 0 || u64::from(s.source) != source)
-                    })
+                    self.slots
+                        .get(c.slot)
+                        .is_some_and(|s| !s.is_free() && s.seq() == c.seq && not_from(s, source))
                 })
                 .copied()
                 .collect();
@@ -846,7 +849,7 @@ impl LocationStore {
     fn scan_changes_since_except(&self, seq: u64, source: u64) -> Vec<Change> {
         let mut out: Vec<Change> = self
             .live()
-            .filter(|(_, s)| s.seq() > seq && (source == 0 || u64::from(s.source) != source))
+            .filter(|(_, s)| s.seq() > seq && not_from(*s, source))
             .map(|(slot, s)| Change { seq: s.seq(), slot })
             .collect();
         out.sort_unstable_by_key(|c| c.seq);

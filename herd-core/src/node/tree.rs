@@ -423,13 +423,11 @@ impl<S: PeerSink> Node<S> {
         if self.tree.is_pruned(from, origin) {
             if grafted && applied != Applied::Stale {
                 self.tree.link(from).pruned.remove(origin);
-            } else if grafted {
-                // The answer to a graft (the peer pushes again) brought nothing new.
-                self.tree.link(from).pruned.insert(origin.into(), 0);
-                self.prune(from, origin);
             } else if let Some(pushes) = self.tree.link(from).pruned.get_mut(origin) {
-                *pushes = pushes.saturating_add(1);
-                if reprune(*pushes) {
+                // The answer to a graft (the peer pushes again) that brought nothing new is
+                // pruned at once, and the count starts again.
+                *pushes = if grafted { 0 } else { pushes.saturating_add(1) };
+                if grafted || reprune(*pushes) {
                     self.prune(from, origin);
                 }
             }
