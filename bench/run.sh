@@ -16,6 +16,7 @@
 #   CLASSIC_N [30000/5000] connections per classic-client round
 #   WARN_ROWS [1]        also measure with RUST_LOG=warn (per-message logging off)
 #   JOURNAL_ROWS [1]     also measure T1/T2 with the journal on (--data-dir; durability cost)
+#   WORKER_ROWS [1]      also measure T1/T2 with one runtime worker thread (--workers 1)
 #   TLS_ROWS [1]         also measure T1/T2/T4 with TLS on the peer links (herd-cli certs)
 #   SKIP_BUILD [0]       use the binaries already in $CARGO_TARGET_DIR/release
 #   CARGO_TARGET_DIR     cargo's target dir [<repo>/target]
@@ -43,6 +44,7 @@ AREA_KM=20              # the dense "city": a 20 km square around UCLA
 FENCE_KM=${FENCE_KM:-0.02}
 WARN_ROWS=${WARN_ROWS:-1}
 JOURNAL_ROWS=${JOURNAL_ROWS:-1}
+WORKER_ROWS=${WORKER_ROWS:-1}
 TLS_ROWS=${TLS_ROWS:-1}
 TLS_DIR=""   # set while the herds started carry TLS on their peer links
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -52,7 +54,7 @@ CONNS=64
 KEYS=100000
 LON=-118.445127
 LAT=34.068930
-COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS NEAR_CLIENTS=$NEAR_CLIENTS FENCES=$FENCES CLASSIC_N=$CLASSIC_N WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS TLS_ROWS=$TLS_ROWS bench/run.sh"
+COMMAND="QUICK=$QUICK ROUNDS=$ROUNDS ROUND_S=$ROUND_S PROBE_ROUNDS=$PROBE_ROUNDS STARTUP_RUNS=$STARTUP_RUNS MEM_CLIENTS=$MEM_CLIENTS NEAR_CLIENTS=$NEAR_CLIENTS FENCES=$FENCES CLASSIC_N=$CLASSIC_N WARN_ROWS=$WARN_ROWS JOURNAL_ROWS=$JOURNAL_ROWS WORKER_ROWS=$WORKER_ROWS TLS_ROWS=$TLS_ROWS bench/run.sh"
 T_START=$(date +%s)
 
 log() { printf 'bench: [+%ss] %s\n' "$SECONDS" "$*" >&2; }
@@ -357,6 +359,7 @@ bench_single() {
     [[ $WARN_ROWS == 1 ]] && start_tagged warn warn
     if [[ $JOURNAL_ROWS == 1 ]]; then rm -rf "$TMP/data"; start_tagged journal "" --data-dir "$TMP/data"; fi
     if [[ $TLS_ROWS == 1 ]]; then TAG_TLS=$TMP/tls start_tagged tls ""; fi
+    [[ $WORKER_ROWS == 1 ]] && start_tagged one "" --workers 1
     for p in 1 16; do
         cpu_mark
         local L="load -c $CONNS -d $p --duration ${ROUND_S}s --fresh -k $KEYS"
@@ -366,6 +369,7 @@ bench_single() {
         [[ $WARN_ROWS == 1 ]] && sides+=(warn "load_round --server ${ADDR_OF[warn]} $L")
         [[ $JOURNAL_ROWS == 1 ]] && sides+=(journal "load_round --server ${ADDR_OF[journal]} $L")
         [[ $TLS_ROWS == 1 ]] && sides+=(tls "load_round --server ${ADDR_OF[tls]} $L")
+        [[ $WORKER_ROWS == 1 ]] && sides+=(one "load_round --server ${ADDR_OF[one]} $L")
         interleave "${sides[@]}"
         local t=T$((p == 1 ? 1 : 2)) note="herd-cli $L against herd-server, and the same with --resp against redis $REDIS_VERSION (GEOADD key lon lat client: same connections, window, threads and client ids); every side's rounds interleaved"
         side_row herd "order=$p" "figure=$t: 1 server, IAMAT, $CONNS conns, pipeline $p" "ref=${VALS[redis]}" unit=/s \
@@ -381,8 +385,11 @@ bench_single() {
             "note=herd-server --data-dir: every stored record written to the journal before its reply (no fsync); rounds interleaved with the server without it$(notes journal)"
         [[ $TLS_ROWS == 1 ]] && side_row tls "order=$p.8" "figure=$t: same, peer TLS configured" "ref=${VALS[herd]}" unit=/s \
             "ref_label=same without TLS" kind=info "target_text=(no peer link on one server: the no-cost control)" "note=rounds interleaved$(notes tls)"
+        [[ $WORKER_ROWS == 1 ]] && side_row one "order=$p.6" "figure=$t: same, herd-server --workers 1" "ref=${VALS[redis]}" unit=/s \
+            "ref_label=Redis GEOADD, same load generator" kind=info "target_text=(one runtime worker: no hand-over of the store between threads)" \
+            "note=a server with one runtime worker thread beside the default one (one per CPU), rounds interleaved with it and with Redis$(notes one)"
     done
-    for tag in base warn journal tls; do [[ -n ${PIDS[$tag]:-} ]] && stop_tagged $tag; done
+    for tag in base warn journal tls one; do [[ -n ${PIDS[$tag]:-} ]] && stop_tagged $tag; done
     rm -rf "$TMP/data"
 }
 

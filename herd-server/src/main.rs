@@ -86,6 +86,25 @@ struct Cli {
     /// quote in double quotes) or json (one JSON object per line, the fields as keys).
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: logging::LogFormat,
+    /// Worker threads of the runtime that runs this process's servers (1 to 1024); default:
+    /// one per CPU the process may use. A server's store is one critical section, so more
+    /// workers buy parallel socket work and log formatting, and cost hand-overs of that
+    /// section between threads: on a host it shares with its clients, or with deep pipelines,
+    /// 1 can be faster (see bench/README.md).
+    #[arg(long, value_name = "N", env = "HERD_WORKERS", value_parser = parse_workers)]
+    workers: Option<usize>,
+}
+
+/// Most worker threads `--workers` takes.
+const MAX_WORKERS: usize = 1024;
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of worker threads from 1 to {MAX_WORKERS}"
+        )),
+    }
 }
 
 /// `123`, `64K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too) as bytes.
@@ -358,10 +377,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herd-server: cannot start the runtime: {e}");

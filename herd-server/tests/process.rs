@@ -612,3 +612,46 @@ fn an_unusable_data_dir_stops_the_start_with_one_line() {
         "{err}"
     );
 }
+
+/// Threads of process `pid` whose name is `name` (from /proc).
+fn threads_named(pid: u32, name: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn workers_sets_the_runtime_threads_and_a_one_worker_server_floods_like_any_other() {
+    let layout = Layout::new(&["A", "B"], &[("A", "B")], "");
+    let a = layout.spawn("A", &[("HERD_WORKERS", "1")]);
+    let b = layout.spawn("B", &[("HERD_WORKERS", "3")]);
+    assert_eq!(threads_named(a.child.id(), "tokio-rt-worker"), 1);
+    assert_eq!(threads_named(b.child.id(), "tokio-rt-worker"), 3);
+    assert!(poll(Duration::from_secs(10), || layout.links_up("A") == 1
+        && layout.links_up("B") == 1));
+    let reply = exchange(
+        layout.addrs["A"],
+        b"IAMAT one-worker +34.068930-118.445127 1621464827.959498503\n",
+    );
+    assert!(
+        reply.starts_with(b"AT A "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(poll(Duration::from_secs(10), || layout.records("B") == Some(1)));
+
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "1025", "many", "-1"] {
+        let arg = format!("--workers={bad}");
+        let (status, err) = run_fail(&[&arg, "Goloman"], dir.path());
+        assert!(!status.success(), "--workers {bad} must fail");
+        assert!(
+            err.contains("worker threads from 1 to 1024"),
+            "{bad}: {err:?}"
+        );
+    }
+}
