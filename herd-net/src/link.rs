@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::codec::{LineCodec, LineError};
-use crate::driver::{Driver, Live, PeerBatchError, Settings};
+use crate::driver::{Driver, Live, PeerBatchError, Settings, Turn};
 use crate::escape::{Clipped, Escaped};
 use crate::liveness::{self, Silence};
 use crate::queue::{PeerQueue, Take};
@@ -583,7 +583,12 @@ impl SessionTask {
                 }
             }
             let before = buf.len();
-            if let Err(e) = self.feed(&mut codec, &mut buf) {
+            let turn = if buf.is_empty() {
+                Turn::none()
+            } else {
+                self.driver.turn().await
+            };
+            if let Err(e) = self.feed(turn, &mut codec, &mut buf) {
                 break e;
             }
             if before != buf.len() && last_turn.elapsed() >= READER_TURN {
@@ -624,8 +629,8 @@ impl SessionTask {
     }
 
     /// Feeds every complete buffered line to the node.
-    fn feed(&self, codec: &mut LineCodec, buf: &mut BytesMut) -> Result<(), LinkError> {
-        match self.driver.peer_batch(self.peer, self.id, codec, buf) {
+    fn feed(&self, turn: Turn, codec: &mut LineCodec, buf: &mut BytesMut) -> Result<(), LinkError> {
+        match self.driver.peer_batch(turn, self.peer, self.id, codec, buf) {
             Ok(()) => Ok(()),
             Err(PeerBatchError::Stale) => Err(LinkError::Closed),
             Err(PeerBatchError::Line(e)) => Err(e.into()),

@@ -74,7 +74,7 @@ fn answer(conn: &mut Conn, stream: &std::net::TcpStream) -> AtOnce {
     }
     let mut more = false;
     if !conn.input.buf.is_empty() {
-        more = match conn.process_lines() {
+        more = match conn.process_lines(crate::driver::Turn::none()) {
             Ok(more) => more,
             Err(handshake) => return AtOnce::Handshake(handshake),
         };

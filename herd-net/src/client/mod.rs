@@ -37,7 +37,7 @@ use self::at_once::AtOnce;
 use self::log::{BatchLog, Note};
 use crate::clock;
 use crate::codec::{LineCodec, LineError};
-use crate::driver::{ClientTurn, Driver, Pushes, Settings};
+use crate::driver::{ClientTurn, Driver, Pushes, Settings, Turn};
 use crate::escape::Clipped;
 
 /// Replies are flushed once this many bytes are ready, even mid-batch.
@@ -310,7 +310,12 @@ impl Conn {
         // Input arrived since the last write (whose time is `last_active` already).
         let mut fresh_input = false;
         loop {
-            let more = match self.process_lines() {
+            let turn = if self.input.buf.is_empty() {
+                Turn::none()
+            } else {
+                self.driver.turn().await
+            };
+            let more = match self.process_lines(turn) {
                 Ok(more) => more,
                 Err(handshake) => return Ok(Some(handshake)),
             };
@@ -433,13 +438,13 @@ impl Conn {
 
     /// Handles the complete lines buffered; `Ok(true)` when it stopped early to flush.
     /// `Err(line)` when the first line opens a peer handshake.
-    fn process_lines(&mut self) -> Result<bool, BytesMut> {
+    fn process_lines(&mut self, turn: Turn) -> Result<bool, BytesMut> {
         self.log.begin();
         let driver = self.driver.clone();
         // The driver writes the journal before returning: every update acknowledged in the
         // output is durable before the reply leaves.
         let lines_before = self.input.lines;
-        let result = driver.client_batch(|turn| self.process_batch(turn));
+        let result = driver.client_batch(turn, |turn| self.process_batch(turn));
         self.log
             .write(self.input.now, &self.input.buf, &self.output.out);
         let handled = std::mem::take(&mut self.input.pos);
