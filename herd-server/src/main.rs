@@ -88,9 +88,8 @@ struct Cli {
     log_format: logging::LogFormat,
     /// Worker threads of the runtime that runs this process's servers (1 to 1024); default:
     /// one per CPU the process may use. A server's store is one critical section, so more
-    /// workers buy parallel socket work and log formatting, and cost hand-overs of that
-    /// section between threads: on a host it shares with its clients, or with deep pipelines,
-    /// 1 can be faster (see bench/README.md).
+    /// workers buy parallel socket work and log formatting; on a small host it shares with
+    /// its clients, 1 can be faster (it leaves them the other cores).
     #[arg(long, value_name = "N", env = "HERD_WORKERS", value_parser = parse_workers)]
     workers: Option<usize>,
 }
