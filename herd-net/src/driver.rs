@@ -9,7 +9,9 @@
 //! deadline to the timer. Peer messages go straight to the link table, the node's sink. No
 //! caller can forget an output, and nothing outside this module reaches into the node.
 //!
-//! The lock is a `std::sync::Mutex` and is never held across an await.
+//! The lock is a `std::sync::Mutex` and is never held across an await. The busy paths
+//! (client and peer batches) first take a turn from an async queue ([`Driver::turn`]), so
+//! that among themselves they wait as tasks, never as threads asleep on the lock.
 //!
 //! What can change while the server runs ([`Settings`]: limits, secret, TLS, the neighbours
 //! and their dial addresses) sits apart in an `RwLock<Arc<Settings>>` that a connection or
