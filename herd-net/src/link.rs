@@ -583,11 +583,7 @@ impl SessionTask {
                 }
             }
             let before = buf.len();
-            let turn = if buf.is_empty() {
-                Turn::none()
-            } else {
-                self.driver.turn().await
-            };
+            let turn = self.driver.turn().await;
             if let Err(e) = self.feed(turn, &mut codec, &mut buf) {
                 break e;
             }

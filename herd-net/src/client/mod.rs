@@ -310,11 +310,9 @@ impl Conn {
         // Input arrived since the last write (whose time is `last_active` already).
         let mut fresh_input = false;
         loop {
-            let turn = if self.input.buf.is_empty() {
-                Turn::none()
-            } else {
-                self.driver.turn().await
-            };
+            // Also with no input (a subscriber woken for its pushes, a pending reply): a
+            // batch that skipped the queue would sleep its thread on the node's lock.
+            let turn = self.driver.turn().await;
             let more = match self.process_lines(turn) {
                 Ok(more) => more,
                 Err(handshake) => return Ok(Some(handshake)),
