@@ -310,10 +310,17 @@ impl Conn {
         // Input arrived since the last write (whose time is `last_active` already).
         let mut fresh_input = false;
         loop {
-            // Also with no input (a subscriber woken for its pushes, a pending reply): a
-            // batch that skipped the queue would sleep its thread on the node's lock.
-            let turn = self.driver.turn().await;
-            let more = match self.process_lines(turn) {
+            // With no input (a subscriber woken for its pushes, a reply that became ready)
+            // there is nothing for the node: no batch, and no wait for a turn behind the
+            // connections that have lines.
+            let lines = if self.input.buf.is_empty() {
+                self.no_input();
+                Ok(false)
+            } else {
+                let turn = self.driver.turn().await;
+                self.process_lines(turn)
+            };
+            let more = match lines {
                 Ok(more) => more,
                 Err(handshake) => return Ok(Some(handshake)),
             };
@@ -432,6 +439,13 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// What a batch does when nothing is buffered: reading may go on, and no line is
+    /// waiting to be completed.
+    fn no_input(&mut self) {
+        self.input.held = false;
+        self.input.line_deadline = None;
     }
 
     /// Handles the complete lines buffered; `Ok(true)` when it stopped early to flush.
