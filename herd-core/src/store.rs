@@ -12,8 +12,8 @@
 //!
 //! A million clients are a normal load, so a client costs as little as it can: its AT line
 //! packed into about half its bytes in a pool of equal-length cells (`lines`: no allocation
-//! per record), a 16-byte slot (log number, cell, source), a 4-byte index in the hash table
-//! and 8 bytes in the nearby index. The store does not hold [`Record`]s: it gives back
+//! per record), a 24-byte slot (log number, cell, client time, source), a 4-byte index in
+//! the hash table and 8 bytes in the nearby index. The store does not hold [`Record`]s: it gives back
 //! records built from the packed line ([`LocationStore::get`], [`LocationStore::records`],
 //! [`LocationStore::change`]), and takes the fields it needs from an offered record, which
 //! parsed them once.
@@ -41,12 +41,32 @@ pub const WARM_MAX: usize = 32;
 /// Log numbers a slot holds: 2^56 changes (over 2,000 years at a million a second).
 const SEQ_MAX: u64 = (1 << 56) - 1;
 
+/// Bits of a [`time_word`] below its whole seconds (nanoseconds are below 2^30).
+const NANO_BITS: u32 = 30;
+
+/// A [`time_word`] for a time that does not fit one: read it from the packed line.
+const TIME_IN_LINE: u64 = u64::MAX;
+
+/// A client time as one word that orders as the time does: whole seconds above
+/// [`NANO_BITS`], nanoseconds below, for every time before 2^34 s (the year 2514);
+/// [`TIME_IN_LINE`] for a later one.
+fn time_word(time: TimeValue) -> u64 {
+    match u64::try_from(time.secs) {
+        Ok(secs) if secs < 1 << (64 - NANO_BITS) => (secs << NANO_BITS) | u64::from(time.nanos),
+        _ => TIME_IN_LINE,
+    }
+}
+
 /// One client's place in the store: the local log number of the change that stored its
-/// record, where its packed line is, and who gave the store the record.
+/// record, where its packed line is, its record's client time, and who gave the store the
+/// record.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     /// The log number (above 8 bits) and the cell's pool (the low 8); 0 for a free slot.
     word: u64,
+    /// The record's client time ([`time_word`]): compared on every offer without reading
+    /// the time back out of the packed line.
+    time: u64,
     /// The cell in its pool.
     index: u32,
     /// The caller's source tag ([`compact_source`]).
@@ -56,15 +76,30 @@ struct Slot {
 impl Slot {
     const FREE: Slot = Slot {
         word: 0,
+        time: 0,
         index: 0,
         source: 0,
     };
 
-    fn new(seq: u64, cell: Cell, source: u32) -> Self {
+    fn new(seq: u64, cell: Cell, time: TimeValue, source: u32) -> Self {
         Slot {
             word: (seq.min(SEQ_MAX) << 8) | u64::from(cell.class),
+            time: time_word(time),
             index: cell.index,
             source,
+        }
+    }
+
+    /// The record's client time, from the slot, or from its line (`lines`) when it is one
+    /// no word holds.
+    #[inline]
+    fn time(self, lines: &Lines) -> TimeValue {
+        if self.time == TIME_IN_LINE {
+            return lines.get(self.cell()).time();
+        }
+        TimeValue {
+            secs: u128::from(self.time >> NANO_BITS),
+            nanos: (self.time & ((1 << NANO_BITS) - 1)) as u32,
         }
     }
 
@@ -400,7 +435,7 @@ impl LocationStore {
             Some(at) => {
                 let (a, b) = at.location;
                 let position = Location::degrees(&line[a..b]).unwrap_or((0.0, 0.0));
-                Record::from_stored_parts(&line, at.client, packed.time(), position)
+                Record::from_stored_parts(&line, at.client, slot.time(&self.lines), position)
             }
             None => Record::from_stored(&line),
         }
@@ -507,7 +542,7 @@ impl LocationStore {
             Some(ttl) => self
                 .live()
                 .map(|(i, s)| {
-                    let time = self.lines.get(s.cell()).time();
+                    let time = s.time(&self.lines);
                     ((expiry_at(time, ttl), s.seq()), i)
                 })
                 .collect(),
@@ -579,7 +614,7 @@ impl LocationStore {
                 let index = *o.get();
                 let slot = self.slots.at(index);
                 let held = self.lines.get(slot.cell());
-                let held_time = held.time();
+                let held_time = slot.time(&self.lines);
                 let mut old = std::mem::take(&mut self.unpacked);
                 old.clear();
                 let newer = match time.cmp(&held_time) {
@@ -611,8 +646,10 @@ impl LocationStore {
                 let span = record.client_span();
                 pack(record.at_line(), span, &mut self.origins, &mut self.packed);
                 let cell = self.lines.replace(slot.cell(), &self.packed);
-                self.slots
-                    .set(index, Slot::new(self.seq, cell, compact_source(source)));
+                self.slots.set(
+                    index,
+                    Slot::new(self.seq, cell, time, compact_source(source)),
+                );
                 index
             }
             Entry::Vacant(v) => {
@@ -634,7 +671,7 @@ impl LocationStore {
                 let span = record.client_span();
                 pack(record.at_line(), span, &mut self.origins, &mut self.packed);
                 let cell = self.lines.alloc(&self.packed);
-                let slot = Slot::new(self.seq, cell, compact_source(source));
+                let slot = Slot::new(self.seq, cell, time, compact_source(source));
                 if self.free.pop().is_some() {
                     self.slots.set(index, slot);
                 } else {
@@ -769,7 +806,7 @@ impl LocationStore {
     /// read from the packed line, no record is built).
     pub fn time_of(&self, client: &[u8]) -> Option<TimeValue> {
         self.find(client)
-            .map(|i| self.lines.get(self.slots.at(i).cell()).time())
+            .map(|i| self.slots.at(i).time(&self.lines))
     }
 
     /// The position of the client's record, if held (cheaper than [`LocationStore::get`]: no
@@ -965,6 +1002,50 @@ mod tests {
         assert_eq!(s.get(b"c").unwrap().origin(), b"B");
         assert_eq!(s.offer(rec("A", "IAMAT c +2+2 10.5", 0)), Offer::Stored(3));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn times_a_slot_holds_and_times_beyond_it_order_alike() {
+        // The slot's word holds whole seconds below 2^34; at and past it the time is read
+        // from the line. Offers cross the boundary both ways, with fractions and ties.
+        let edge = 1u64 << 34;
+        let times = [
+            "0".to_string(),
+            "1.5".to_string(),
+            format!("{}.999999999", edge - 1),
+            format!("{edge}"),
+            format!("{edge}.000000001"),
+            "99999999999999999999.5".to_string(),
+        ];
+        for (i, t) in times.iter().enumerate() {
+            let mut s = LocationStore::new(5);
+            assert!(matches!(
+                s.offer(rec("A", &format!("IAMAT c +1+1 {t}"), 0)),
+                Offer::Stored(_)
+            ));
+            assert_eq!(s.time_of(b"c"), TimeValue::parse(t.as_bytes()).ok());
+            assert_eq!(
+                s.get(b"c").unwrap().time(),
+                TimeValue::parse(t.as_bytes()).unwrap()
+            );
+            for (j, u) in times.iter().enumerate() {
+                let mut s = s.clone();
+                let got = s.offer(rec("A", &format!("IAMAT c +2+2 {u}"), 0));
+                // An equal time breaks on the line: "+2+2" sorts after "+1+1".
+                assert_eq!(
+                    matches!(got, Offer::Stored(_)),
+                    j >= i,
+                    "{u} offered over {t}"
+                );
+                // A tie breaks on the line: the same time from a later origin wins.
+                let tie = s.offer(rec("B", &format!("IAMAT c +3+3 {}", times[i.max(j)]), 0));
+                assert!(
+                    matches!(tie, Offer::Stored(_)),
+                    "tie at {}",
+                    times[i.max(j)]
+                );
+            }
+        }
     }
 
     #[test]
