@@ -802,8 +802,20 @@ impl LocationStore {
         self.find(client).map(|i| self.record_of(self.slots.at(i)))
     }
 
+    /// `f` of the client's AT line, if held: the line is unpacked into the store's scratch
+    /// buffer, and no record is built (cheaper than [`LocationStore::get`]).
+    pub fn with_line<R>(&mut self, client: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let slot = self.slots.at(self.find(client)?);
+        let mut line = std::mem::take(&mut self.unpacked);
+        line.clear();
+        self.lines.get(slot.cell()).unpack(&self.origins, &mut line);
+        let out = f(&line);
+        self.unpacked = line;
+        Some(out)
+    }
+
     /// The client time of the client's record, if held (cheaper than [`LocationStore::get`]:
-    /// read from the packed line, no record is built).
+    /// kept in its slot, no record is built).
     pub fn time_of(&self, client: &[u8]) -> Option<TimeValue> {
         self.find(client)
             .map(|i| self.slots.at(i).time(&self.lines))
@@ -1002,6 +1014,24 @@ mod tests {
         assert_eq!(s.get(b"c").unwrap().origin(), b"B");
         assert_eq!(s.offer(rec("A", "IAMAT c +2+2 10.5", 0)), Offer::Stored(3));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn with_line_sees_the_held_line_packed_or_whole() {
+        let mut s = LocationStore::new(2);
+        assert_eq!(s.with_line(b"c", |l| l.to_vec()), None);
+        // Everyday lines (packed), and past the 255 origin names a table keeps, lines kept
+        // whole.
+        for n in 0..260 {
+            let r = rec(&format!("S{n}"), &format!("IAMAT c{n} +1.5-2.25 10.5"), 3);
+            s.offer(r.clone());
+            let client = r.client().to_vec();
+            assert_eq!(
+                s.with_line(&client, |l| l.to_vec()),
+                Some(r.at_line().to_vec())
+            );
+            assert_eq!(s.get(&client).unwrap().at_line(), r.at_line());
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use super::{Applied, LinkState, Node};
 use crate::peer::tree::MAX_ANNOUNCE_BATCH_BYTES;
-use crate::peer::{Announcement, PeerMsg};
+use crate::peer::{line_hash, record_hash, Announcement, PeerMsg};
 use crate::ports::{PeerId, PeerSink};
 use crate::record::Record;
 use crate::types::Timestamp;
@@ -300,6 +300,8 @@ impl<S: PeerSink> Node<S> {
         } else if tree && !self.tree.answered.is_empty() {
             self.tree.answered.remove(record.client());
         }
+        // The record's hash, for its announcements: computed once, at the first.
+        let mut hash = None;
         for i in 0..self.links.len() {
             let peer = PeerId(i);
             if Some(peer) == from || self.links[i].state != LinkState::Up {
@@ -311,7 +313,8 @@ impl<S: PeerSink> Node<S> {
                 continue;
             }
             if off_tree || (tree && self.tree.is_lazy(peer, record.origin())) {
-                self.announce(now, peer, Announcement::of(seq, record));
+                let hash = *hash.get_or_insert_with(|| record_hash(record));
+                self.announce(now, peer, Announcement::with_hash(seq, record, hash));
             } else {
                 let msg = PeerMsg::Update {
                     seq: self.tree.covered(peer, seq),
@@ -476,10 +479,12 @@ impl<S: PeerSink> Node<S> {
             let covered = match self.store.time_of(&a.client).map(|t| t.cmp(&a.time)) {
                 None | Some(std::cmp::Ordering::Less) => false,
                 Some(std::cmp::Ordering::Greater) => true,
+                // The same time: covered if the held line is the announced one (its hash),
+                // read without building a record.
                 Some(std::cmp::Ordering::Equal) => self
                     .store
-                    .get(&a.client)
-                    .is_some_and(|held| a.is_covered_by(&held)),
+                    .with_line(&a.client, |line| line_hash(line) == a.hash)
+                    .unwrap_or(false),
             };
             if covered {
                 continue;

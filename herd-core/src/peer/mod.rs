@@ -15,7 +15,7 @@ pub mod seal;
 pub mod tree;
 
 pub use handshake::{is_handshake, Acceptor, Dialler, Handshake, HandshakeError, Proof, START_TLS};
-pub use tree::{record_hash, Announcement};
+pub use tree::{line_hash, record_hash, Announcement};
 
 use crate::record::Record;
 use crate::types::{push_u128, ServerName};

@@ -28,11 +28,17 @@ pub struct Announcement {
 impl Announcement {
     /// The announcement of `record`, stored under log number `seq`.
     pub fn of(seq: u64, record: &Record) -> Self {
+        Self::with_hash(seq, record, record_hash(record))
+    }
+
+    /// [`Announcement::of`] with the record's [`record_hash`] already computed (a record
+    /// announced over several links is hashed once).
+    pub fn with_hash(seq: u64, record: &Record, hash: u64) -> Self {
         Self {
             seq,
             client: record.client().into(),
             time: record.time(),
-            hash: record_hash(record),
+            hash,
         }
     }
 
@@ -97,12 +103,14 @@ impl Announcement {
 /// It only breaks ties between records of one client with the same client time (the time
 /// itself travels in full), so it needs to be stable across servers, not secret.
 pub fn record_hash(record: &Record) -> u64 {
-    record
-        .at_line()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    line_hash(record.at_line())
+}
+
+/// [`record_hash`] of an AT line.
+pub fn line_hash(line: &[u8]) -> u64 {
+    line.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Appends `I <seq> <client> <time> <hash>...` (without the `\n`).
